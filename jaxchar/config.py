@@ -1,0 +1,67 @@
+"""The run configuration: one frozen dataclass, built once from flags by the entry point."""
+
+import dataclasses
+import math
+
+from jaxchar.errors import UserError
+
+DEFAULT_DATA = "data/moes_tavern_lines.txt"
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """Everything a training run needs; defaults reproduce the reference Keras notebook."""
+
+  data: str = DEFAULT_DATA
+  lowercase: bool = True
+  maxlen: int = 60  # characters of context per window
+  step: int = 3  # characters between consecutive training windows
+  val_fraction: float = 0.1
+  hidden: int = 128
+  batch_size: int = 128  # global: split evenly over all devices
+  eval_batch_size: int = 1024  # global, validation only
+  learning_rate: float = 0.01
+  epochs: int = 59
+  steps_per_epoch: int = 0  # 0 = every full batch of the epoch
+  seed: int = 0
+  temperatures: tuple[float, ...] = (0.2, 0.5, 1.0, 1.2)
+  sample_len: int = 400
+
+  def validate(self) -> "Config":
+    """Raises UserError naming the first bad value and how to fix it; returns self."""
+    for name in ("maxlen", "step", "hidden", "batch_size", "eval_batch_size", "epochs"):
+      value = getattr(self, name)
+      if value <= 0:
+        raise UserError(f"--{name}={value} must be a positive integer; pass --{name}=N with N >= 1.")
+    if self.steps_per_epoch < 0:
+      raise UserError(
+          f"--steps_per_epoch={self.steps_per_epoch} must be >= 0 (0 means the whole epoch).")
+    if self.sample_len < 0:
+      raise UserError(f"--sample_len={self.sample_len} must be >= 0 (0 turns samples off).")
+    if not 0.0 <= self.val_fraction < 1.0:
+      raise UserError(
+          f"--val_fraction={self.val_fraction} is outside [0, 1); it is the share of the corpus "
+          "held out for validation, e.g. --val_fraction=0.1.")
+    if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+      raise UserError(f"--learning_rate={self.learning_rate} must be a positive number.")
+    if not self.temperatures and self.sample_len:
+      raise UserError("--temperatures is empty; give at least one, e.g. --temperatures=0.5,1.0, "
+                      "or turn samples off with --sample_len=0.")
+    for t in self.temperatures:
+      if not (math.isfinite(t) and t > 0):
+        raise UserError(
+            f"temperature {t} in --temperatures must be a positive number (e.g. 0.2,0.5,1.0,1.2): "
+            "logits are divided by it, so 0 or less has no meaning.")
+    return self
+
+
+def parse_temperatures(values: list[str] | str) -> tuple[float, ...]:
+  """Parses '0.2,0.5' or ['0.2', '0.5'] into floats, raising UserError on a bad entry."""
+  if isinstance(values, str):
+    values = [v for v in values.split(",") if v.strip()]
+  try:
+    return tuple(float(v) for v in values)
+  except ValueError:
+    raise UserError(
+        f"--temperatures={','.join(values)} is not a comma-separated list of numbers; "
+        "pass e.g. --temperatures=0.2,0.5,1.0,1.2.") from None

@@ -1,0 +1,125 @@
+"""Text to model inputs: vocabulary, split, window starts and device-shaped batches.
+
+No one-hot tensor and no window matrix is built on the host: the corpus ids go to the device(s)
+once, and each batch is a small array of window start offsets gathered there (`gather_windows`).
+"""
+
+import dataclasses
+from collections.abc import Iterator
+
+import jax.numpy as jnp
+import numpy as np
+
+from jaxchar.errors import UserError
+
+
+@dataclasses.dataclass(frozen=True)
+class Vocab:
+  """Sorted distinct characters of a text; ids are positions in `chars`."""
+
+  chars: str
+
+  @classmethod
+  def from_text(cls, text: str) -> "Vocab":
+    return cls("".join(sorted(set(text))))
+
+  @property
+  def size(self) -> int:
+    return len(self.chars)
+
+  def unknown(self, text: str) -> list[str]:
+    """Characters of `text` that are not in the vocabulary, sorted."""
+    return sorted(set(text) - set(self.chars))
+
+  def encode(self, text: str) -> np.ndarray:
+    """int32 ids of `text`; every character must be in the vocabulary."""
+    table = {c: i for i, c in enumerate(self.chars)}
+    return np.fromiter((table[c] for c in text), dtype=np.int32, count=len(text))
+
+  def decode(self, ids) -> str:
+    return "".join(self.chars[int(i)] for i in np.asarray(ids).reshape(-1))
+
+
+@dataclasses.dataclass(frozen=True)
+class Corpus:
+  """An encoded text with its train/validation split and window start offsets."""
+
+  vocab: Vocab
+  ids: np.ndarray  # int32 [len(text)]
+  cut: int  # train = ids[:cut], validation = ids[cut:]
+  train_starts: np.ndarray  # int32 offsets into ids
+  val_starts: np.ndarray  # int32 offsets into ids (already shifted by `cut`)
+
+  @property
+  def num_train_windows(self) -> int:
+    return len(self.train_starts)
+
+  @property
+  def num_val_windows(self) -> int:
+    return len(self.val_starts)
+
+
+def split_index(text: str, val_fraction: float) -> int:
+  """The first paragraph break ("\\n\\n") at or after (1 - val_fraction) of the text."""
+  nominal = int((1.0 - val_fraction) * len(text))
+  found = text.find("\n\n", nominal)
+  return nominal if found < 0 else found
+
+
+def window_starts(length: int, maxlen: int, step: int) -> np.ndarray:
+  """Starts s = 0, step, ... with s + maxlen < length: input [s, s+maxlen), target s+maxlen."""
+  return np.arange(0, max(length - maxlen, 0), step, dtype=np.int32)
+
+
+def build_corpus(text: str, *, maxlen: int, step: int, val_fraction: float,
+                 lowercase: bool = True) -> Corpus:
+  """Lowercases (optionally), encodes and splits `text`, as the reference notebook does."""
+  if lowercase:
+    text = text.lower()
+  vocab = Vocab.from_text(text)
+  cut = split_index(text, val_fraction) if val_fraction > 0 else len(text)
+  train_starts = window_starts(cut, maxlen, step)
+  val_starts = window_starts(len(text) - cut, maxlen, 1) + cut
+  if len(train_starts) == 0:
+    raise UserError(
+        f"the training part of the corpus has {cut} characters, too few for one window of "
+        f"--maxlen={maxlen} plus its target; use a longer text or a smaller --maxlen.")
+  if val_fraction > 0 and len(val_starts) == 0:
+    raise UserError(
+        f"the validation part of the corpus has {len(text) - cut} characters, too few for one "
+        f"window of --maxlen={maxlen} plus its target; raise --val_fraction, lower --maxlen, or "
+        "use a longer text (or --val_fraction=0 to train without validation).")
+  return Corpus(vocab, vocab.encode(text), cut, train_starts, val_starts.astype(np.int32))
+
+
+def epoch_order(num_windows: int, seed: int, epoch: int) -> np.ndarray:
+  """The shuffled window order of one epoch; a pure function of (seed, epoch), so resumable."""
+  return np.random.default_rng([seed, epoch]).permutation(num_windows)
+
+
+def train_batches(starts: np.ndarray, order: np.ndarray, batch_size: int,
+                  num_devices: int) -> np.ndarray:
+  """Start offsets as [num_batches, num_devices, batch_size // num_devices]; the last partial
+  batch is dropped (a different remainder each epoch, since the order is reshuffled)."""
+  num_batches = len(order) // batch_size
+  chosen = starts[order[:num_batches * batch_size]]
+  return chosen.reshape(num_batches, num_devices, batch_size // num_devices)
+
+
+def eval_batches(starts: np.ndarray, batch_size: int,
+                 num_devices: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+  """All `starts` in device-shaped batches, padded to full size, with 0/1 weights."""
+  per_device = batch_size // num_devices
+  for i in range(0, len(starts), batch_size):
+    chunk = starts[i:i + batch_size]
+    weights = np.zeros(batch_size, np.float32)
+    weights[:len(chunk)] = 1.0
+    padded = np.zeros(batch_size, np.int32)
+    padded[:len(chunk)] = chunk
+    yield padded.reshape(num_devices, per_device), weights.reshape(num_devices, per_device)
+
+
+def gather_windows(ids: jnp.ndarray, starts: jnp.ndarray, maxlen: int) -> dict[str, jnp.ndarray]:
+  """Gathers inputs [B, maxlen] and next-character targets [B] from device-resident ids."""
+  positions = starts[:, None] + jnp.arange(maxlen, dtype=starts.dtype)[None, :]
+  return {"inputs": ids[positions], "targets": ids[starts + maxlen]}

@@ -1,0 +1,54 @@
+"""The model: a Flax OptimizedLSTMCell scanned over the window, then Dense logits of the last step.
+
+Initialisation follows Keras's LSTM/Dense defaults where Flax allows it: input kernels are
+Glorot-uniform over Keras's fused [in, 4*hidden] shape, biases zero with the forget gate at 1.0
+(`unit_forget_bias`), output Dense Glorot-uniform. One difference remains: Keras draws one
+orthogonal [hidden, 4*hidden] recurrent matrix, Flax an orthogonal [hidden, hidden] one per gate.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+Array = jnp.ndarray
+
+
+def keras_fused_glorot_uniform(key: Array, shape: tuple[int, ...], dtype=jnp.float32) -> Array:
+  """Glorot-uniform for one gate's [in, hidden] kernel, scaled as Keras's fused [in, 4*hidden]."""
+  fan_in, fan_out = shape[0], 4 * shape[1]
+  limit = np.sqrt(6.0 / (fan_in + fan_out))
+  return jax.random.uniform(key, shape, dtype, -limit, limit)
+
+
+class CharLSTM(nn.Module):
+  """LSTM(hidden) -> Dense(vocab): logits for the character after each input window."""
+
+  vocab_size: int
+  hidden: int
+  dtype: jnp.dtype = jnp.float32  # computation dtype; parameters stay float32
+
+  def setup(self):
+    self.cell = nn.OptimizedLSTMCell(
+        self.hidden, kernel_init=keras_fused_glorot_uniform, dtype=self.dtype, name="lstm")
+    self.rnn = nn.RNN(self.cell, return_carry=True, name="rnn")
+    self.head = nn.Dense(self.vocab_size, kernel_init=nn.initializers.glorot_uniform(),
+                         dtype=self.dtype, name="head")
+
+  def __call__(self, inputs: Array) -> Array:
+    """int ids [B, T] -> float32 logits [B, vocab] for the character after position T-1."""
+    x = jax.nn.one_hot(inputs, self.vocab_size, dtype=self.dtype)
+    (_, h), _ = self.rnn(x)
+    return self.head(h).astype(jnp.float32)
+
+
+def init_params(model: CharLSTM, key: Array, maxlen: int) -> dict:
+  """Initial parameters, with the forget-gate bias set to 1.0 as Keras's unit_forget_bias."""
+  params = model.init(key, jnp.zeros((1, maxlen), jnp.int32))["params"]
+  forget_bias = params["lstm"]["hf"]["bias"]
+  params["lstm"]["hf"]["bias"] = jnp.ones_like(forget_bias)
+  return params
+
+
+def count_params(params) -> int:
+  return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(params))

@@ -1,0 +1,47 @@
+"""Per-epoch progress: a tqdm bar on a terminal, plain periodic lines otherwise (logs, CI)."""
+
+import sys
+import time
+from typing import TextIO
+
+from tqdm import tqdm
+
+PLAIN_EVERY_SECONDS = 30.0
+
+
+class EpochProgress:
+  """Shows steps done, running loss, windows/s and ETA for one epoch on `stream` (stderr)."""
+
+  def __init__(self, epoch: int, epochs: int, total_steps: int, batch_size: int,
+               stream: TextIO | None = None, interactive: bool | None = None):
+    self.stream = stream or sys.stderr
+    self.interactive = self.stream.isatty() if interactive is None else interactive
+    self.desc = f"epoch {epoch}/{epochs}"
+    self.total_steps = total_steps
+    self.batch_size = batch_size
+    self.start = time.perf_counter()
+    self.last_line = self.start
+    self.bar = (tqdm(total=total_steps, desc=self.desc, unit="step", file=self.stream,
+                     dynamic_ncols=True, leave=False) if self.interactive else None)
+
+  def update(self, steps_done: int, running_loss: float) -> None:
+    now = time.perf_counter()
+    rate = steps_done * self.batch_size / max(now - self.start, 1e-9)
+    if self.bar is not None:
+      self.bar.set_postfix(loss=f"{running_loss:.4f}", seq_s=f"{rate:,.0f}", refresh=False)
+      self.bar.update(steps_done - self.bar.n)
+    elif now - self.last_line >= PLAIN_EVERY_SECONDS or steps_done == self.total_steps:
+      self.last_line = now
+      eta = (self.total_steps - steps_done) * self.batch_size / max(rate, 1e-9)
+      print(f"{self.desc} step {steps_done}/{self.total_steps} | loss {running_loss:.4f} | "
+            f"{rate:,.0f} seq/s | eta {eta:.0f} s", file=self.stream, flush=True)
+
+  def close(self) -> None:
+    if self.bar is not None:
+      self.bar.close()
+
+  def __enter__(self) -> "EpochProgress":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()

@@ -1,0 +1,182 @@
+"""Trains a character-level LSTM: `python -m jaxchar.train --flagfile=launch/moe.flags`."""
+
+import functools
+import math
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+from flax import jax_utils
+
+from jaxchar import corpus as corpus_lib
+from jaxchar import data, progress, sample, steps
+from jaxchar.config import DEFAULT_DATA, Config, parse_temperatures
+from jaxchar.errors import UserError, exits_on_user_error
+from jaxchar.model import CharLSTM, count_params
+
+_DEFAULTS = Config()
+flags.DEFINE_string("data", _DEFAULTS.data, "UTF-8 text to train on. The default Moe's Tavern "
+                    "corpus is fetched (mirror or download) and checksum-verified when missing.")
+flags.DEFINE_bool("lowercase", _DEFAULTS.lowercase, "Lowercase the text before building the "
+                  "vocabulary.")
+flags.DEFINE_integer("maxlen", _DEFAULTS.maxlen, "Window length in characters (model context).")
+flags.DEFINE_integer("step", _DEFAULTS.step, "Characters between consecutive training windows.")
+flags.DEFINE_float("val_fraction", _DEFAULTS.val_fraction, "Share of the text, from the end and "
+                   "cut at a paragraph break, held out for validation; 0 = none.")
+flags.DEFINE_integer("hidden", _DEFAULTS.hidden, "LSTM units.")
+flags.DEFINE_integer("batch_size", _DEFAULTS.batch_size, "Global batch size in windows, split "
+                     "evenly over all devices.")
+flags.DEFINE_integer("eval_batch_size", _DEFAULTS.eval_batch_size, "Global batch size in "
+                     "windows for validation (rounded up to a multiple of the device count).")
+flags.DEFINE_float("learning_rate", _DEFAULTS.learning_rate, "RMSprop learning rate.")
+flags.DEFINE_integer("epochs", _DEFAULTS.epochs, "Passes over the training windows.")
+flags.DEFINE_integer("steps_per_epoch", _DEFAULTS.steps_per_epoch, "Cap on steps per epoch "
+                     "(for quick runs); 0 = every full batch.")
+flags.DEFINE_integer("seed", _DEFAULTS.seed, "Seed for initialisation, shuffling and sampling.")
+flags.DEFINE_list("temperatures", [str(t) for t in _DEFAULTS.temperatures], "Sampling "
+                  "temperatures for the per-epoch samples, comma-separated.")
+flags.DEFINE_integer("sample_len", _DEFAULTS.sample_len, "Characters generated per temperature "
+                     "after each epoch; 0 = no samples.")
+flags.DEFINE_string("workdir", "ckpt/moe", "Folder for this run's outputs (samples.md, ...).")
+FLAGS = flags.FLAGS
+
+LOG_EVERY = 10  # steps between progress-bar updates (each one is a device-to-host fetch)
+
+
+def config_from_flags() -> Config:
+  """The frozen, validated Config described by the parsed flags."""
+  return Config(
+      data=FLAGS.data, lowercase=FLAGS.lowercase, maxlen=FLAGS.maxlen, step=FLAGS.step,
+      val_fraction=FLAGS.val_fraction, hidden=FLAGS.hidden, batch_size=FLAGS.batch_size,
+      eval_batch_size=FLAGS.eval_batch_size, learning_rate=FLAGS.learning_rate,
+      epochs=FLAGS.epochs, steps_per_epoch=FLAGS.steps_per_epoch, seed=FLAGS.seed,
+      temperatures=parse_temperatures(FLAGS.temperatures), sample_len=FLAGS.sample_len,
+  ).validate()
+
+
+def _train_on_starts(state, ids, starts, *, maxlen: int):
+  return steps.train_step(state, data.gather_windows(ids, starts, maxlen))
+
+
+def _eval_on_starts(state, ids, starts, weights, *, maxlen: int):
+  batch = data.gather_windows(ids, starts, maxlen)
+  return steps.eval_step(state, {**batch, "weights": weights})
+
+
+def _check_finite(loss: float, step: int, config: Config) -> None:
+  if not math.isfinite(loss):
+    raise UserError(
+        f"the training loss became {loss} by step {step}, so training stopped. The learning rate "
+        f"({config.learning_rate}) is probably too high for this model and text; lower it, e.g. "
+        f"--learning_rate={config.learning_rate / 10:g}.")
+
+
+def evaluate(p_eval_step, p_state, p_ids, corpus: data.Corpus, batch_size: int) -> float:
+  """Mean next-character cross-entropy (nats) over every validation window."""
+  num_devices = jax.local_device_count()
+  totals = []
+  for starts, weights in data.eval_batches(corpus.val_starts, batch_size, num_devices):
+    totals.append(p_eval_step(p_state, p_ids, starts, weights))
+  loss_sum = sum(float(t["loss_sum"][0]) for t in totals)
+  count = sum(float(t["count"][0]) for t in totals)
+  return loss_sum / count
+
+
+def write_samples(state, model: CharLSTM, corpus: data.Corpus, config: Config, epoch: int,
+                  workdir: Path) -> str:
+  """Generates from a random training window at every temperature; prints and appends to
+  samples.md."""
+  rng = np.random.default_rng([config.seed, epoch, 1])
+  start = int(rng.integers(0, corpus.cut - config.maxlen))
+  seed_ids = corpus.ids[start:start + config.maxlen]
+  temps = jnp.asarray(config.temperatures, jnp.float32)
+  context = jnp.broadcast_to(jnp.asarray(seed_ids), (len(temps), config.maxlen))
+  key = jax.random.fold_in(jax.random.PRNGKey(config.seed), epoch)
+  generated = sample.generate_window(model, state.params, context, temps, key, config.sample_len)
+  seed_text = corpus.vocab.decode(seed_ids)
+  parts = [f"## Epoch {epoch}\n\nSeed window: `{seed_text!r}`\n"]
+  for t, row in zip(config.temperatures, np.asarray(generated)):
+    parts.append(f"### Temperature {t}\n\n```\n[{seed_text}]{corpus.vocab.decode(row)}\n```\n")
+  text = "\n".join(parts)
+  with open(workdir / "samples.md", "a", encoding="utf-8") as f:
+    f.write(text + "\n")
+  return text
+
+
+def train_and_evaluate(config: Config, workdir: str | Path) -> list[dict]:
+  """Trains for config.epochs; returns one summary dict per epoch."""
+  workdir = Path(workdir)
+  text = corpus_lib.read_text(config.data, DEFAULT_DATA)
+  corpus = data.build_corpus(text, maxlen=config.maxlen, step=config.step,
+                             val_fraction=config.val_fraction, lowercase=config.lowercase)
+  num_devices = jax.local_device_count()
+  if config.batch_size % num_devices:
+    raise UserError(
+        f"--batch_size={config.batch_size} does not split evenly over the {num_devices} local "
+        f"devices; use a multiple of {num_devices}, e.g. "
+        f"--batch_size={max(1, config.batch_size // num_devices) * num_devices}.")
+  eval_batch_size = -(-config.eval_batch_size // num_devices) * num_devices
+  workdir.mkdir(parents=True, exist_ok=True)
+
+  model = CharLSTM(corpus.vocab.size, config.hidden)
+  state = steps.create_train_state(jax.random.PRNGKey(config.seed), model, config.maxlen,
+                                   config.learning_rate)
+  print(f"corpus: {len(corpus.ids):,} characters, vocabulary {corpus.vocab.size}; "
+        f"{corpus.num_train_windows:,} training and {corpus.num_val_windows:,} validation "
+        f"windows; model: {count_params(state.params):,} parameters; devices: {num_devices} x "
+        f"{jax.devices()[0].platform}", flush=True)
+
+  p_state = jax_utils.replicate(state)
+  p_ids = jax_utils.replicate(jnp.asarray(corpus.ids))
+  p_train_step = jax.pmap(functools.partial(_train_on_starts, maxlen=config.maxlen),
+                          axis_name=steps.AXIS, donate_argnums=(0,))
+  p_eval_step = jax.pmap(functools.partial(_eval_on_starts, maxlen=config.maxlen),
+                         axis_name=steps.AXIS)
+
+  history = []
+  for epoch in range(1, config.epochs + 1):
+    order = data.epoch_order(corpus.num_train_windows, config.seed, epoch)
+    batches = data.train_batches(corpus.train_starts, order, config.batch_size, num_devices)
+    if config.steps_per_epoch:
+      batches = batches[:config.steps_per_epoch]
+    losses = []
+    epoch_start = time.perf_counter()
+    with progress.EpochProgress(epoch, config.epochs, len(batches), config.batch_size) as bar:
+      for i, starts in enumerate(batches):
+        p_state, metrics = p_train_step(p_state, p_ids, starts)
+        losses.append(metrics["loss"])
+        if (i + 1) % LOG_EVERY == 0 or i + 1 == len(batches):
+          running = float(jnp.mean(jnp.stack([m[0] for m in losses[-LOG_EVERY:]])))
+          _check_finite(running, int(p_state.step[0]), config)
+          bar.update(i + 1, running)
+    train_loss = float(jnp.mean(jnp.stack([m[0] for m in losses])))
+    _check_finite(train_loss, int(p_state.step[0]), config)
+    train_seconds = time.perf_counter() - epoch_start
+    val_loss = (evaluate(p_eval_step, p_state, p_ids, corpus, eval_batch_size)
+                if corpus.num_val_windows else float("nan"))
+    summary = {"epoch": epoch, "step": int(p_state.step[0]), "train_loss": train_loss,
+               "val_loss": val_loss, "val_bpc": val_loss / math.log(2),
+               "windows_per_s": len(batches) * config.batch_size / train_seconds,
+               "seconds": time.perf_counter() - epoch_start}
+    history.append(summary)
+    print(f"epoch {epoch:3d} | train loss {train_loss:.4f} | val loss {val_loss:.4f} nats "
+          f"({summary['val_bpc']:.3f} bits/char) | {summary['windows_per_s']:,.0f} seq/s | "
+          f"{summary['seconds']:.1f} s", flush=True)
+    if config.sample_len:
+      print(write_samples(jax_utils.unreplicate(p_state), model, corpus, config, epoch, workdir),
+            flush=True)
+  return history
+
+
+@exits_on_user_error
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise UserError(f"unexpected arguments {argv[1:]}; every setting is a --flag (see --help).")
+  train_and_evaluate(config_from_flags(), FLAGS.workdir)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,29 @@
+"""Shared fixtures. Four CPU devices are forced before jax is imported, so multi-device code runs
+on this machine; single-device tests pick one of them explicitly."""
+
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from jaxchar import corpus  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def moes_text(tmp_path_factory) -> str:
+  """The real corpus, obtained the way the trainer does (mirror or download, sha256-checked)."""
+  path = corpus.fetch_moes(tmp_path_factory.mktemp("data") / corpus.MOES_FILENAME)
+  return corpus.read_text(path)
+
+
+@pytest.fixture
+def tiny_text() -> str:
+  """A small, learnable text: a few repeated lines with a paragraph break near the end."""
+  lines = ["moe: hey homer.", "homer: hi moe.", "barney: beer!", "moe: no."] * 30
+  return "\n".join(lines[:100]) + "\n\n" + "\n".join(lines[100:]) + "\n"

@@ -1,0 +1,37 @@
+"""Progress output: a bar on a terminal, plain lines in logs."""
+
+import io
+
+from jaxchar import progress
+
+
+def test_non_terminal_output_is_plain_lines(monkeypatch):
+  monkeypatch.setattr(progress, "PLAIN_EVERY_SECONDS", 0.0)
+  stream = io.StringIO()
+  with progress.EpochProgress(2, 5, total_steps=20, batch_size=128, stream=stream) as bar:
+    for step in (10, 20):
+      bar.update(step, 1.5 + step / 100)
+  lines = stream.getvalue().splitlines()
+  assert "\r" not in stream.getvalue()
+  assert len(lines) == 2
+  assert lines[0].startswith("epoch 2/5 step 10/20 | loss 1.6000 |")
+  assert "seq/s | eta" in lines[0]
+  assert lines[1].startswith("epoch 2/5 step 20/20 | loss 1.7000 |")
+
+
+def test_non_terminal_lines_are_rate_limited():
+  stream = io.StringIO()
+  bar = progress.EpochProgress(1, 1, total_steps=100, batch_size=8, stream=stream)
+  for step in range(10, 100, 10):
+    bar.update(step, 2.0)
+  assert stream.getvalue() == ""  # within PLAIN_EVERY_SECONDS, only the last step prints
+  bar.update(100, 2.0)
+  assert stream.getvalue().count("\n") == 1
+
+
+def test_terminal_output_is_a_bar():
+  stream = io.StringIO()
+  with progress.EpochProgress(1, 3, total_steps=10, batch_size=4, stream=stream,
+                              interactive=True) as bar:
+    bar.update(10, 0.25)
+  assert "epoch 1/3" in stream.getvalue() and "\r" in stream.getvalue()

@@ -1,0 +1,144 @@
+"""The trainer entry point: a tiny end-to-end run, every bad input, and the launch flagfiles."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from absl import flags
+
+from jaxchar import corpus, train
+
+from conftest import REPO
+
+FLAGS = flags.FLAGS
+TINY_ARGS = ["--maxlen=8", "--step=2", "--hidden=16", "--batch_size=16", "--epochs=2",
+             "--sample_len=30", "--temperatures=0.5,1.0", "--eval_batch_size=64"]
+
+
+def run_main(args: list[str]) -> int:
+  """Parses `args` as the trainer's command line and runs main in-process; returns its exit code."""
+  FLAGS.unparse_flags()
+  argv = FLAGS(["jaxchar.train", *args])
+  try:
+    train.main(argv)
+  except SystemExit as e:
+    return e.code
+  finally:
+    FLAGS.unparse_flags()
+  return 0
+
+
+@pytest.fixture
+def tiny_file(tmp_path, tiny_text) -> Path:
+  path = tmp_path / "tiny.txt"
+  path.write_text(tiny_text, encoding="utf-8")
+  return path
+
+
+def test_tiny_run_trains_validates_and_writes_samples(tiny_file, tmp_path, capsys):
+  workdir = tmp_path / "run"
+  assert run_main([f"--data={tiny_file}", f"--workdir={workdir}", *TINY_ARGS]) == 0
+  out = capsys.readouterr().out
+  epoch_lines = [line for line in out.splitlines() if line.startswith("epoch ")]
+  assert len(epoch_lines) == 2
+  assert "val loss" in epoch_lines[0] and "bits/char" in epoch_lines[0]
+  samples = (workdir / "samples.md").read_text(encoding="utf-8")
+  assert samples.count("## Epoch ") == 2
+  assert samples.count("### Temperature 0.5") == 2 and samples.count("### Temperature 1.0") == 2
+
+
+def bad_input_cases(tmp_path: Path, tiny_file: Path) -> list[tuple[list[str], str]]:
+  empty = tmp_path / "empty.txt"
+  empty.write_bytes(b"")
+  latin1 = tmp_path / "latin1.txt"
+  latin1.write_bytes("moe: caf\u00e9\n".encode("utf-8") + "na\u00efve".encode("latin-1"))
+  short = tmp_path / "short.txt"
+  short.write_text("moe: hi", encoding="utf-8")
+  no_val = tmp_path / "noval.txt"
+  no_val.write_text("x" * 100, encoding="utf-8")
+  data = f"--data={tiny_file}"
+  return [
+      ([f"--data={tmp_path / 'missing.txt'}"], "no such file"),
+      ([f"--data={tmp_path}"], "is a directory"),
+      ([f"--data={empty}"], "is empty"),
+      ([f"--data={latin1}"], "not valid UTF-8: byte 13 (line 2)"),
+      ([f"--data={short}"], "too few for one window"),
+      ([f"--data={no_val}", "--maxlen=20"], "validation part"),
+      ([data, "--maxlen=0"], "--maxlen=0 must be a positive integer"),
+      ([data, "--step=-1"], "--step=-1 must be a positive integer"),
+      ([data, "--batch_size=0"], "--batch_size=0 must be a positive integer"),
+      ([data, "--epochs=0"], "--epochs=0 must be a positive integer"),
+      ([data, "--hidden=-5"], "--hidden=-5 must be a positive integer"),
+      ([data, "--val_fraction=1.0"], "outside [0, 1)"),
+      ([data, "--val_fraction=-0.1"], "outside [0, 1)"),
+      ([data, "--temperatures=0.5,0"], "temperature 0.0"),
+      ([data, "--temperatures=0.5,-1"], "temperature -1.0"),
+      ([data, "--temperatures=0.5,hot"], "not a comma-separated list of numbers"),
+      ([data, "--batch_size=6"], "does not split evenly over the 4 local devices"),
+      ([data, *TINY_ARGS, "--learning_rate=1e38"], "the training loss became nan"),
+  ]
+
+
+def test_every_bad_input_is_one_clear_error(tmp_path, tiny_file, capsys):
+  for args, message in bad_input_cases(tmp_path, tiny_file):
+    code = run_main([*args, f"--workdir={tmp_path / 'w'}"])
+    err = capsys.readouterr().err
+    assert code == 2, (args, err)
+    assert "Traceback" not in err and "error: " in err, (args, err)
+    paragraph = " ".join(err[err.index("error: "):].split())  # after any cleared progress bar
+    assert message in paragraph, (args, err)
+
+
+def test_unreadable_data_is_reported(tiny_file, tmp_path, capsys, monkeypatch):
+  def deny(self):
+    raise PermissionError(13, "Permission denied")
+  monkeypatch.setattr(Path, "read_bytes", deny)
+  assert run_main([f"--data={tiny_file}", f"--workdir={tmp_path / 'w'}"]) == 2
+  assert "cannot be read (Permission denied)" in " ".join(capsys.readouterr().err.split())
+
+
+def test_mirrored_corpus_with_wrong_checksum_is_refused(tmp_path, monkeypatch, capsys):
+  mirror = tmp_path / "mirror"
+  mirror.mkdir()
+  (mirror / corpus.MOES_FILENAME).write_text("not the real text\n" * 100, encoding="utf-8")
+  monkeypatch.setenv(corpus.MIRROR_ENV, str(mirror))
+  monkeypatch.chdir(tmp_path)
+  assert run_main(["--workdir=w"]) == 2
+  err = " ".join(capsys.readouterr().err.split())
+  assert "not the expected 810e7e76" in err and str(mirror) in err
+  assert not (tmp_path / "data" / corpus.MOES_FILENAME).exists()
+  assert list((tmp_path / "data").iterdir()) == []  # no partial file left behind
+
+
+def test_default_corpus_is_fetched_from_the_mirror_and_checked(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  text = corpus.read_text(train.DEFAULT_DATA, train.DEFAULT_DATA)
+  assert corpus.sha256_of(tmp_path / train.DEFAULT_DATA) == corpus.MOES_SHA256
+  assert len(text) == 305_270
+  (tmp_path / train.DEFAULT_DATA).write_text("edited", encoding="utf-8")
+  with pytest.raises(corpus.UserError, match="Delete that file"):
+    corpus.read_text(train.DEFAULT_DATA, train.DEFAULT_DATA)
+
+
+@pytest.mark.parametrize("args", [["--maxlen=0"], ["--maxlen=abc"], ["surplus"]])
+def test_command_line_errors_exit_without_traceback(args):
+  result = subprocess.run([sys.executable, "-m", "jaxchar.train", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert result.returncode != 0
+  assert "Traceback" not in result.stderr
+  assert "error" in result.stderr.lower()
+
+
+@pytest.mark.parametrize("flagfile", sorted((REPO / "launch").glob("*.flags")),
+                         ids=lambda p: p.name)
+def test_launch_flagfiles_parse_into_a_valid_config(flagfile):
+  FLAGS.unparse_flags()
+  try:
+    FLAGS(["jaxchar.train", f"--flagfile={flagfile}"])
+    config = train.config_from_flags()
+  finally:
+    FLAGS.unparse_flags()
+  assert config.epochs >= 1
