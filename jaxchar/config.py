@@ -26,6 +26,9 @@ class Config:
   seed: int = 0
   temperatures: tuple[float, ...] = (0.2, 0.5, 1.0, 1.2)
   sample_len: int = 400
+  save_every_steps: int = 0  # 0 = only at epoch ends (and on SIGTERM/SIGINT)
+  keep: int = 3  # most recent checkpoints kept, besides the best by validation loss
+  restart: bool = False  # set existing checkpoints aside instead of resuming
 
   def validate(self) -> "Config":
     """Raises UserError naming the first bad value and how to fix it; returns self."""
@@ -36,6 +39,10 @@ class Config:
     if self.steps_per_epoch < 0:
       raise UserError(
           f"--steps_per_epoch={self.steps_per_epoch} must be >= 0 (0 means the whole epoch).")
+    if self.save_every_steps < 0:
+      raise UserError(f"--save_every_steps={self.save_every_steps} must be >= 0 (0 = off).")
+    if self.keep < 1:
+      raise UserError(f"--keep={self.keep} must be at least 1.")
     if self.sample_len < 0:
       raise UserError(f"--sample_len={self.sample_len} must be >= 0 (0 turns samples off).")
     if not 0.0 <= self.val_fraction < 1.0:
@@ -55,7 +62,7 @@ class Config:
     return self
 
 
-def parse_temperatures(values: list[str] | str) -> tuple[float, ...]:
+def parse_temperatures(values: list[str] | str, flag: str = "temperatures") -> tuple[float, ...]:
   """Parses '0.2,0.5' or ['0.2', '0.5'] into floats, raising UserError on a bad entry."""
   if isinstance(values, str):
     values = [v for v in values.split(",") if v.strip()]
@@ -63,5 +70,38 @@ def parse_temperatures(values: list[str] | str) -> tuple[float, ...]:
     return tuple(float(v) for v in values)
   except ValueError:
     raise UserError(
-        f"--temperatures={','.join(values)} is not a comma-separated list of numbers; "
-        "pass e.g. --temperatures=0.2,0.5,1.0,1.2.") from None
+        f"--{flag}={','.join(values)} is not a comma-separated list of numbers; "
+        f"pass e.g. --{flag}=0.2,0.5,1.0,1.2.") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleConfig:
+  """What `python -m jaxchar.sample` needs; everything else comes from the checkpoint."""
+
+  workdir: str = "ckpt/moe"
+  step: int | None = None  # None = the best checkpoint by validation loss
+  prime: str = ""
+  temperatures: tuple[float, ...] = (0.5,)
+  length: int = 400
+  num_samples: int = 1
+  seed: int = 0
+  top_k: int = 0  # 0 = off
+  unknown: str = "error"  # or "skip": what to do with prime characters the model never saw
+
+  def validate(self) -> "SampleConfig":
+    """Raises UserError for values that are wrong whatever the checkpoint; returns self."""
+    if not self.temperatures:
+      raise UserError("--temperature is empty; give one value or a list, e.g. 0.5 or 0.2,1.0.")
+    for t in self.temperatures:
+      if not (math.isfinite(t) and t > 0):
+        raise UserError(f"--temperature {t} must be a positive number, e.g. --temperature=0.5: "
+                        "logits are divided by it, so 0 or less has no meaning.")
+    if self.length < 1:
+      raise UserError(f"--length={self.length} must be at least 1 character.")
+    if self.num_samples < 1:
+      raise UserError(f"--num_samples={self.num_samples} must be at least 1.")
+    if self.top_k < 0:
+      raise UserError(f"--top_k={self.top_k} must be >= 0 (0 = off).")
+    if self.unknown not in ("error", "skip"):
+      raise UserError(f"--unknown={self.unknown} must be 'error' or 'skip'.")
+    return self

@@ -5,6 +5,7 @@ once, and each batch is a small array of window start offsets gathered there (`g
 """
 
 import dataclasses
+import hashlib
 from collections.abc import Iterator
 
 import jax.numpy as jnp
@@ -24,6 +25,10 @@ class Vocab:
     return cls("".join(sorted(set(text))))
 
   @property
+  def _codes(self) -> np.ndarray:
+    return np.array([ord(c) for c in self.chars], dtype=np.uint32)  # sorted, as chars is
+
+  @property
   def size(self) -> int:
     return len(self.chars)
 
@@ -33,8 +38,9 @@ class Vocab:
 
   def encode(self, text: str) -> np.ndarray:
     """int32 ids of `text`; every character must be in the vocabulary."""
-    table = {c: i for i, c in enumerate(self.chars)}
-    return np.fromiter((table[c] for c in text), dtype=np.int32, count=len(text))
+    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    ids = np.searchsorted(self._codes, codes).astype(np.int32)
+    return ids
 
   def decode(self, ids) -> str:
     return "".join(self.chars[int(i)] for i in np.asarray(ids).reshape(-1))
@@ -49,6 +55,7 @@ class Corpus:
   cut: int  # train = ids[:cut], validation = ids[cut:]
   train_starts: np.ndarray  # int32 offsets into ids
   val_starts: np.ndarray  # int32 offsets into ids (already shifted by `cut`)
+  sha256: str  # of the text as trained on (after lowercasing): identifies it on resume
 
   @property
   def num_train_windows(self) -> int:
@@ -89,7 +96,8 @@ def build_corpus(text: str, *, maxlen: int, step: int, val_fraction: float,
         f"the validation part of the corpus has {len(text) - cut} characters, too few for one "
         f"window of --maxlen={maxlen} plus its target; raise --val_fraction, lower --maxlen, or "
         "use a longer text (or --val_fraction=0 to train without validation).")
-  return Corpus(vocab, vocab.encode(text), cut, train_starts, val_starts.astype(np.int32))
+  return Corpus(vocab, vocab.encode(text), cut, train_starts, val_starts.astype(np.int32),
+                hashlib.sha256(text.encode("utf-8")).hexdigest())
 
 
 def epoch_order(num_windows: int, seed: int, epoch: int) -> np.ndarray:

@@ -35,10 +35,14 @@ class CharLSTM(nn.Module):
     self.head = nn.Dense(self.vocab_size, kernel_init=nn.initializers.glorot_uniform(),
                          dtype=self.dtype, name="head")
 
-  def __call__(self, inputs: Array) -> Array:
-    """int ids [B, T] -> float32 logits [B, vocab] for the character after position T-1."""
+  def __call__(self, inputs: Array, lengths: Array | None = None) -> Array:
+    """int ids [B, T] -> float32 logits [B, vocab] for the character after the window.
+
+    `lengths` [B] marks left-aligned windows shorter than T (a short sampling prime): the
+    logits then follow position lengths-1, and later positions are ignored.
+    """
     x = jax.nn.one_hot(inputs, self.vocab_size, dtype=self.dtype)
-    (_, h), _ = self.rnn(x)
+    (_, h), _ = self.rnn(x, seq_lengths=lengths)
     return self.head(h).astype(jnp.float32)
 
 

@@ -1,34 +1,71 @@
-"""Sampling: one jitted function generates every character, for a batch of temperatures."""
+"""Samples from a trained checkpoint: `python -m jaxchar.sample --workdir=ckpt/moe --prime=...`.
 
-import functools
-from typing import Any
+Needs no training flags: vocabulary, model shape and window length come from the checkpoint.
+"""
 
-import jax
-import jax.numpy as jnp
+from pathlib import Path
+
+from absl import app, flags
+
+from jaxchar.config import SampleConfig, parse_temperatures
+from jaxchar.errors import UserError, exits_on_user_error
+from jaxchar.generate import load_sampler
+
+flags.DEFINE_string("workdir", "ckpt/moe", "The training run's folder (the trainer's --workdir).")
+flags.DEFINE_integer("step", None, "Checkpoint step to sample from. Default: the checkpoint with "
+                     "the best (lowest) validation loss; the latest if none has one.")
+flags.DEFINE_string("prime", "", "Text to continue; lowercased if the model was trained "
+                    "lowercased. Empty = start from a line break. Only its last maxlen "
+                    "characters are used as context.")
+flags.DEFINE_string("prime_file", None, "Read the prime from this UTF-8 file instead.")
+flags.DEFINE_list("temperature", ["0.5"], "One temperature or a comma-separated list.")
+flags.DEFINE_integer("length", 400, "Characters to generate per sample.")
+flags.DEFINE_integer("num_samples", 1, "Samples per temperature.")
+flags.DEFINE_integer("seed", 0, "Sampling seed.")
+flags.DEFINE_integer("top_k", 0, "Draw only from the k most likely characters; 0 = off.")
+flags.DEFINE_enum("unknown", "error", ["error", "skip"], "Prime characters the model never saw: "
+                  "stop with an error listing them, or skip (drop) them.")
+FLAGS = flags.FLAGS
 
 
-def scale_logits(logits: jnp.ndarray, temperatures: jnp.ndarray, top_k: int) -> jnp.ndarray:
-  """Logits divided by per-row temperature, optionally keeping only the top_k per row."""
-  if top_k:
-    kth_largest = jax.lax.top_k(logits, top_k)[0][:, -1:]
-    logits = jnp.where(logits < kth_largest, -jnp.inf, logits)
-  return logits / temperatures[:, None]
+def _read_prime() -> str:
+  if FLAGS.prime_file is None:
+    return FLAGS.prime
+  try:
+    return Path(FLAGS.prime_file).read_text(encoding="utf-8")
+  except (OSError, UnicodeDecodeError) as e:
+    raise UserError(f"--prime_file={FLAGS.prime_file} cannot be read as UTF-8 text ({e}); "
+                    "check the path, or pass the prime with --prime.") from None
 
 
-@functools.partial(jax.jit, static_argnames=("model", "length", "top_k"))
-def generate_window(model: Any, params, context: jnp.ndarray, temperatures: jnp.ndarray,
-                    key: jax.Array, length: int, top_k: int = 0) -> jnp.ndarray:
-  """Generates `length` ids per row, rerunning the model on the last maxlen ids each time.
+def config_from_flags() -> SampleConfig:
+  return SampleConfig(
+      workdir=FLAGS.workdir, step=FLAGS.step, prime=_read_prime(),
+      temperatures=parse_temperatures(FLAGS.temperature, "temperature"), length=FLAGS.length,
+      num_samples=FLAGS.num_samples, seed=FLAGS.seed, top_k=FLAGS.top_k, unknown=FLAGS.unknown,
+  ).validate()
 
-  context: int32 [B, maxlen], the seed window of each row (the reference's sliding window);
-  temperatures: float32 [B]. Returns int32 [B, length].
-  """
 
-  def next_id(window, step_key):
-    logits = model.apply({"params": params}, window)
-    new = jax.random.categorical(step_key, scale_logits(logits, temperatures, top_k))
-    new = new.astype(window.dtype)
-    return jnp.concatenate([window[:, 1:], new[:, None]], axis=1), new
+def run(config: SampleConfig) -> str:
+  """Restores the checkpoint and returns the samples as printable text."""
+  sampler = load_sampler(config.workdir, config.step)
+  samples = sampler.sample(config.prime, config.temperatures, config.length, config.num_samples,
+                           config.seed, config.top_k, config.unknown)
+  val = sampler.meta.get("val_loss")
+  lines = [f"# checkpoint step {sampler.step} (epoch {sampler.meta['epoch']}"
+           + (f", validation loss {val:.4f} nats)" if val is not None else ")")]
+  for temperature, texts in zip(config.temperatures, samples):
+    for n, text in enumerate(texts, 1):
+      lines.append(f"----- temperature {temperature}, sample {n}\n{config.prime}{text}")
+  return "\n".join(lines)
 
-  _, generated = jax.lax.scan(next_id, context, jax.random.split(key, length))
-  return generated.T
+
+@exits_on_user_error
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise UserError(f"unexpected arguments {argv[1:]}; every setting is a --flag (see --help).")
+  print(run(config_from_flags()))
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,6 +1,8 @@
 """Trains a character-level LSTM: `python -m jaxchar.train --flagfile=launch/moe.flags`."""
 
 import functools
+import sys
+from dataclasses import asdict
 import math
 import time
 from pathlib import Path
@@ -12,10 +14,11 @@ from absl import app, flags
 from flax import jax_utils
 
 from jaxchar import corpus as corpus_lib
-from jaxchar import data, progress, sample, steps
+from jaxchar import checkpoint, data, generate, progress, steps
 from jaxchar.config import DEFAULT_DATA, Config, parse_temperatures
 from jaxchar.errors import UserError, exits_on_user_error
 from jaxchar.model import CharLSTM, count_params
+from jaxchar.preemption import StopRequests
 
 _DEFAULTS = Config()
 flags.DEFINE_string("data", _DEFAULTS.data, "UTF-8 text to train on. The default Moe's Tavern "
@@ -40,7 +43,14 @@ flags.DEFINE_list("temperatures", [str(t) for t in _DEFAULTS.temperatures], "Sam
                   "temperatures for the per-epoch samples, comma-separated.")
 flags.DEFINE_integer("sample_len", _DEFAULTS.sample_len, "Characters generated per temperature "
                      "after each epoch; 0 = no samples.")
-flags.DEFINE_string("workdir", "ckpt/moe", "Folder for this run's outputs (samples.md, ...).")
+flags.DEFINE_integer("save_every_steps", _DEFAULTS.save_every_steps, "Also checkpoint every "
+                     "this many steps; 0 = only at epoch ends and on SIGTERM/SIGINT.")
+flags.DEFINE_integer("keep", _DEFAULTS.keep, "Most recent checkpoints to keep, besides the best "
+                     "by validation loss.")
+flags.DEFINE_bool("restart", _DEFAULTS.restart, "Start afresh: move existing checkpoints in "
+                  "--workdir to replaced_checkpoints/ instead of resuming from them.")
+flags.DEFINE_string("workdir", "ckpt/moe", "Folder for this run: checkpoints/, samples.md. "
+                    "Rerunning with the same folder resumes from its latest checkpoint.")
 FLAGS = flags.FLAGS
 
 LOG_EVERY = 10  # steps between progress-bar updates (each one is a device-to-host fetch)
@@ -54,6 +64,7 @@ def config_from_flags() -> Config:
       eval_batch_size=FLAGS.eval_batch_size, learning_rate=FLAGS.learning_rate,
       epochs=FLAGS.epochs, steps_per_epoch=FLAGS.steps_per_epoch, seed=FLAGS.seed,
       temperatures=parse_temperatures(FLAGS.temperatures), sample_len=FLAGS.sample_len,
+      save_every_steps=FLAGS.save_every_steps, keep=FLAGS.keep, restart=FLAGS.restart,
   ).validate()
 
 
@@ -95,7 +106,7 @@ def write_samples(state, model: CharLSTM, corpus: data.Corpus, config: Config, e
   temps = jnp.asarray(config.temperatures, jnp.float32)
   context = jnp.broadcast_to(jnp.asarray(seed_ids), (len(temps), config.maxlen))
   key = jax.random.fold_in(jax.random.PRNGKey(config.seed), epoch)
-  generated = sample.generate_window(model, state.params, context, temps, key, config.sample_len)
+  generated = generate.generate_window(model, state.params, context, temps, key, config.sample_len)
   seed_text = corpus.vocab.decode(seed_ids)
   parts = [f"## Epoch {epoch}\n\nSeed window: `{seed_text!r}`\n"]
   for t, row in zip(config.temperatures, np.asarray(generated)):
@@ -106,8 +117,36 @@ def write_samples(state, model: CharLSTM, corpus: data.Corpus, config: Config, e
   return text
 
 
+# Settings that fix the meaning of a checkpoint's parameters and data position.
+_RESUME_KEYS = ("vocab", "corpus_sha256", "lowercase", "maxlen", "hidden", "step", "batch_size",
+                "val_fraction", "seed")
+
+
+def _run_meta(config: Config, corpus: data.Corpus) -> dict:
+  """What a checkpoint must carry besides the state: enough to sample and to resume safely."""
+  return {"vocab": corpus.vocab.chars, "corpus_sha256": corpus.sha256,
+          "lowercase": config.lowercase, "maxlen": config.maxlen, "hidden": config.hidden,
+          "vocab_size": corpus.vocab.size, "step": config.step, "batch_size": config.batch_size,
+          "val_fraction": config.val_fraction, "seed": config.seed, "config": asdict(config)}
+
+
+def _check_resumable(saved: dict, run_meta: dict, workdir: Path) -> None:
+  diffs = [f"{k} {_short(saved.get(k))} (checkpoint) vs {_short(run_meta[k])} (now)"
+           for k in _RESUME_KEYS if saved.get(k) != run_meta[k]]
+  if diffs:
+    raise UserError(
+        f"{workdir} holds checkpoints of a different run, so it cannot be resumed: "
+        f"{'; '.join(diffs)}. Rerun with the same settings, or start afresh with --restart "
+        "(existing checkpoints are moved aside, not deleted) or a new --workdir.")
+
+
+def _short(value) -> str:
+  text = repr(value)
+  return text if len(text) <= 24 else text[:21] + "...'"
+
+
 def train_and_evaluate(config: Config, workdir: str | Path) -> list[dict]:
-  """Trains for config.epochs; returns one summary dict per epoch."""
+  """Trains (resuming from workdir's latest checkpoint); returns a summary dict per epoch run."""
   workdir = Path(workdir)
   text = corpus_lib.read_text(config.data, DEFAULT_DATA)
   corpus = data.build_corpus(text, maxlen=config.maxlen, step=config.step,
@@ -120,10 +159,26 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> list[dict]:
         f"--batch_size={max(1, config.batch_size // num_devices) * num_devices}.")
   eval_batch_size = -(-config.eval_batch_size // num_devices) * num_devices
   workdir.mkdir(parents=True, exist_ok=True)
+  if config.restart and (moved := checkpoint.set_aside_all(workdir)):
+    print(f"--restart: moved the previous checkpoints to {moved}", flush=True)
 
   model = CharLSTM(corpus.vocab.size, config.hidden)
   state = steps.create_train_state(jax.random.PRNGKey(config.seed), model, config.maxlen,
                                    config.learning_rate)
+  run_meta = _run_meta(config, corpus)
+  checkpoints = checkpoint.Checkpoints(workdir, config.keep)
+  start_epoch, start_batch, epoch_losses = 1, 0, []
+  restored = checkpoints.restore_latest(jax.device_get(_savable(state)))
+  if restored:
+    saved_state, meta = restored
+    _check_resumable(meta, run_meta, workdir)
+    state = state.replace(**saved_state)
+    start_epoch, start_batch = meta["epoch"], meta["batch_in_epoch"]
+    epoch_losses = meta["epoch_losses"]
+    if meta["epoch_complete"]:
+      start_epoch, start_batch, epoch_losses = start_epoch + 1, 0, []
+    print(f"resuming from the checkpoint at step {int(state.step)} (epoch {start_epoch}, "
+          f"batch {start_batch})", flush=True)
   print(f"corpus: {len(corpus.ids):,} characters, vocabulary {corpus.vocab.size}; "
         f"{corpus.num_train_windows:,} training and {corpus.num_val_windows:,} validation "
         f"windows; model: {count_params(state.params):,} parameters; devices: {num_devices} x "
@@ -136,39 +191,88 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> list[dict]:
   p_eval_step = jax.pmap(functools.partial(_eval_on_starts, maxlen=config.maxlen),
                          axis_name=steps.AXIS)
 
+  def save(epoch: int, batch_in_epoch: int, complete: bool, val_loss: float | None = None):
+    host_state = jax.device_get(_savable(jax_utils.unreplicate(p_state)))
+    meta = {**run_meta, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
+            "epoch_complete": complete, "epoch_losses": [float(x) for x in epoch_losses],
+            "val_loss": val_loss}
+    checkpoints.save(int(host_state["step"]), host_state, meta, val_loss)
+
   history = []
-  for epoch in range(1, config.epochs + 1):
-    order = data.epoch_order(corpus.num_train_windows, config.seed, epoch)
-    batches = data.train_batches(corpus.train_starts, order, config.batch_size, num_devices)
-    if config.steps_per_epoch:
-      batches = batches[:config.steps_per_epoch]
-    losses = []
-    epoch_start = time.perf_counter()
-    with progress.EpochProgress(epoch, config.epochs, len(batches), config.batch_size) as bar:
-      for i, starts in enumerate(batches):
-        p_state, metrics = p_train_step(p_state, p_ids, starts)
-        losses.append(metrics["loss"])
-        if (i + 1) % LOG_EVERY == 0 or i + 1 == len(batches):
-          running = float(jnp.mean(jnp.stack([m[0] for m in losses[-LOG_EVERY:]])))
-          _check_finite(running, int(p_state.step[0]), config)
-          bar.update(i + 1, running)
-    train_loss = float(jnp.mean(jnp.stack([m[0] for m in losses])))
-    _check_finite(train_loss, int(p_state.step[0]), config)
-    train_seconds = time.perf_counter() - epoch_start
-    val_loss = (evaluate(p_eval_step, p_state, p_ids, corpus, eval_batch_size)
-                if corpus.num_val_windows else float("nan"))
-    summary = {"epoch": epoch, "step": int(p_state.step[0]), "train_loss": train_loss,
-               "val_loss": val_loss, "val_bpc": val_loss / math.log(2),
-               "windows_per_s": len(batches) * config.batch_size / train_seconds,
-               "seconds": time.perf_counter() - epoch_start}
-    history.append(summary)
-    print(f"epoch {epoch:3d} | train loss {train_loss:.4f} | val loss {val_loss:.4f} nats "
-          f"({summary['val_bpc']:.3f} bits/char) | {summary['windows_per_s']:,.0f} seq/s | "
-          f"{summary['seconds']:.1f} s", flush=True)
-    if config.sample_len:
-      print(write_samples(jax_utils.unreplicate(p_state), model, corpus, config, epoch, workdir),
-            flush=True)
+  with StopRequests() as stop:
+    for epoch in range(start_epoch, config.epochs + 1):
+      order = data.epoch_order(corpus.num_train_windows, config.seed, epoch)
+      batches = data.train_batches(corpus.train_starts, order, config.batch_size, num_devices)
+      if config.steps_per_epoch:
+        batches = batches[:config.steps_per_epoch]
+      first = start_batch if epoch == start_epoch else 0
+      if first == 0:
+        epoch_losses = []
+      epoch_start = time.perf_counter()
+      pending = []  # device-side losses not yet fetched to epoch_losses
+
+      def fetch_pending():
+        epoch_losses.extend(np.asarray(jnp.stack(pending))[:, 0].tolist() if pending else [])
+        pending.clear()
+
+      done = first
+      with progress.EpochProgress(epoch, config.epochs, len(batches) - first,
+                                  config.batch_size) as bar:
+        while done < len(batches) and not stop.requested:
+          p_state, metrics = p_train_step(p_state, p_ids, batches[done])
+          pending.append(metrics["loss"])
+          done += 1
+          if len(pending) == LOG_EVERY or done == len(batches):
+            fetch_pending()
+            running = float(np.mean(epoch_losses[-LOG_EVERY:]))
+            _check_finite(running, int(p_state.step[0]), config)
+            bar.update(done - first, running)
+          if (config.save_every_steps and done < len(batches)
+              and int(p_state.step[0]) % config.save_every_steps == 0):
+            fetch_pending()
+            save(epoch, done, complete=False)
+      if stop.requested:
+        fetch_pending()
+        if done > first or epoch != start_epoch:  # else the latest checkpoint is this point
+          save(epoch, done, complete=False)
+        checkpoints.wait()
+        checkpoints.close()
+        print(f"{stop.signal_name}: saved a checkpoint at step {int(p_state.step[0])} in "
+              f"{workdir}; run the same command again to resume from it.", flush=True)
+        sys.exit(stop.exit_code)
+      summary = _end_epoch(epoch, epoch_losses, len(batches) - first, epoch_start, p_state,
+                           p_eval_step, p_ids, corpus, config, eval_batch_size)
+      history.append(summary)
+      if config.sample_len:
+        print(write_samples(jax_utils.unreplicate(p_state), model, corpus, config, epoch,
+                            workdir), flush=True)
+      save(epoch, len(batches), complete=True, val_loss=summary["val_loss"])
+  checkpoints.wait()
+  checkpoints.close()
   return history
+
+
+def _savable(state: steps.TrainState) -> dict:
+  return {"params": state.params, "opt_state": state.opt_state, "step": state.step}
+
+
+def _end_epoch(epoch, epoch_losses, steps_run, epoch_start, p_state, p_eval_step, p_ids,
+               corpus, config, eval_batch_size) -> dict:
+  """Validates and prints the epoch's one-line summary."""
+  train_loss = float(np.mean(epoch_losses)) if epoch_losses else float("nan")
+  _check_finite(train_loss, int(p_state.step[0]), config)
+  train_seconds = time.perf_counter() - epoch_start
+  val_loss = (evaluate(p_eval_step, p_state, p_ids, corpus, eval_batch_size)
+              if corpus.num_val_windows else None)
+  summary = {"epoch": epoch, "step": int(p_state.step[0]), "train_loss": train_loss,
+             "val_loss": val_loss, "val_bpc": val_loss / math.log(2) if val_loss else None,
+             "windows_per_s": steps_run * config.batch_size / max(train_seconds, 1e-9),
+             "seconds": time.perf_counter() - epoch_start}
+  val_text = (f"val loss {val_loss:.4f} nats ({summary['val_bpc']:.3f} bits/char)"
+              if val_loss is not None else "no validation windows")
+  print(f"epoch {epoch:3d} | train loss {train_loss:.4f} | {val_text} | "
+        f"{summary['windows_per_s']:,.0f} seq/s | {summary['seconds']:.1f} s", flush=True)
+  return summary
 
 
 @exits_on_user_error

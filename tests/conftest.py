@@ -27,3 +27,18 @@ def tiny_text() -> str:
   """A small, learnable text: a few repeated lines with a paragraph break near the end."""
   lines = ["moe: hey homer.", "homer: hi moe.", "barney: beer!", "moe: no."] * 30
   return "\n".join(lines[:100]) + "\n\n" + "\n".join(lines[100:]) + "\n"
+
+
+def tiny_config(data: Path, **overrides):
+  """A config that trains in seconds: hidden 16, window 8, batch 16, no samples."""
+  from jaxchar.config import Config
+  fields = dict(data=str(data), maxlen=8, step=2, hidden=16, batch_size=16, eval_batch_size=64,
+                epochs=2, sample_len=0, temperatures=(0.5, 1.0))
+  return Config(**{**fields, **overrides}).validate()
+
+
+@pytest.fixture
+def tiny_file(tmp_path, tiny_text) -> Path:
+  path = tmp_path / "tiny.txt"
+  path.write_text(tiny_text, encoding="utf-8")
+  return path

@@ -30,13 +30,6 @@ def run_main(args: list[str]) -> int:
   return 0
 
 
-@pytest.fixture
-def tiny_file(tmp_path, tiny_text) -> Path:
-  path = tmp_path / "tiny.txt"
-  path.write_text(tiny_text, encoding="utf-8")
-  return path
-
-
 def test_tiny_run_trains_validates_and_writes_samples(tiny_file, tmp_path, capsys):
   workdir = tmp_path / "run"
   assert run_main([f"--data={tiny_file}", f"--workdir={workdir}", *TINY_ARGS]) == 0

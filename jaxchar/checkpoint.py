@@ -1,0 +1,124 @@
+"""Orbax checkpoints: one host copy of the train state plus a JSON item with what sampling needs.
+
+Layout: <workdir>/checkpoints/<step>/{state,meta}. The last `keep` checkpoints and the best by
+validation loss are kept. A checkpoint that fails to restore is moved to
+<workdir>/corrupt_checkpoints/ (never deleted) and the next older one is used.
+"""
+
+import datetime
+import shutil
+from pathlib import Path
+from typing import Any
+
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as policies
+
+import jaxchar
+from jaxchar.errors import UserError
+
+FORMAT_VERSION = 1  # bump when the saved layout changes incompatibly
+
+
+def _checkpoint_dir(workdir: Path) -> Path:
+  return Path(workdir).resolve() / "checkpoints"
+
+
+def _manager(workdir: Path, keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
+  best = policies.BestN(get_metric_fn=lambda m: m["val_loss"], reverse=True, n=1,
+                        keep_checkpoints_without_metrics=False)
+  options = ocp.CheckpointManagerOptions(
+      preservation_policy=policies.AnyPreservationPolicy([policies.LatestN(keep), best]),
+      enable_async_checkpointing=not read_only, read_only=read_only, create=not read_only)
+  return ocp.CheckpointManager(_checkpoint_dir(workdir), options=options,
+                               item_names=("state", "meta"))
+
+
+class Checkpoints:
+  """Saving and resuming a training run's checkpoints in `workdir`."""
+
+  def __init__(self, workdir: Path, keep: int):
+    self.workdir = Path(workdir)
+    self.keep = keep
+    self.manager = _manager(self.workdir, keep)
+
+  def save(self, step: int, state: dict, meta: dict, val_loss: float | None = None) -> None:
+    """Starts an asynchronous save of host (numpy) `state` and JSON `meta` at `step`."""
+    meta = {**meta, "format_version": FORMAT_VERSION, "jaxchar_version": jaxchar.__version__}
+    metrics = {"val_loss": val_loss} if val_loss is not None else None
+    self.manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.PyTreeSave(state), meta=ocp.args.JsonSave(meta)), metrics=metrics)
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.close()
+
+  def restore_latest(self, template: dict) -> tuple[dict, dict] | None:
+    """(state, meta) of the newest checkpoint that restores; None when there is none."""
+    while self.manager.all_steps():
+      step = self.manager.latest_step()
+      try:
+        meta = read_meta(self.workdir, step, manager=self.manager)
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(item=template)))
+        return restored.state, meta
+      except UserError:
+        raise
+      except Exception as e:  # orbax raises many types for truncated or missing files
+        moved = self._set_aside(step)
+        print(f"warning: the checkpoint at step {step} is incomplete or corrupt "
+              f"({type(e).__name__}: {str(e)[:200]}); moved it to {moved} and falling back to "
+              "the previous one.", flush=True)
+    return None
+
+  def _set_aside(self, step: int) -> Path:
+    self.manager.close()
+    dest = self.workdir / "corrupt_checkpoints" / f"{step}-{_now()}"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(_checkpoint_dir(self.workdir) / str(step)), dest)
+    self.manager = _manager(self.workdir, self.keep)
+    return dest
+
+
+def set_aside_all(workdir: Path) -> Path | None:
+  """Moves existing checkpoints to <workdir>/replaced_checkpoints/<time> (for --restart)."""
+  source = _checkpoint_dir(workdir)
+  if not source.exists():
+    return None
+  dest = Path(workdir) / "replaced_checkpoints" / _now()
+  dest.parent.mkdir(parents=True, exist_ok=True)
+  shutil.move(str(source), dest)
+  return dest
+
+
+def _now() -> str:
+  return datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+
+
+def read_meta(workdir: Path, step: int, manager: ocp.CheckpointManager | None = None) -> dict:
+  """The JSON metadata of one checkpoint, checked for a compatible format."""
+  manager = manager or _manager(workdir, read_only=True)
+  meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+  if meta.get("format_version") != FORMAT_VERSION:
+    raise UserError(
+        f"the checkpoint at step {step} in {workdir} was written by jaxchar "
+        f"{meta.get('jaxchar_version', '(unknown)')} in checkpoint format "
+        f"{meta.get('format_version')}; this jaxchar ({jaxchar.__version__}) reads format "
+        f"{FORMAT_VERSION}. Use that jaxchar version to sample from it, or retrain.")
+  return meta
+
+
+def checkpoint_steps(workdir: Path) -> list[int]:
+  """Steps of the finished checkpoints in `workdir`, oldest first."""
+  if not _checkpoint_dir(workdir).is_dir():
+    return []
+  return sorted(_manager(workdir, read_only=True).all_steps())
+
+
+def restore_params(workdir: Path, step: int, params_template: Any) -> Any:
+  """Only the parameters of one checkpoint (no optimizer state), as host numpy arrays."""
+  manager = _manager(workdir, read_only=True)
+  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+      item={"params": params_template}, partial_restore=True)))
+  return restored.state["params"]

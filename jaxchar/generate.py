@@ -1,0 +1,130 @@
+"""Sampling: one jitted function generates every character for a batch of temperatures; and
+restoring a checkpoint into a ready-to-use Sampler."""
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxchar import checkpoint
+from jaxchar.data import Vocab
+from jaxchar.errors import UserError
+from jaxchar.model import CharLSTM, init_params
+
+
+def scale_logits(logits: jnp.ndarray, temperatures: jnp.ndarray, top_k: int) -> jnp.ndarray:
+  """Logits divided by per-row temperature, optionally keeping only the top_k per row."""
+  if top_k:
+    kth_largest = jax.lax.top_k(logits, top_k)[0][:, -1:]
+    logits = jnp.where(logits < kth_largest, -jnp.inf, logits)
+  return logits / temperatures[:, None]
+
+
+@functools.partial(jax.jit, static_argnames=("model", "length", "top_k"))
+def generate_window(model: Any, params, context: jnp.ndarray, temperatures: jnp.ndarray,
+                    key: jax.Array, length: int, top_k: int = 0,
+                    context_len: jnp.ndarray | int | None = None) -> jnp.ndarray:
+  """Generates `length` ids per row, rerunning the model on the last maxlen ids each time.
+
+  context: int32 [B, maxlen], the seed window of each row (the reference's sliding window);
+  context_len: how many leading ids of it are real (default all): a shorter prime fills the
+  window as characters are generated, then it slides. temperatures: float32 [B].
+  Returns int32 [B, length].
+  """
+  batch, maxlen = context.shape
+  filled = jnp.asarray(maxlen if context_len is None else context_len, jnp.int32)
+
+  def next_id(carry, step_key):
+    window, filled = carry
+    logits = model.apply({"params": params}, window, jnp.full((batch,), filled))
+    new = jax.random.categorical(step_key, scale_logits(logits, temperatures, top_k))
+    new = new.astype(window.dtype)
+    slid = jnp.concatenate([window[:, 1:], new[:, None]], axis=1)
+    grown = window.at[:, jnp.minimum(filled, maxlen - 1)].set(new)
+    window = jnp.where(filled == maxlen, slid, grown)
+    return (window, jnp.minimum(filled + 1, maxlen)), new
+
+  _, generated = jax.lax.scan(next_id, (context, filled), jax.random.split(key, length))
+  return generated.T
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampler:
+  """A restored model, ready to sample: parameters plus the checkpoint's metadata."""
+
+  model: CharLSTM
+  params: Any
+  vocab: Vocab
+  maxlen: int
+  lowercase: bool
+  step: int
+  meta: dict
+
+  def encode_prime(self, prime: str, unknown: str = "error") -> tuple[np.ndarray, int]:
+    """The context window [maxlen] (left-aligned) and how many of its ids are real."""
+    if self.lowercase:
+      prime = prime.lower()
+    missing = self.vocab.unknown(prime)
+    if missing and unknown == "error":
+      raise UserError(
+          f"the prime has characters the model never saw in training: "
+          f"{', '.join(repr(c) for c in missing)}. Remove them, or pass --unknown=skip to drop "
+          "them.")
+    prime = "".join(c for c in prime if c not in missing)
+    if not prime:  # start as from a line break, or the first symbol if the text has none
+      prime = "\n" if "\n" in self.vocab.chars else self.vocab.chars[0]
+    ids = self.vocab.encode(prime[-self.maxlen:])
+    window = np.zeros(self.maxlen, np.int32)
+    window[:len(ids)] = ids
+    return window, len(ids)
+
+  def sample(self, prime: str, temperatures: Sequence[float], length: int, num_samples: int = 1,
+             seed: int = 0, top_k: int = 0, unknown: str = "error") -> list[list[str]]:
+    """`num_samples` continuations of `prime` per temperature: result[t][n]."""
+    if top_k > self.vocab.size:
+      raise UserError(f"--top_k={top_k} is larger than the vocabulary ({self.vocab.size} "
+                      f"characters); use 0 (off) to {self.vocab.size}.")
+    window, filled = self.encode_prime(prime, unknown)
+    temps = np.repeat(np.asarray(temperatures, np.float32), num_samples)
+    context = np.broadcast_to(window, (len(temps), self.maxlen))
+    out = np.asarray(generate_window(self.model, self.params, jnp.asarray(context),
+                                     jnp.asarray(temps), jax.random.PRNGKey(seed), length,
+                                     top_k, filled))
+    texts = [self.vocab.decode(row) for row in out]
+    return [texts[i * num_samples:(i + 1) * num_samples] for i in range(len(temperatures))]
+
+
+def best_step(workdir: Path) -> int:
+  """The checkpoint with the lowest validation loss (the latest if none has one)."""
+  steps = checkpoint.checkpoint_steps(workdir)
+  scored = [(meta["val_loss"], step) for step in steps
+            if (meta := checkpoint.read_meta(workdir, step)).get("val_loss") is not None]
+  return min(scored)[1] if scored else steps[-1]
+
+
+def load_sampler(workdir: str | Path, step: int | None = None) -> Sampler:
+  """Restores parameters (not optimizer state) and metadata onto the default device."""
+  workdir = Path(workdir)
+  if not workdir.is_dir():
+    raise UserError(f"--workdir={workdir} does not exist; point it at a training run's folder "
+                    "(the trainer's --workdir, default ckpt/moe).")
+  steps = checkpoint.checkpoint_steps(workdir)
+  if not steps:
+    raise UserError(f"--workdir={workdir} holds no checkpoint; train first, e.g. "
+                    f"`python -m jaxchar.train --flagfile=launch/moe.flags --workdir={workdir}`.")
+  if step is None:
+    step = best_step(workdir)
+  elif step not in steps:
+    raise UserError(f"--step={step} has no checkpoint in {workdir}; the steps saved are "
+                    f"{', '.join(map(str, steps))}.")
+  meta = checkpoint.read_meta(workdir, step)
+  model = CharLSTM(meta["vocab_size"], meta["hidden"])
+  template = jax.device_get(init_params(model, jax.random.PRNGKey(0), meta["maxlen"]))
+  params = jax.device_put(checkpoint.restore_params(workdir, step, template))
+  return Sampler(model, params, Vocab(meta["vocab"]), meta["maxlen"], meta["lowercase"], step,
+                 meta)

@@ -1,0 +1,148 @@
+"""Checkpoints: exact resume, preemption by a real signal, corrupt-checkpoint fallback."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from conftest import REPO, tiny_config
+from jaxchar import checkpoint, train
+from jaxchar.errors import UserError
+from jaxchar.preemption import StopRequests
+
+
+def final_checkpoint(workdir: Path) -> tuple[dict, dict]:
+  """(state as numpy, meta) of the newest checkpoint."""
+  step = checkpoint.checkpoint_steps(workdir)[-1]
+  ckpts = checkpoint.Checkpoints(workdir, keep=3)
+  state = ckpts.manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.PyTreeRestore())).state
+  ckpts.close()
+  return state, checkpoint.read_meta(workdir, step)
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+  (state_a, meta_a), (state_b, meta_b) = final_checkpoint(a), final_checkpoint(b)
+  assert meta_a["epoch_losses"] == meta_b["epoch_losses"]  # bit-for-bit float losses
+  assert meta_a["val_loss"] == meta_b["val_loss"]
+  leaves_a = jax.tree_util.tree_leaves_with_path(state_a)
+  leaves_b = jax.tree_util.tree_leaves(state_b)
+  assert len(leaves_a) == len(leaves_b)
+  for (path, x), y in zip(leaves_a, leaves_b):
+    assert np.array_equal(x, y), jax.tree_util.keystr(path)
+
+
+class StopAfterPolls(StopRequests):
+  """Behaves as if SIGTERM arrived after `polls` checks (one check per training step)."""
+
+  def __init__(self, polls: int):
+    super().__init__()
+    self.remaining = polls
+
+  @property
+  def requested(self) -> bool:
+    if self.signal_name is None:
+      self.remaining -= 1
+      if self.remaining < 0:
+        self.signal_name = "SIGTERM"
+    return self.signal_name is not None
+
+
+def test_resume_mid_epoch_on_4_devices_is_bit_exact(tiny_file, tmp_path, monkeypatch):
+  assert jax.local_device_count() == 4
+  config = tiny_config(tiny_file, epochs=3, save_every_steps=7)
+  train.train_and_evaluate(config, tmp_path / "full")
+
+  monkeypatch.setattr(train, "StopRequests", lambda: StopAfterPolls(60))  # epoch 1 has 45 steps
+  with pytest.raises(SystemExit) as exit_info:
+    train.train_and_evaluate(config, tmp_path / "resumed")
+  assert exit_info.value.code == 128 + signal.SIGTERM
+  _, meta = final_checkpoint(tmp_path / "resumed")
+  assert (meta["epoch"], meta["epoch_complete"]) == (2, False) and 0 < meta["batch_in_epoch"]
+  monkeypatch.undo()
+  history = train.train_and_evaluate(config, tmp_path / "resumed")
+  assert [h["epoch"] for h in history] == [2, 3]
+  assert_same_run(tmp_path / "full", tmp_path / "resumed")
+
+
+def test_changed_model_or_corpus_is_refused_on_resume(tiny_file, tmp_path):
+  config = tiny_config(tiny_file, epochs=1)
+  train.train_and_evaluate(config, tmp_path / "run")
+  with pytest.raises(UserError, match=r"hidden 16 \(checkpoint\) vs 32 \(now\).*--restart"):
+    train.train_and_evaluate(tiny_config(tiny_file, epochs=2, hidden=32), tmp_path / "run")
+  other = tmp_path / "other.txt"
+  other.write_text(tiny_file.read_text() + "zebra\n", encoding="utf-8")
+  with pytest.raises(UserError, match="vocab .* corpus_sha256"):
+    train.train_and_evaluate(tiny_config(other, epochs=2), tmp_path / "run")
+  # --restart sets the old checkpoints aside (not deleted) and trains afresh.
+  history = train.train_and_evaluate(tiny_config(other, epochs=1, restart=True), tmp_path / "run")
+  assert [h["epoch"] for h in history] == [1]
+  assert list((tmp_path / "run" / "replaced_checkpoints").iterdir())
+
+
+@pytest.mark.parametrize("damage", ["truncate", "delete"])
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tiny_file, tmp_path, capsys,
+                                                              damage):
+  config = tiny_config(tiny_file, epochs=2)
+  train.train_and_evaluate(config, tmp_path / "run")
+  steps = checkpoint.checkpoint_steps(tmp_path / "run")
+  assert len(steps) == 2
+  data_files = [p for p in (tmp_path / "run" / "checkpoints" / str(steps[-1]) / "state").rglob("*")
+                if p.is_file() and p.parent.name == "d" and p.stat().st_size > 1000]
+  assert data_files
+  for p in data_files:
+    if damage == "truncate":
+      p.write_bytes(p.read_bytes()[:p.stat().st_size // 3])
+    else:
+      p.unlink()
+  capsys.readouterr()
+  history = train.train_and_evaluate(tiny_config(tiny_file, epochs=2), tmp_path / "run")
+  out = capsys.readouterr().out
+  assert f"checkpoint at step {steps[-1]} is incomplete or corrupt" in out
+  assert f"resuming from the checkpoint at step {steps[0]}" in out
+  assert [h["epoch"] for h in history] == [2]
+  set_aside = list((tmp_path / "run" / "corrupt_checkpoints").iterdir())
+  assert len(set_aside) == 1 and set_aside[0].name.startswith(f"{steps[-1]}-")
+  train.train_and_evaluate(config, tmp_path / "clean")
+  assert_same_run(tmp_path / "clean", tmp_path / "run")
+
+
+def run_cli(args: list[str], devices: int = 1, **kwargs) -> subprocess.Popen:
+  env = {**os.environ, "JAX_PLATFORMS": "cpu",
+         "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+  return subprocess.Popen([sys.executable, "-m", "jaxchar.train", *args], cwd=REPO, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def test_sigterm_saves_and_the_resumed_run_matches_an_uninterrupted_one(tiny_file, tmp_path):
+  """A real SIGTERM to a training subprocess on 1 device, sent once its first periodic
+  checkpoint exists (so the handler is installed and training is under way)."""
+  args = [f"--data={tiny_file}", "--maxlen=8", "--step=1", "--hidden=16", "--batch_size=16",
+          "--epochs=8", "--sample_len=0", "--save_every_steps=10"]
+  interrupted = tmp_path / "interrupted"
+  proc = run_cli([*args, f"--workdir={interrupted}"])
+  deadline = time.monotonic() + 120
+  while not checkpoint.checkpoint_steps(interrupted) and time.monotonic() < deadline:
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGTERM)
+  out, _ = proc.communicate(timeout=120)
+  assert proc.returncode == 128 + signal.SIGTERM, out
+  assert "SIGTERM: saved a checkpoint at step" in out and "Traceback" not in out
+  stopped_at = checkpoint.checkpoint_steps(interrupted)[-1]
+  assert stopped_at < 8 * 90  # 90 steps an epoch: it really stopped early
+
+  resumed = run_cli([*args, f"--workdir={interrupted}"])
+  out, _ = resumed.communicate(timeout=300)
+  assert resumed.returncode == 0, out
+  assert f"resuming from the checkpoint at step {stopped_at}" in out
+  full = run_cli([*args, f"--workdir={tmp_path / 'full'}"])
+  out, _ = full.communicate(timeout=300)
+  assert full.returncode == 0, out
+  assert_same_run(tmp_path / "full", interrupted)
