@@ -28,7 +28,8 @@ def _manager(workdir: Path, keep: int = 3, read_only: bool = False) -> ocp.Check
                         keep_checkpoints_without_metrics=False)
   options = ocp.CheckpointManagerOptions(
       preservation_policy=policies.AnyPreservationPolicy([policies.LatestN(keep), best]),
-      enable_async_checkpointing=not read_only, read_only=read_only, create=not read_only)
+      # read_only=True would log warnings on every use; not creating the folder is enough.
+      enable_async_checkpointing=not read_only, create=not read_only)
   return ocp.CheckpointManager(_checkpoint_dir(workdir), options=options,
                                item_names=("state", "meta"))
 

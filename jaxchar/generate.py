@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxchar import checkpoint
+from jaxchar.config import SampleConfig
 from jaxchar.data import Vocab
 from jaxchar.errors import UserError
 from jaxchar.model import CharLSTM, init_params
@@ -128,3 +129,17 @@ def load_sampler(workdir: str | Path, step: int | None = None) -> Sampler:
   params = jax.device_put(checkpoint.restore_params(workdir, step, template))
   return Sampler(model, params, Vocab(meta["vocab"]), meta["maxlen"], meta["lowercase"], step,
                  meta)
+
+
+def run_sampling(config: SampleConfig) -> str:
+  """Restores the checkpoint and returns the samples as printable text."""
+  sampler = load_sampler(config.workdir, config.step)
+  samples = sampler.sample(config.prime, config.temperatures, config.length, config.num_samples,
+                           config.seed, config.top_k, config.unknown)
+  val = sampler.meta.get("val_loss")
+  lines = [f"# checkpoint step {sampler.step} (epoch {sampler.meta['epoch']}"
+           + (f", validation loss {val:.4f} nats)" if val is not None else ")")]
+  for temperature, texts in zip(config.temperatures, samples):
+    for n, text in enumerate(texts, 1):
+      lines.append(f"----- temperature {temperature}, sample {n}\n{config.prime}{text}")
+  return "\n".join(lines)

@@ -13,20 +13,24 @@ class EpochProgress:
   """Shows steps done, running loss, windows/s and ETA for one epoch on `stream` (stderr)."""
 
   def __init__(self, epoch: int, epochs: int, total_steps: int, batch_size: int,
-               stream: TextIO | None = None, interactive: bool | None = None):
+               stream: TextIO | None = None, interactive: bool | None = None,
+               first_step: int = 0):
     self.stream = stream or sys.stderr
     self.interactive = self.stream.isatty() if interactive is None else interactive
     self.desc = f"epoch {epoch}/{epochs}"
     self.total_steps = total_steps
     self.batch_size = batch_size
+    self.first_step = first_step  # steps already done before this run (a resumed epoch)
     self.start = time.perf_counter()
     self.last_line = self.start
-    self.bar = (tqdm(total=total_steps, desc=self.desc, unit="step", file=self.stream,
-                     dynamic_ncols=True, leave=False) if self.interactive else None)
+    self.bar = (tqdm(total=total_steps, initial=first_step, desc=self.desc, unit="step",
+                     file=self.stream, dynamic_ncols=True, leave=False)
+                if self.interactive else None)
 
   def update(self, steps_done: int, running_loss: float) -> None:
+    """`steps_done` counts from the start of the epoch."""
     now = time.perf_counter()
-    rate = steps_done * self.batch_size / max(now - self.start, 1e-9)
+    rate = (steps_done - self.first_step) * self.batch_size / max(now - self.start, 1e-9)
     if self.bar is not None:
       self.bar.set_postfix(loss=f"{running_loss:.4f}", seq_s=f"{rate:,.0f}", refresh=False)
       self.bar.update(steps_done - self.bar.n)

@@ -9,7 +9,7 @@ from absl import app, flags
 
 from jaxchar.config import SampleConfig, parse_temperatures
 from jaxchar.errors import UserError, exits_on_user_error
-from jaxchar.generate import load_sampler
+from jaxchar.generate import run_sampling
 
 flags.DEFINE_string("workdir", "ckpt/moe", "The training run's folder (the trainer's --workdir).")
 flags.DEFINE_integer("step", None, "Checkpoint step to sample from. Default: the checkpoint with "
@@ -46,25 +46,11 @@ def config_from_flags() -> SampleConfig:
   ).validate()
 
 
-def run(config: SampleConfig) -> str:
-  """Restores the checkpoint and returns the samples as printable text."""
-  sampler = load_sampler(config.workdir, config.step)
-  samples = sampler.sample(config.prime, config.temperatures, config.length, config.num_samples,
-                           config.seed, config.top_k, config.unknown)
-  val = sampler.meta.get("val_loss")
-  lines = [f"# checkpoint step {sampler.step} (epoch {sampler.meta['epoch']}"
-           + (f", validation loss {val:.4f} nats)" if val is not None else ")")]
-  for temperature, texts in zip(config.temperatures, samples):
-    for n, text in enumerate(texts, 1):
-      lines.append(f"----- temperature {temperature}, sample {n}\n{config.prime}{text}")
-  return "\n".join(lines)
-
-
 @exits_on_user_error
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise UserError(f"unexpected arguments {argv[1:]}; every setting is a --flag (see --help).")
-  print(run(config_from_flags()))
+  print(run_sampling(config_from_flags()))
 
 
 if __name__ == "__main__":

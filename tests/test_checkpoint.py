@@ -13,7 +13,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from conftest import REPO, tiny_config
-from jaxchar import checkpoint, train
+from jaxchar import checkpoint, loop, train
 from jaxchar.errors import UserError
 from jaxchar.preemption import StopRequests
 
@@ -60,7 +60,7 @@ def test_resume_mid_epoch_on_4_devices_is_bit_exact(tiny_file, tmp_path, monkeyp
   config = tiny_config(tiny_file, epochs=3, save_every_steps=7)
   train.train_and_evaluate(config, tmp_path / "full")
 
-  monkeypatch.setattr(train, "StopRequests", lambda: StopAfterPolls(60))  # epoch 1 has 45 steps
+  monkeypatch.setattr(loop, "StopRequests", lambda: StopAfterPolls(60))  # epoch 1 has 45 steps
   with pytest.raises(SystemExit) as exit_info:
     train.train_and_evaluate(config, tmp_path / "resumed")
   assert exit_info.value.code == 128 + signal.SIGTERM

@@ -137,3 +137,15 @@ def test_pmapped_step_on_n_devices_equals_one_device(num_devices):
     np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
   assert many[3] == one[3] == 32
   np.testing.assert_allclose(many[2], one[2], rtol=1e-5)
+
+
+def test_short_windows_equal_the_model_run_on_the_prefix():
+  model = CharLSTM(**TINY)
+  params = init_params(model, jax.random.PRNGKey(0), MAXLEN)
+  inputs = jax.random.randint(jax.random.PRNGKey(5), (3, MAXLEN), 0, 11)
+  padded = model.apply({"params": params}, inputs, jnp.array([3, 8, 5]))
+  for row, n in enumerate([3, 8, 5]):
+    alone = model.apply({"params": params}, inputs[row:row + 1, :n])
+    np.testing.assert_allclose(padded[row], alone[0], rtol=1e-5, atol=1e-6)
+  full = model.apply({"params": params}, inputs)
+  np.testing.assert_allclose(padded[1], full[1], rtol=1e-6, atol=1e-7)

@@ -9,6 +9,7 @@ import pytest
 from absl import flags
 
 from jaxchar import corpus, train
+from jaxchar.config import DEFAULT_DATA
 
 from conftest import REPO
 
@@ -107,12 +108,12 @@ def test_mirrored_corpus_with_wrong_checksum_is_refused(tmp_path, monkeypatch, c
 
 def test_default_corpus_is_fetched_from_the_mirror_and_checked(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
-  text = corpus.read_text(train.DEFAULT_DATA, train.DEFAULT_DATA)
-  assert corpus.sha256_of(tmp_path / train.DEFAULT_DATA) == corpus.MOES_SHA256
+  text = corpus.read_text(DEFAULT_DATA, DEFAULT_DATA)
+  assert corpus.sha256_of(tmp_path / DEFAULT_DATA) == corpus.MOES_SHA256
   assert len(text) == 305_270
-  (tmp_path / train.DEFAULT_DATA).write_text("edited", encoding="utf-8")
+  (tmp_path / DEFAULT_DATA).write_text("edited", encoding="utf-8")
   with pytest.raises(corpus.UserError, match="Delete that file"):
-    corpus.read_text(train.DEFAULT_DATA, train.DEFAULT_DATA)
+    corpus.read_text(DEFAULT_DATA, DEFAULT_DATA)
 
 
 @pytest.mark.parametrize("args", [["--maxlen=0"], ["--maxlen=abc"], ["surplus"]])

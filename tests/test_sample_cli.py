@@ -1,0 +1,133 @@
+"""The sampler: restore on one device whatever trained it, primes, top-k, and every bad input."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import REPO, tiny_config
+from jaxchar import checkpoint, generate, train
+from jaxchar.config import SampleConfig
+from jaxchar.errors import UserError
+from jaxchar.model import CharLSTM
+
+
+@pytest.fixture(scope="module")
+def trained_workdir(tmp_path_factory):
+  """A tiny run trained on the 4 forced devices of this test process, 2 epochs."""
+  root = tmp_path_factory.mktemp("sampling")
+  lines = ["moe: hey homer.", "homer: hi moe.", "barney: beer!", "moe: no."] * 30
+  text_file = root / "tiny.txt"
+  text_file.write_text("\n".join(lines[:100]) + "\n\n" + "\n".join(lines[100:]) + "\n")
+  assert jax.local_device_count() == 4
+  train.train_and_evaluate(tiny_config(text_file, epochs=2, save_every_steps=10), root / "run")
+  return root / "run"
+
+
+def run_sample(*args: str) -> subprocess.CompletedProcess:
+  env = {**os.environ, "JAX_PLATFORMS": "cpu",
+         "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+  return subprocess.run([sys.executable, "-m", "jaxchar.sample", *args], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=180)
+
+
+def test_checkpoint_from_4_devices_samples_on_1(trained_workdir):
+  result = run_sample(f"--workdir={trained_workdir}", "--prime=Moe: ", "--temperature=0.5,1.0",
+                      "--num_samples=2", "--length=50", "--seed=3")
+  assert result.returncode == 0, result.stderr
+  blocks = result.stdout.split("----- temperature ")[1:]
+  assert len(blocks) == 4
+  assert all(b.split("\n", 1)[1].startswith("Moe: ") for b in blocks)
+  # The same samples in this 4-device process, from the same checkpoint: device-independent.
+  in_process = generate.run_sampling(SampleConfig(workdir=str(trained_workdir), prime="Moe: ",
+                                       temperatures=(0.5, 1.0), num_samples=2, length=50, seed=3))
+  assert in_process.strip() == result.stdout.strip()
+
+
+def test_default_step_is_the_best_by_validation_loss(trained_workdir):
+  steps = checkpoint.checkpoint_steps(trained_workdir)
+  scored = {s: checkpoint.read_meta(trained_workdir, s)["val_loss"] for s in steps}
+  best = min((v, s) for s, v in scored.items() if v is not None)[1]
+  assert generate.load_sampler(trained_workdir).step == best
+  assert generate.load_sampler(trained_workdir, steps[0]).step == steps[0]
+
+
+def test_top_k_1_equals_argmax(trained_workdir):
+  sampler = generate.load_sampler(trained_workdir)
+  top1 = sampler.sample("moe: ", [1.0], 40, num_samples=3, seed=1, top_k=1)[0]
+  assert [len(t) for t in top1] == [40, 40, 40]
+  assert len(set(top1)) == 1  # deterministic whatever the seed
+  window, filled = sampler.encode_prime("moe: ")
+  ids = list(window[:filled])
+  apply = jax.jit(sampler.model.apply)
+  expected = []
+  for _ in range(40):  # greedy decoding, one model call per character, outside the sampler
+    context = ids[-sampler.maxlen:]
+    padded = np.zeros((1, sampler.maxlen), np.int32)
+    padded[0, :len(context)] = context
+    logits = apply({"params": sampler.params}, jnp.asarray(padded),
+                                 jnp.array([len(context)]))
+    ids.append(int(jnp.argmax(logits[0])))
+    expected.append(ids[-1])
+  assert top1[0] == sampler.vocab.decode(expected)
+
+
+def test_primes_of_any_length(trained_workdir):
+  sampler = generate.load_sampler(trained_workdir)
+  window, filled = sampler.encode_prime("")
+  assert filled == 1 and sampler.vocab.decode(window[:1]) == "\n"
+  long_prime = "homer: hi moe.\nmoe: no.\n" * 3
+  window, filled = sampler.encode_prime(long_prime)
+  assert filled == sampler.maxlen == 8
+  assert sampler.vocab.decode(window) == long_prime[-8:]
+  window, filled = sampler.encode_prime("MOE")
+  assert sampler.vocab.decode(window[:filled]) == "moe"  # trained lowercased
+  window, filled = sampler.encode_prime("moe#%", unknown="skip")
+  assert sampler.vocab.decode(window[:filled]) == "moe"
+
+
+def test_sampling_function_is_usable_from_python(trained_workdir):
+  """The README's few lines: restore, then call the pure jitted generate_window."""
+  sampler = generate.load_sampler(trained_workdir)
+  context = jnp.asarray(sampler.vocab.encode("homer: h"))[None, :]
+  ids = generate.generate_window(sampler.model, sampler.params, context, jnp.array([0.5]),
+                                 jax.random.PRNGKey(0), 20)
+  assert ids.shape == (1, 20) and isinstance(sampler.model, CharLSTM)
+
+
+def bad_sample_cases(tmp_path, workdir):
+  empty = tmp_path / "empty_run"
+  empty.mkdir()
+  steps = checkpoint.checkpoint_steps(workdir)
+  w = f"--workdir={workdir}"
+  return [
+      ([f"--workdir={tmp_path / 'nope'}"], "does not exist"),
+      ([f"--workdir={empty}"], "holds no checkpoint"),
+      ([w, "--step=12345"], f"the steps saved are {', '.join(map(str, steps))}"),
+      ([w, "--temperature=0"], "--temperature 0.0 must be a positive number"),
+      ([w, "--temperature=0.5,-2"], "--temperature -2.0 must be a positive number"),
+      ([w, "--length=0"], "--length=0 must be at least 1"),
+      ([w, "--num_samples=0"], "--num_samples=0 must be at least 1"),
+      ([w, "--top_k=-1"], "--top_k=-1 must be >= 0"),
+      ([w, "--top_k=99"], "larger than the vocabulary (15 characters)"),
+      ([w, "--prime=moe: #hey@"], "never saw in training: '#', '@'"),
+      ([w, f"--prime_file={tmp_path / 'missing.txt'}"], "cannot be read as UTF-8"),
+  ]
+
+
+def test_every_bad_input_is_one_clear_error(trained_workdir, tmp_path):
+  for args, message in bad_sample_cases(tmp_path, trained_workdir):
+    result = run_sample(*args)
+    assert result.returncode == 2, (args, result.stderr)
+    assert "Traceback" not in result.stderr
+    assert message in " ".join(result.stderr.split()), (args, result.stderr)
+
+
+def test_incompatible_checkpoint_version_is_refused(trained_workdir, monkeypatch):
+  monkeypatch.setattr(checkpoint, "FORMAT_VERSION", checkpoint.FORMAT_VERSION + 1)
+  with pytest.raises(UserError, match="checkpoint format 1; this jaxchar .* reads format 2"):
+    generate.load_sampler(trained_workdir)
