@@ -82,14 +82,18 @@ class Checkpoints:
     return dest
 
 
-def set_aside_all(workdir: Path) -> Path | None:
-  """Moves existing checkpoints to <workdir>/replaced_checkpoints/<time> (for --restart)."""
-  source = _checkpoint_dir(workdir)
-  if not source.exists():
+RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "tensorboard", "samples.md", "loss.png")
+
+
+def set_aside_run(workdir: Path) -> Path | None:
+  """Moves a run's outputs to <workdir>/replaced/<time>/ (for --restart); None if none."""
+  present = [Path(workdir) / name for name in RUN_OUTPUTS if (Path(workdir) / name).exists()]
+  if not present:
     return None
-  dest = Path(workdir) / "replaced_checkpoints" / _now()
-  dest.parent.mkdir(parents=True, exist_ok=True)
-  shutil.move(str(source), dest)
+  dest = Path(workdir) / "replaced" / _now()
+  dest.mkdir(parents=True)
+  for path in present:
+    shutil.move(str(path), dest / path.name)
   return dest
 
 

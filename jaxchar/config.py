@@ -29,10 +29,12 @@ class Config:
   save_every_steps: int = 0  # 0 = only at epoch ends (and on SIGTERM/SIGINT)
   keep: int = 3  # most recent checkpoints kept, besides the best by validation loss
   restart: bool = False  # set existing checkpoints aside instead of resuming
+  log_every: int = 50  # steps between metrics.jsonl / TensorBoard records
 
   def validate(self) -> "Config":
     """Raises UserError naming the first bad value and how to fix it; returns self."""
-    for name in ("maxlen", "step", "hidden", "batch_size", "eval_batch_size", "epochs"):
+    for name in ("maxlen", "step", "hidden", "batch_size", "eval_batch_size", "epochs",
+                 "log_every"):
       value = getattr(self, name)
       if value <= 0:
         raise UserError(f"--{name}={value} must be a positive integer; pass --{name}=N with N >= 1.")

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import jax_utils
 
-from jaxchar import checkpoint, data, generate, progress, steps
+from jaxchar import checkpoint, data, generate, metrics, plot, progress, steps
 from jaxchar import corpus as corpus_lib
 from jaxchar.config import DEFAULT_DATA, Config
 from jaxchar.errors import UserError
@@ -50,10 +50,9 @@ def evaluate(p_eval_step, p_state, p_ids, corpus: data.Corpus, batch_size: int) 
   return loss_sum / count
 
 
-def write_samples(state, model: CharLSTM, corpus: data.Corpus, config: Config, epoch: int,
-                  workdir: Path) -> str:
-  """Generates from a random training window at every temperature; prints and appends to
-  samples.md."""
+def epoch_samples(state, model: CharLSTM, corpus: data.Corpus, config: Config,
+                  epoch: int) -> tuple[str, dict[float, str]]:
+  """Generates from a random training window at every temperature: (markdown, {T: text})."""
   rng = np.random.default_rng([config.seed, epoch, 1])
   start = int(rng.integers(0, corpus.cut - config.maxlen))
   seed_ids = corpus.ids[start:start + config.maxlen]
@@ -62,13 +61,11 @@ def write_samples(state, model: CharLSTM, corpus: data.Corpus, config: Config, e
   key = jax.random.fold_in(jax.random.PRNGKey(config.seed), epoch)
   generated = generate.generate_window(model, state.params, context, temps, key, config.sample_len)
   seed_text = corpus.vocab.decode(seed_ids)
-  parts = [f"## Epoch {epoch}\n\nSeed window: `{seed_text!r}`\n"]
-  for t, row in zip(config.temperatures, np.asarray(generated)):
-    parts.append(f"### Temperature {t}\n\n```\n[{seed_text}]{corpus.vocab.decode(row)}\n```\n")
-  text = "\n".join(parts)
-  with open(workdir / "samples.md", "a", encoding="utf-8") as f:
-    f.write(text + "\n")
-  return text
+  texts = {t: f"[{seed_text}]{corpus.vocab.decode(row)}"
+           for t, row in zip(config.temperatures, np.asarray(generated))}
+  parts = [f"## Epoch {epoch}\n\nSeed window (in brackets below): `{seed_text!r}`\n"]
+  parts += [f"### Temperature {t}\n\n```\n{text}\n```\n" for t, text in texts.items()]
+  return "\n".join(parts), texts
 
 
 # Settings that fix the meaning of a checkpoint's parameters and data position.
@@ -113,22 +110,22 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> list[dict]:
         f"--batch_size={max(1, config.batch_size // num_devices) * num_devices}.")
   eval_batch_size = -(-config.eval_batch_size // num_devices) * num_devices
   workdir.mkdir(parents=True, exist_ok=True)
-  if config.restart and (moved := checkpoint.set_aside_all(workdir)):
-    print(f"--restart: moved the previous checkpoints to {moved}", flush=True)
+  if config.restart and (moved := checkpoint.set_aside_run(workdir)):
+    print(f"--restart: moved the previous run's outputs to {moved}", flush=True)
 
   model = CharLSTM(corpus.vocab.size, config.hidden)
   state = steps.create_train_state(jax.random.PRNGKey(config.seed), model, config.maxlen,
                                    config.learning_rate)
   run_meta = _run_meta(config, corpus)
   checkpoints = checkpoint.Checkpoints(workdir, config.keep)
-  start_epoch, start_batch, epoch_losses = 1, 0, []
+  start_epoch, start_batch, epoch_losses, elapsed_before = 1, 0, [], 0.0
   restored = checkpoints.restore_latest(jax.device_get(_savable(state)))
   if restored:
     saved_state, meta = restored
     _check_resumable(meta, run_meta, workdir)
     state = state.replace(**saved_state)
     start_epoch, start_batch = meta["epoch"], meta["batch_in_epoch"]
-    epoch_losses = meta["epoch_losses"]
+    epoch_losses, elapsed_before = meta["epoch_losses"], meta["elapsed_s"]
     if meta["epoch_complete"]:
       start_epoch, start_batch, epoch_losses = start_epoch + 1, 0, []
     print(f"resuming from the checkpoint at step {int(state.step)} (epoch {start_epoch}, "
@@ -137,6 +134,7 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> list[dict]:
         f"{corpus.num_train_windows:,} training and {corpus.num_val_windows:,} validation "
         f"windows; model: {count_params(state.params):,} parameters; devices: {num_devices} x "
         f"{jax.devices()[0].platform}", flush=True)
+  log = metrics.RunLog(workdir, resume_step=int(state.step), resume_epoch=start_epoch - 1)
 
   p_state = jax_utils.replicate(state)
   p_ids = jax_utils.replicate(jnp.asarray(corpus.ids))
@@ -144,8 +142,11 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> list[dict]:
                           axis_name=steps.AXIS, donate_argnums=(0,))
   p_eval_step = jax.pmap(functools.partial(_eval_on_starts, maxlen=config.maxlen),
                          axis_name=steps.AXIS)
-
+  run_start = time.perf_counter()
   last_saved = [int(state.step) if restored else None]
+
+  def elapsed() -> float:
+    return elapsed_before + time.perf_counter() - run_start
 
   def save(epoch: int, batch_in_epoch: int, complete: bool, val_loss: float | None = None):
     host_state = jax.device_get(_savable(jax_utils.unreplicate(p_state)))
@@ -153,7 +154,8 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> list[dict]:
       return  # this exact point is already the latest checkpoint
     meta = {**run_meta, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
             "epoch_complete": complete, "epoch_losses": [float(x) for x in epoch_losses],
-            "val_loss": val_loss}
+            "val_loss": val_loss, "elapsed_s": elapsed()}
+    log.flush()  # records up to a checkpoint must survive a crash after it
     checkpoints.save(int(host_state["step"]), host_state, meta, val_loss)
     last_saved[0] = int(host_state["step"])
 
@@ -178,16 +180,24 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> list[dict]:
       with progress.EpochProgress(epoch, config.epochs, len(batches), config.batch_size,
                                   first_step=first) as bar:
         while done < len(batches) and not stop.requested:
-          p_state, metrics = p_train_step(p_state, p_ids, batches[done])
-          pending.append(metrics["loss"])
+          p_state, step_metrics = p_train_step(p_state, p_ids, batches[done])
+          pending.append(step_metrics["loss"])
           done += 1
-          if len(pending) == LOG_EVERY or done == len(batches):
+          global_step = int(p_state.step[0])
+          at_log = global_step % config.log_every == 0
+          if len(pending) == LOG_EVERY or done == len(batches) or at_log:
             fetch_pending()
             running = float(np.mean(epoch_losses[-LOG_EVERY:]))
-            _check_finite(running, int(p_state.step[0]), config)
+            _check_finite(running, global_step, config)
             bar.update(done, running)
+          if at_log:
+            rate = (done - first) * config.batch_size / (time.perf_counter() - epoch_start)
+            log.write({"kind": "train", "step": global_step, "epoch": epoch,
+                       "train_loss": float(np.mean(epoch_losses[-config.log_every:])),
+                       "learning_rate": config.learning_rate, "windows_per_s": rate,
+                       "elapsed_s": elapsed()})
           if (config.save_every_steps and done < len(batches)
-              and int(p_state.step[0]) % config.save_every_steps == 0):
+              and global_step % config.save_every_steps == 0):
             fetch_pending()
             save(epoch, done, complete=False)
       if stop.requested:
@@ -195,18 +205,25 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> list[dict]:
         save(epoch, done, complete=False)
         checkpoints.wait()
         checkpoints.close()
+        log.close()
         print(f"{stop.signal_name}: saved a checkpoint at step {int(p_state.step[0])} in "
               f"{workdir}; run the same command again to resume from it.", flush=True)
         sys.exit(stop.exit_code)
       summary = _end_epoch(epoch, epoch_losses, len(batches) - first, epoch_start, p_state,
                            p_eval_step, p_ids, corpus, config, eval_batch_size)
+      summary["elapsed_s"] = elapsed()
       history.append(summary)
+      log.write({"kind": "epoch", **summary, "learning_rate": config.learning_rate})
       if config.sample_len:
-        print(write_samples(jax_utils.unreplicate(p_state), model, corpus, config, epoch,
-                            workdir), flush=True)
+        markdown, texts = epoch_samples(jax_utils.unreplicate(p_state), model, corpus, config,
+                                        epoch)
+        print(markdown, flush=True)
+        log.write_samples(markdown, texts, summary["step"])
+      plot.write_loss_plot(workdir)
       save(epoch, len(batches), complete=True, val_loss=summary["val_loss"])
   checkpoints.wait()
   checkpoints.close()
+  log.close()
   return history
 
 
@@ -231,5 +248,3 @@ def _end_epoch(epoch, epoch_losses, steps_run, epoch_start, p_state, p_eval_step
   print(f"epoch {epoch:3d} | train loss {train_loss:.4f} | {val_text} | "
         f"{summary['windows_per_s']:,.0f} seq/s | {summary['seconds']:.1f} s", flush=True)
   return summary
-
-

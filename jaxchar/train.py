@@ -13,7 +13,7 @@ flags.DEFINE_bool("lowercase", _DEFAULTS.lowercase, "Lowercase the text before b
                   "vocabulary.")
 flags.DEFINE_integer("maxlen", _DEFAULTS.maxlen, "Window length in characters (model context).")
 flags.DEFINE_integer("step", _DEFAULTS.step, "Characters between consecutive training windows.")
-flags.DEFINE_float("val_fraction", _DEFAULTS.val_fraction, "Share of the text, from the end and "
+flags.DEFINE_float("val_fraction", _DEFAULTS.val_fraction, "Share (0 to <1) of the text, from the end and "
                    "cut at a paragraph break, held out for validation; 0 = none.")
 flags.DEFINE_integer("hidden", _DEFAULTS.hidden, "LSTM units.")
 flags.DEFINE_integer("batch_size", _DEFAULTS.batch_size, "Global batch size in windows, split "
@@ -33,9 +33,13 @@ flags.DEFINE_integer("save_every_steps", _DEFAULTS.save_every_steps, "Also check
                      "this many steps; 0 = only at epoch ends and on SIGTERM/SIGINT.")
 flags.DEFINE_integer("keep", _DEFAULTS.keep, "Most recent checkpoints to keep, besides the best "
                      "by validation loss.")
-flags.DEFINE_bool("restart", _DEFAULTS.restart, "Start afresh: move existing checkpoints in "
-                  "--workdir to replaced_checkpoints/ instead of resuming from them.")
-flags.DEFINE_string("workdir", "ckpt/moe", "Folder for this run: checkpoints/, samples.md. "
+flags.DEFINE_bool("restart", _DEFAULTS.restart, "Start afresh: move the previous run's "
+                  "checkpoints, metrics and samples in --workdir to replaced/<time>/ instead of "
+                  "resuming from them.")
+flags.DEFINE_integer("log_every", _DEFAULTS.log_every, "Steps between metrics.jsonl and "
+                     "TensorBoard records (each epoch end is recorded too).")
+flags.DEFINE_string("workdir", "ckpt/moe", "Folder for this run: checkpoints/, metrics.jsonl, "
+                    "tensorboard/, samples.md, loss.png. "
                     "Rerunning with the same folder resumes from its latest checkpoint.")
 FLAGS = flags.FLAGS
 
@@ -48,6 +52,7 @@ def config_from_flags() -> Config:
       epochs=FLAGS.epochs, steps_per_epoch=FLAGS.steps_per_epoch, seed=FLAGS.seed,
       temperatures=parse_temperatures(FLAGS.temperatures), sample_len=FLAGS.sample_len,
       save_every_steps=FLAGS.save_every_steps, keep=FLAGS.keep, restart=FLAGS.restart,
+      log_every=FLAGS.log_every,
   ).validate()
 
 

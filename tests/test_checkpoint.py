@@ -84,7 +84,8 @@ def test_changed_model_or_corpus_is_refused_on_resume(tiny_file, tmp_path):
   # --restart sets the old checkpoints aside (not deleted) and trains afresh.
   history = train.train_and_evaluate(tiny_config(other, epochs=1, restart=True), tmp_path / "run")
   assert [h["epoch"] for h in history] == [1]
-  assert list((tmp_path / "run" / "replaced_checkpoints").iterdir())
+  (replaced,) = (tmp_path / "run" / "replaced").iterdir()
+  assert (replaced / "checkpoints").is_dir() and (replaced / "metrics.jsonl").is_file()
 
 
 @pytest.mark.parametrize("damage", ["truncate", "delete"])

@@ -1,0 +1,77 @@
+"""What a run records: metrics.jsonl, TensorBoard events and samples.md in its workdir.
+
+On resume from step S, records after S (written after the checkpoint, before the stop) are
+dropped, so the resumed run rewrites them once: no step is duplicated or lost.
+"""
+
+import json
+import os
+import re
+from pathlib import Path
+
+from tensorboardX import SummaryWriter
+
+METRICS_FILE = "metrics.jsonl"
+SAMPLES_FILE = "samples.md"
+TENSORBOARD_DIR = "tensorboard"
+
+
+def read_metrics(workdir: Path) -> list[dict]:
+  """All records of <workdir>/metrics.jsonl, in order."""
+  path = Path(workdir) / METRICS_FILE
+  if not path.exists():
+    return []
+  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _rewrite(path: Path, text: str) -> None:
+  partial = path.with_suffix(path.suffix + ".partial")
+  partial.write_text(text, encoding="utf-8")
+  os.replace(partial, path)
+
+
+class RunLog:
+  """Appends metrics and samples for one training process (call only on the writing process)."""
+
+  def __init__(self, workdir: Path, resume_step: int, resume_epoch: int):
+    """`resume_step`/`resume_epoch`: the checkpoint resumed from (0/0 for a fresh run)."""
+    self.workdir = Path(workdir)
+    kept = [r for r in read_metrics(self.workdir) if r["step"] <= resume_step]
+    metrics_path = self.workdir / METRICS_FILE
+    if metrics_path.exists():
+      _rewrite(metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
+    samples_path = self.workdir / SAMPLES_FILE
+    if samples_path.exists():
+      sections = re.split(r"(?m)^(?=## Epoch \d+$)", samples_path.read_text(encoding="utf-8"))
+      _rewrite(samples_path, "".join(
+          s for s in sections if not s.startswith("## Epoch ")
+          or int(s.split()[2]) <= resume_epoch))
+    self.metrics = open(metrics_path, "a", encoding="utf-8")
+    # purge_step drops events a previous process wrote after the checkpoint.
+    self.writer = SummaryWriter(str(self.workdir / TENSORBOARD_DIR),
+                                purge_step=resume_step + 1 if resume_step else None,
+                                flush_secs=30)
+
+  def write(self, record: dict) -> None:
+    """One metrics.jsonl line, and each numeric field as a TensorBoard scalar."""
+    self.metrics.write(json.dumps(record) + "\n")
+    self.metrics.flush()
+    prefix = record["kind"]
+    for key, value in record.items():
+      if key not in ("kind", "step", "epoch") and isinstance(value, (int, float)):
+        self.writer.add_scalar(f"{prefix}/{key}", value, record["step"])
+
+  def write_samples(self, markdown: str, texts: dict[float, str], step: int) -> None:
+    with open(self.workdir / SAMPLES_FILE, "a", encoding="utf-8") as f:
+      f.write(markdown + "\n")
+    for temperature, text in texts.items():
+      self.writer.add_text(f"samples/temperature_{temperature}", f"```\n{text}\n```", step)
+
+  def flush(self) -> None:
+    """Makes every record so far durable (called with each checkpoint save)."""
+    self.metrics.flush()
+    self.writer.flush()
+
+  def close(self) -> None:
+    self.metrics.close()
+    self.writer.close()

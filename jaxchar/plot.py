@@ -1,0 +1,71 @@
+"""Loss curves: `python -m jaxchar.plot --workdir=ckpt/moe` writes <workdir>/loss.png."""
+
+import math
+from pathlib import Path
+
+from absl import app, flags
+
+from jaxchar.errors import UserError, exits_on_user_error
+from jaxchar.metrics import METRICS_FILE, read_metrics
+
+PLOT_FILE = "loss.png"
+
+
+def write_loss_plot(workdir: str | Path, quiet_if_unavailable: bool = True) -> Path | None:
+  """Train loss (logged steps and epoch means) and validation loss per epoch, with bits/char
+  on the right axis. Returns the path, or None when matplotlib is not installed."""
+  try:
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+  except ImportError:
+    if quiet_if_unavailable:
+      return None
+    raise UserError("matplotlib is not installed; `pip install 'jaxchar[plot]'` and retry.")
+  workdir = Path(workdir)
+  records = read_metrics(workdir)
+  epochs = [r for r in records if r["kind"] == "epoch"]
+  if not epochs:
+    raise UserError(f"{workdir / METRICS_FILE} has no finished epoch to plot yet; train at "
+                    "least one epoch (or point --workdir at a run that has).")
+  steps_per_epoch = epochs[0]["step"] / epochs[0]["epoch"]  # x axis in (fractional) epochs
+  logged = [r for r in records if r["kind"] == "train"]
+  fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
+  ax.plot([r["step"] / steps_per_epoch for r in logged], [r["train_loss"] for r in logged],
+          color="tab:blue", alpha=0.35, linewidth=1, label="train loss (logged steps)")
+  ax.plot([r["epoch"] for r in epochs], [r["train_loss"] for r in epochs], "o-",
+          color="tab:blue", label="train loss (epoch mean)")
+  val = [r for r in epochs if r.get("val_loss") is not None]
+  ax.plot([r["epoch"] for r in val], [r["val_loss"] for r in val], "s-", color="tab:orange",
+          label="validation loss")
+  if val:
+    best = min(val, key=lambda r: r["val_loss"])
+    ax.annotate(f"best {best['val_loss']:.3f} (epoch {best['epoch']})",
+                (best["epoch"], best["val_loss"]), textcoords="offset points", xytext=(0, -16),
+                ha="center", fontsize=8, color="tab:orange")
+  ax.set_xlabel("epoch")
+  ax.set_ylabel("cross-entropy (nats per character)")
+  ax.set_title(f"{workdir.name}: loss per epoch")
+  ax.grid(alpha=0.3)
+  ax.legend(loc="upper right")
+  bits = ax.secondary_yaxis("right", functions=(lambda n: n / math.log(2),
+                                                lambda b: b * math.log(2)))
+  bits.set_ylabel("bits per character")
+  fig.tight_layout()
+  path = workdir / PLOT_FILE
+  fig.savefig(path)
+  plt.close(fig)
+  return path
+
+
+@exits_on_user_error
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise UserError(f"unexpected arguments {argv[1:]}; use --workdir=... (see --help).")
+  print(f"wrote {write_loss_plot(flags.FLAGS.workdir, quiet_if_unavailable=False)}")
+
+
+if __name__ == "__main__":
+  # Defined here, not at import: the trainer imports write_loss_plot and has its own --workdir.
+  flags.DEFINE_string("workdir", "ckpt/moe", "The training run's folder (holds metrics.jsonl).")
+  app.run(main)
