@@ -7,13 +7,18 @@ validation loss are kept. A checkpoint that fails to restore is moved to
 
 import datetime
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
 import jaxchar
+from jaxchar.config import Config
+from jaxchar.data import Corpus
 from jaxchar.errors import UserError
 
 FORMAT_VERSION = 1  # bump when the saved layout changes incompatibly
@@ -68,16 +73,20 @@ class Checkpoints:
         raise
       except Exception as e:  # orbax raises many types for truncated or missing files
         moved = self._set_aside(step)
-        print(f"warning: the checkpoint at step {step} is incomplete or corrupt "
-              f"({type(e).__name__}: {str(e)[:200]}); moved it to {moved} and falling back to "
-              "the previous one.", flush=True)
+        if jax.process_index() == 0:
+          print(f"warning: the checkpoint at step {step} is incomplete or corrupt "
+                f"({type(e).__name__}: {str(e)[:200]}); moved it to {moved} and falling back "
+                "to the previous one.", flush=True)
     return None
 
   def _set_aside(self, step: int) -> Path:
     self.manager.close()
     dest = self.workdir / "corrupt_checkpoints" / f"{step}-{_now()}"
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    shutil.move(str(_checkpoint_dir(self.workdir) / str(step)), dest)
+    if jax.process_index() == 0:
+      dest.parent.mkdir(parents=True, exist_ok=True)
+      shutil.move(str(_checkpoint_dir(self.workdir) / str(step)), dest)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f"jaxchar: set aside checkpoint {step}")
     self.manager = _manager(self.workdir, self.keep)
     return dest
 
@@ -127,3 +136,31 @@ def restore_params(workdir: Path, step: int, params_template: Any) -> Any:
   restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
       item={"params": params_template}, partial_restore=True)))
   return restored.state["params"]
+
+
+# Settings that fix the meaning of a checkpoint's parameters and data position.
+_RESUME_KEYS = ("vocab", "corpus_sha256", "lowercase", "maxlen", "hidden", "step", "batch_size",
+                "val_fraction", "seed")
+
+
+def run_metadata(config: Config, corpus: Corpus) -> dict:
+  """What a checkpoint must carry besides the state: enough to sample and to resume safely."""
+  return {"vocab": corpus.vocab.chars, "corpus_sha256": corpus.sha256,
+          "lowercase": config.lowercase, "maxlen": config.maxlen, "hidden": config.hidden,
+          "vocab_size": corpus.vocab.size, "step": config.step, "batch_size": config.batch_size,
+          "val_fraction": config.val_fraction, "seed": config.seed, "config": asdict(config)}
+
+
+def check_resumable(saved: dict, run_meta: dict, workdir: Path) -> None:
+  diffs = [f"{k} {_short(saved.get(k))} (checkpoint) vs {_short(run_meta[k])} (now)"
+           for k in _RESUME_KEYS if saved.get(k) != run_meta[k]]
+  if diffs:
+    raise UserError(
+        f"{workdir} holds checkpoints of a different run, so it cannot be resumed: "
+        f"{'; '.join(diffs)}. Rerun with the same settings, or start afresh with --restart "
+        "(existing checkpoints are moved aside, not deleted) or a new --workdir.")
+
+
+def _short(value) -> str:
+  text = repr(value)
+  return text if len(text) <= 24 else text[:21] + "...'"

@@ -30,6 +30,7 @@ class Config:
   keep: int = 3  # most recent checkpoints kept, besides the best by validation loss
   restart: bool = False  # set existing checkpoints aside instead of resuming
   log_every: int = 50  # steps between metrics.jsonl / TensorBoard records
+  dtype: str = "float32"  # computation dtype; "bfloat16" for TPU/GPU (params stay float32)
 
   def validate(self) -> "Config":
     """Raises UserError naming the first bad value and how to fix it; returns self."""
@@ -51,6 +52,8 @@ class Config:
       raise UserError(
           f"--val_fraction={self.val_fraction} is outside [0, 1); it is the share of the corpus "
           "held out for validation, e.g. --val_fraction=0.1.")
+    if self.dtype not in ("float32", "bfloat16"):
+      raise UserError(f"--dtype={self.dtype} must be float32 or bfloat16.")
     if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
       raise UserError(f"--learning_rate={self.learning_rate} must be a positive number.")
     if not self.temperatures and self.sample_len:

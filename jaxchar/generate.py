@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxchar import checkpoint
-from jaxchar.config import SampleConfig
-from jaxchar.data import Vocab
+from jaxchar.config import Config, SampleConfig
+from jaxchar.data import Corpus, Vocab
 from jaxchar.errors import UserError
 from jaxchar.model import CharLSTM, init_params
 
@@ -143,3 +143,21 @@ def run_sampling(config: SampleConfig) -> str:
     for n, text in enumerate(texts, 1):
       lines.append(f"----- temperature {temperature}, sample {n}\n{config.prime}{text}")
   return "\n".join(lines)
+
+
+def epoch_samples(state, model: CharLSTM, corpus: Corpus, config: Config,
+                  epoch: int) -> tuple[str, dict[float, str]]:
+  """Generates from a random training window at every temperature: (markdown, {T: text})."""
+  rng = np.random.default_rng([config.seed, epoch, 1])
+  start = int(rng.integers(0, corpus.cut - config.maxlen))
+  seed_ids = corpus.ids[start:start + config.maxlen]
+  temps = jnp.asarray(config.temperatures, jnp.float32)
+  context = jnp.broadcast_to(jnp.asarray(seed_ids), (len(temps), config.maxlen))
+  key = jax.random.fold_in(jax.random.PRNGKey(config.seed), epoch)
+  generated = generate_window(model, state.params, context, temps, key, config.sample_len)
+  seed_text = corpus.vocab.decode(seed_ids)
+  texts = {t: f"[{seed_text}]{corpus.vocab.decode(row)}"
+           for t, row in zip(config.temperatures, np.asarray(generated))}
+  parts = [f"## Epoch {epoch}\n\nSeed window (in brackets below): `{seed_text!r}`\n"]
+  parts += [f"### Temperature {t}\n\n```\n{text}\n```\n" for t, text in texts.items()]
+  return "\n".join(parts), texts

@@ -1,25 +1,27 @@
-"""The training loop: pmapped steps over all local devices, validation, samples, checkpoints."""
+"""The training loop: pmapped steps over every device of every process, validation, samples,
+checkpoints and records. Only process 0 prints and writes records; all processes checkpoint."""
 
 import functools
+import hashlib
 import math
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import jax_utils
+from jax.experimental import multihost_utils
 
-from jaxchar import checkpoint, data, generate, metrics, plot, progress, steps
+from jaxchar import checkpoint, data, distributed, generate, metrics, plot, progress, steps
 from jaxchar import corpus as corpus_lib
 from jaxchar.config import DEFAULT_DATA, Config
 from jaxchar.errors import UserError
 from jaxchar.model import CharLSTM, count_params
 from jaxchar.preemption import StopRequests
 
-LOG_EVERY = 10  # steps between progress updates (each one is a device-to-host fetch)
+LOG_EVERY = 10  # steps between progress updates and stop checks (each is a host sync)
 
 
 def _train_on_starts(state, ids, starts, *, maxlen: int):
@@ -40,60 +42,43 @@ def _check_finite(loss: float, step: int, config: Config) -> None:
 
 
 def evaluate(p_eval_step, p_state, p_ids, corpus: data.Corpus, batch_size: int) -> float:
-  """Mean next-character cross-entropy (nats) over every validation window."""
-  num_devices = jax.local_device_count()
+  """Mean next-character cross-entropy (nats) over every validation window, all processes."""
   totals = []
-  for starts, weights in data.eval_batches(corpus.val_starts, batch_size, num_devices):
-    totals.append(p_eval_step(p_state, p_ids, starts, weights))
+  for starts, weights in data.eval_batches(corpus.val_starts, batch_size, jax.device_count()):
+    totals.append(p_eval_step(p_state, p_ids, distributed.process_slice(starts),
+                              distributed.process_slice(weights)))
   loss_sum = sum(float(t["loss_sum"][0]) for t in totals)
   count = sum(float(t["count"][0]) for t in totals)
   return loss_sum / count
 
 
-def epoch_samples(state, model: CharLSTM, corpus: data.Corpus, config: Config,
-                  epoch: int) -> tuple[str, dict[float, str]]:
-  """Generates from a random training window at every temperature: (markdown, {T: text})."""
-  rng = np.random.default_rng([config.seed, epoch, 1])
-  start = int(rng.integers(0, corpus.cut - config.maxlen))
-  seed_ids = corpus.ids[start:start + config.maxlen]
-  temps = jnp.asarray(config.temperatures, jnp.float32)
-  context = jnp.broadcast_to(jnp.asarray(seed_ids), (len(temps), config.maxlen))
-  key = jax.random.fold_in(jax.random.PRNGKey(config.seed), epoch)
-  generated = generate.generate_window(model, state.params, context, temps, key, config.sample_len)
-  seed_text = corpus.vocab.decode(seed_ids)
-  texts = {t: f"[{seed_text}]{corpus.vocab.decode(row)}"
-           for t, row in zip(config.temperatures, np.asarray(generated))}
-  parts = [f"## Epoch {epoch}\n\nSeed window (in brackets below): `{seed_text!r}`\n"]
-  parts += [f"### Temperature {t}\n\n```\n{text}\n```\n" for t, text in texts.items()]
-  return "\n".join(parts), texts
+def _say(*args) -> None:
+  if distributed.is_primary():
+    print(*args, flush=True)
 
 
-# Settings that fix the meaning of a checkpoint's parameters and data position.
-_RESUME_KEYS = ("vocab", "corpus_sha256", "lowercase", "maxlen", "hidden", "step", "batch_size",
-                "val_fraction", "seed")
+def _savable(state: steps.TrainState) -> dict:
+  return {"params": state.params, "opt_state": state.opt_state, "step": state.step}
 
 
-def _run_meta(config: Config, corpus: data.Corpus) -> dict:
-  """What a checkpoint must carry besides the state: enough to sample and to resume safely."""
-  return {"vocab": corpus.vocab.chars, "corpus_sha256": corpus.sha256,
-          "lowercase": config.lowercase, "maxlen": config.maxlen, "hidden": config.hidden,
-          "vocab_size": corpus.vocab.size, "step": config.step, "batch_size": config.batch_size,
-          "val_fraction": config.val_fraction, "seed": config.seed, "config": asdict(config)}
+def params_fingerprint(params) -> str:
+  """A short hash of the parameter bytes, to check every process holds the same model."""
+  digest = hashlib.sha256()
+  for leaf in jax.tree_util.tree_leaves(jax.device_get(params)):
+    digest.update(np.ascontiguousarray(leaf).tobytes())
+  return digest.hexdigest()[:16]
 
 
-def _check_resumable(saved: dict, run_meta: dict, workdir: Path) -> None:
-  diffs = [f"{k} {_short(saved.get(k))} (checkpoint) vs {_short(run_meta[k])} (now)"
-           for k in _RESUME_KEYS if saved.get(k) != run_meta[k]]
-  if diffs:
-    raise UserError(
-        f"{workdir} holds checkpoints of a different run, so it cannot be resumed: "
-        f"{'; '.join(diffs)}. Rerun with the same settings, or start afresh with --restart "
-        "(existing checkpoints are moved aside, not deleted) or a new --workdir.")
-
-
-def _short(value) -> str:
-  text = repr(value)
-  return text if len(text) <= 24 else text[:21] + "...'"
+def _check_processes_agree(params) -> None:
+  if jax.process_count() == 1:
+    return
+  mine = np.frombuffer(bytes.fromhex(params_fingerprint(params)), np.uint8)
+  every = np.asarray(multihost_utils.process_allgather(mine))
+  if not (every == every[0]).all():
+    raise UserError("the processes ended with different parameters; this is a bug in the "
+                    "multi-process setup, please report it with the command lines used.")
+  _say(f"parameters identical on all {jax.process_count()} processes "
+       f"(fingerprint {params_fingerprint(params)})")
 
 
 def train_and_evaluate(config: Config, workdir: str | Path) -> list[dict]:
@@ -102,39 +87,42 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> list[dict]:
   text = corpus_lib.read_text(config.data, DEFAULT_DATA)
   corpus = data.build_corpus(text, maxlen=config.maxlen, step=config.step,
                              val_fraction=config.val_fraction, lowercase=config.lowercase)
-  num_devices = jax.local_device_count()
+  num_devices = jax.device_count()  # all processes' devices share every global batch
   if config.batch_size % num_devices:
     raise UserError(
-        f"--batch_size={config.batch_size} does not split evenly over the {num_devices} local "
-        f"devices; use a multiple of {num_devices}, e.g. "
+        f"--batch_size={config.batch_size} does not split evenly over the {num_devices} devices; "
+        f"use a multiple of {num_devices}, e.g. "
         f"--batch_size={max(1, config.batch_size // num_devices) * num_devices}.")
   eval_batch_size = -(-config.eval_batch_size // num_devices) * num_devices
+  primary = distributed.is_primary()
   workdir.mkdir(parents=True, exist_ok=True)
-  if config.restart and (moved := checkpoint.set_aside_run(workdir)):
+  if config.restart and primary and (moved := checkpoint.set_aside_run(workdir)):
     print(f"--restart: moved the previous run's outputs to {moved}", flush=True)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("jaxchar: workdir ready")
 
-  model = CharLSTM(corpus.vocab.size, config.hidden)
+  model = CharLSTM(corpus.vocab.size, config.hidden, dtype=jnp.dtype(config.dtype))
   state = steps.create_train_state(jax.random.PRNGKey(config.seed), model, config.maxlen,
                                    config.learning_rate)
-  run_meta = _run_meta(config, corpus)
+  run_meta = checkpoint.run_metadata(config, corpus)
   checkpoints = checkpoint.Checkpoints(workdir, config.keep)
   start_epoch, start_batch, epoch_losses, elapsed_before = 1, 0, [], 0.0
   restored = checkpoints.restore_latest(jax.device_get(_savable(state)))
   if restored:
     saved_state, meta = restored
-    _check_resumable(meta, run_meta, workdir)
+    checkpoint.check_resumable(meta, run_meta, workdir)
     state = state.replace(**saved_state)
     start_epoch, start_batch = meta["epoch"], meta["batch_in_epoch"]
     epoch_losses, elapsed_before = meta["epoch_losses"], meta["elapsed_s"]
     if meta["epoch_complete"]:
       start_epoch, start_batch, epoch_losses = start_epoch + 1, 0, []
-    print(f"resuming from the checkpoint at step {int(state.step)} (epoch {start_epoch}, "
-          f"batch {start_batch})", flush=True)
-  print(f"corpus: {len(corpus.ids):,} characters, vocabulary {corpus.vocab.size}; "
-        f"{corpus.num_train_windows:,} training and {corpus.num_val_windows:,} validation "
-        f"windows; model: {count_params(state.params):,} parameters; devices: {num_devices} x "
-        f"{jax.devices()[0].platform}", flush=True)
-  log = metrics.RunLog(workdir, resume_step=int(state.step), resume_epoch=start_epoch - 1)
+    _say(f"resuming from the checkpoint at step {int(state.step)} (epoch {start_epoch}, "
+         f"batch {start_batch})")
+  _say(f"corpus: {len(corpus.ids):,} characters, vocabulary {corpus.vocab.size}; "
+       f"{corpus.num_train_windows:,} training and {corpus.num_val_windows:,} validation "
+       f"windows; model: {count_params(state.params):,} parameters; devices: {num_devices} x "
+       f"{jax.devices()[0].platform} in {jax.process_count()} process(es)")
+  log = metrics.RunLog(workdir, int(state.step), start_epoch - 1) if primary else None
 
   p_state = jax_utils.replicate(state)
   p_ids = jax_utils.replicate(jnp.asarray(corpus.ids))
@@ -155,9 +143,16 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> list[dict]:
     meta = {**run_meta, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
             "epoch_complete": complete, "epoch_losses": [float(x) for x in epoch_losses],
             "val_loss": val_loss, "elapsed_s": elapsed()}
-    log.flush()  # records up to a checkpoint must survive a crash after it
+    if log:
+      log.flush()  # records up to a checkpoint must survive a crash after it
     checkpoints.save(int(host_state["step"]), host_state, meta, val_loss)
     last_saved[0] = int(host_state["step"])
+
+  def should_stop(steps_done: int) -> bool:
+    if jax.process_count() == 1:
+      return stop.requested
+    # All processes must stop at the same step: agree every LOG_EVERY steps (a collective).
+    return steps_done % LOG_EVERY == 0 and distributed.any_process(stop.requested)
 
   history = []
   with StopRequests() as stop:
@@ -176,11 +171,12 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> list[dict]:
         epoch_losses.extend(np.asarray(jnp.stack(pending))[:, 0].tolist() if pending else [])
         pending.clear()
 
-      done = first
+      done, stopping = first, False
       with progress.EpochProgress(epoch, config.epochs, len(batches), config.batch_size,
-                                  first_step=first) as bar:
-        while done < len(batches) and not stop.requested:
-          p_state, step_metrics = p_train_step(p_state, p_ids, batches[done])
+                                  first_step=first, enabled=primary) as bar:
+        while done < len(batches) and not (stopping := should_stop(done)):
+          p_state, step_metrics = p_train_step(p_state, p_ids,
+                                               distributed.process_slice(batches[done]))
           pending.append(step_metrics["loss"])
           done += 1
           global_step = int(p_state.step[0])
@@ -190,7 +186,7 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> list[dict]:
             running = float(np.mean(epoch_losses[-LOG_EVERY:]))
             _check_finite(running, global_step, config)
             bar.update(done, running)
-          if at_log:
+          if at_log and log:
             rate = (done - first) * config.batch_size / (time.perf_counter() - epoch_start)
             log.write({"kind": "train", "step": global_step, "epoch": epoch,
                        "train_loss": float(np.mean(epoch_losses[-config.log_every:])),
@@ -200,35 +196,37 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> list[dict]:
               and global_step % config.save_every_steps == 0):
             fetch_pending()
             save(epoch, done, complete=False)
-      if stop.requested:
+      if stopping:
         fetch_pending()
         save(epoch, done, complete=False)
         checkpoints.wait()
         checkpoints.close()
-        log.close()
-        print(f"{stop.signal_name}: saved a checkpoint at step {int(p_state.step[0])} in "
-              f"{workdir}; run the same command again to resume from it.", flush=True)
+        if log:
+          log.close()
+        _say(f"{stop.signal_name or 'a stop request from another process'}: saved a checkpoint "
+             f"at step {int(p_state.step[0])} in {workdir}; run the same command again to "
+             "resume from it.")
         sys.exit(stop.exit_code)
       summary = _end_epoch(epoch, epoch_losses, len(batches) - first, epoch_start, p_state,
                            p_eval_step, p_ids, corpus, config, eval_batch_size)
       summary["elapsed_s"] = elapsed()
       history.append(summary)
-      log.write({"kind": "epoch", **summary, "learning_rate": config.learning_rate})
-      if config.sample_len:
-        markdown, texts = epoch_samples(jax_utils.unreplicate(p_state), model, corpus, config,
-                                        epoch)
+      if log:
+        log.write({"kind": "epoch", **summary, "learning_rate": config.learning_rate})
+      if config.sample_len and primary:
+        markdown, texts = generate.epoch_samples(jax_utils.unreplicate(p_state), model, corpus,
+                                                 config, epoch)
         print(markdown, flush=True)
         log.write_samples(markdown, texts, summary["step"])
-      plot.write_loss_plot(workdir)
+      if primary:
+        plot.write_loss_plot(workdir)
       save(epoch, len(batches), complete=True, val_loss=summary["val_loss"])
   checkpoints.wait()
   checkpoints.close()
-  log.close()
+  if log:
+    log.close()
+  _check_processes_agree(jax_utils.unreplicate(p_state).params)
   return history
-
-
-def _savable(state: steps.TrainState) -> dict:
-  return {"params": state.params, "opt_state": state.opt_state, "step": state.step}
 
 
 def _end_epoch(epoch, epoch_losses, steps_run, epoch_start, p_state, p_eval_step, p_ids,
@@ -245,6 +243,6 @@ def _end_epoch(epoch, epoch_losses, steps_run, epoch_start, p_state, p_eval_step
              "seconds": time.perf_counter() - epoch_start}
   val_text = (f"val loss {val_loss:.4f} nats ({summary['val_bpc']:.3f} bits/char)"
               if val_loss is not None else "no validation windows")
-  print(f"epoch {epoch:3d} | train loss {train_loss:.4f} | {val_text} | "
-        f"{summary['windows_per_s']:,.0f} seq/s | {summary['seconds']:.1f} s", flush=True)
+  _say(f"epoch {epoch:3d} | train loss {train_loss:.4f} | {val_text} | "
+       f"{summary['windows_per_s']:,.0f} seq/s | {summary['seconds']:.1f} s")
   return summary

@@ -27,7 +27,9 @@ class StopRequests:
 
   @property
   def exit_code(self) -> int:
-    return 128 + signal.Signals[self.signal_name].value
+    """128 + the signal number, as a shell reports a signal; SIGTERM's when another process
+    of a multi-process run received it."""
+    return 128 + signal.Signals[self.signal_name or "SIGTERM"].value
 
   def _handle(self, signum: int, frame: types.FrameType | None) -> None:
     name = signal.Signals(signum).name

@@ -14,7 +14,7 @@ class EpochProgress:
 
   def __init__(self, epoch: int, epochs: int, total_steps: int, batch_size: int,
                stream: TextIO | None = None, interactive: bool | None = None,
-               first_step: int = 0):
+               first_step: int = 0, enabled: bool = True):
     self.stream = stream or sys.stderr
     self.interactive = self.stream.isatty() if interactive is None else interactive
     self.desc = f"epoch {epoch}/{epochs}"
@@ -23,9 +23,10 @@ class EpochProgress:
     self.first_step = first_step  # steps already done before this run (a resumed epoch)
     self.start = time.perf_counter()
     self.last_line = self.start
+    self.enabled = enabled  # False on processes other than 0
     self.bar = (tqdm(total=total_steps, initial=first_step, desc=self.desc, unit="step",
                      file=self.stream, dynamic_ncols=True, leave=False)
-                if self.interactive else None)
+                if self.interactive and enabled else None)
 
   def update(self, steps_done: int, running_loss: float) -> None:
     """`steps_done` counts from the start of the epoch."""
@@ -34,7 +35,8 @@ class EpochProgress:
     if self.bar is not None:
       self.bar.set_postfix(loss=f"{running_loss:.4f}", seq_s=f"{rate:,.0f}", refresh=False)
       self.bar.update(steps_done - self.bar.n)
-    elif now - self.last_line >= PLAIN_EVERY_SECONDS or steps_done == self.total_steps:
+    elif self.enabled and (now - self.last_line >= PLAIN_EVERY_SECONDS
+                          or steps_done == self.total_steps):
       self.last_line = now
       eta = (self.total_steps - steps_done) * self.batch_size / max(rate, 1e-9)
       print(f"{self.desc} step {steps_done}/{self.total_steps} | loss {running_loss:.4f} | "

@@ -1,7 +1,9 @@
 """Trains a character-level LSTM: `python -m jaxchar.train --flagfile=launch/moe.flags`."""
 
+import jax
 from absl import app, flags
 
+from jaxchar import distributed
 from jaxchar.config import Config, parse_temperatures
 from jaxchar.errors import UserError, exits_on_user_error
 from jaxchar.loop import train_and_evaluate
@@ -41,6 +43,19 @@ flags.DEFINE_integer("log_every", _DEFAULTS.log_every, "Steps between metrics.js
 flags.DEFINE_string("workdir", "ckpt/moe", "Folder for this run: checkpoints/, metrics.jsonl, "
                     "tensorboard/, samples.md, loss.png. "
                     "Rerunning with the same folder resumes from its latest checkpoint.")
+flags.DEFINE_enum("dtype", _DEFAULTS.dtype, ["float32", "bfloat16"], "Computation dtype. "
+                  "bfloat16 speeds up TPUs and recent GPUs (slower on CPUs); parameters and "
+                  "optimizer state stay float32.")
+flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"], "Multi-process training with "
+                  "jax.distributed: auto = when the three flags below are given or a SLURM / "
+                  "multi-host Cloud TPU job is detected; on = always (JAX detects the cluster); "
+                  "off = never.")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0, reachable from every "
+                    "process, e.g. 10.0.0.2:12355.")
+flags.DEFINE_integer("num_processes", None, "Number of training processes in the run.")
+flags.DEFINE_integer("process_id", None, "This process's index, 0 to --num_processes - 1.")
+flags.DEFINE_integer("distributed_timeout_s", 120, "Seconds to wait for every process to reach "
+                     "the coordinator before giving up with an error.")
 FLAGS = flags.FLAGS
 
 def config_from_flags() -> Config:
@@ -52,7 +67,7 @@ def config_from_flags() -> Config:
       epochs=FLAGS.epochs, steps_per_epoch=FLAGS.steps_per_epoch, seed=FLAGS.seed,
       temperatures=parse_temperatures(FLAGS.temperatures), sample_len=FLAGS.sample_len,
       save_every_steps=FLAGS.save_every_steps, keep=FLAGS.keep, restart=FLAGS.restart,
-      log_every=FLAGS.log_every,
+      log_every=FLAGS.log_every, dtype=FLAGS.dtype,
   ).validate()
 
 
@@ -60,7 +75,15 @@ def config_from_flags() -> Config:
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise UserError(f"unexpected arguments {argv[1:]}; every setting is a --flag (see --help).")
-  train_and_evaluate(config_from_flags(), FLAGS.workdir)
+  config = config_from_flags()
+  distributed.initialize(FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes,
+                         FLAGS.process_id, FLAGS.distributed_timeout_s)
+  try:
+    train_and_evaluate(config, FLAGS.workdir)
+  except Exception as e:  # noqa: BLE001 - only re-labelled when a peer process is gone
+    if jax.process_count() > 1 and not isinstance(e, UserError):
+      distributed.exit_on_peer_failure(e)
+    raise
 
 
 if __name__ == "__main__":

@@ -70,7 +70,7 @@ def bad_input_cases(tmp_path: Path, tiny_file: Path) -> list[tuple[list[str], st
       ([data, "--temperatures=0.5,0"], "temperature 0.0"),
       ([data, "--temperatures=0.5,-1"], "temperature -1.0"),
       ([data, "--temperatures=0.5,hot"], "not a comma-separated list of numbers"),
-      ([data, "--batch_size=6"], "does not split evenly over the 4 local devices"),
+      ([data, "--batch_size=6"], "does not split evenly over the 4 devices"),
       ([data, *TINY_ARGS, "--learning_rate=1e38"], "the training loss became nan"),
   ]
 
@@ -128,7 +128,8 @@ def test_command_line_errors_exit_without_traceback(args):
 
 @pytest.mark.parametrize("flagfile", sorted((REPO / "launch").glob("*.flags")),
                          ids=lambda p: p.name)
-def test_launch_flagfiles_parse_into_a_valid_config(flagfile):
+def test_launch_flagfiles_parse_into_a_valid_config(flagfile, monkeypatch):
+  monkeypatch.chdir(REPO)  # flagfiles include launch/moe.flags by a repository-relative path
   FLAGS.unparse_flags()
   try:
     FLAGS(["jaxchar.train", f"--flagfile={flagfile}"])
@@ -136,3 +137,13 @@ def test_launch_flagfiles_parse_into_a_valid_config(flagfile):
   finally:
     FLAGS.unparse_flags()
   assert config.epochs >= 1
+
+
+@pytest.mark.parametrize("script", sorted((REPO / "launch").glob("*.sh")), ids=lambda p: p.name)
+def test_launch_scripts_are_valid_bash_and_use_existing_flagfiles(script):
+  assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+  text = script.read_text()
+  for name in ("tpu.flags", "gpu.flags"):
+    if name in text:
+      assert (REPO / "launch" / name).exists()
+  assert "Assumes:" in text and "Costs:" in text

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Train launch/tpu.flags on a Cloud TPU VM slice, every worker at once.
+#
+# Assumes: the gcloud CLI, logged in, with a project that has TPU quota in $ZONE; this repository
+# as the current directory; the workers can reach PyPI and raw.githubusercontent.com (for the
+# corpus download). Costs: the TPU VM is billed by the hour from `create` until `delete` (see
+# Cloud TPU pricing for $ACCELERATOR in $ZONE; spot VMs, with SPOT=1, cost far less but can be
+# preempted: rerunning this script resumes from the last checkpoint). The script deletes the VM
+# at the end unless KEEP=1. Nothing else is created.
+#
+#   ZONE=us-central2-b ACCELERATOR=v4-8 NAME=jaxchar launch/tpu_vm.sh
+set -euo pipefail
+ZONE=${ZONE:-us-central2-b}
+ACCELERATOR=${ACCELERATOR:-v4-8}
+NAME=${NAME:-jaxchar}
+VERSION=${VERSION:-tpu-ubuntu2204-base}
+SPOT_FLAG=$([ "${SPOT:-0}" = 1 ] && echo --spot || true)
+
+if ! gcloud compute tpus tpu-vm describe "$NAME" --zone="$ZONE" >/dev/null 2>&1; then
+  gcloud compute tpus tpu-vm create "$NAME" --zone="$ZONE" --accelerator-type="$ACCELERATOR" \
+    --version="$VERSION" $SPOT_FLAG
+fi
+ssh_all() { gcloud compute tpus tpu-vm ssh "$NAME" --zone="$ZONE" --worker=all --command="$1"; }
+
+# Copy this checkout (without venvs, data or checkpoints) to every worker, then install.
+tar czf /tmp/jaxchar.tgz --exclude=.venv --exclude=ckpt --exclude=data/moes_tavern_lines.txt .
+gcloud compute tpus tpu-vm scp /tmp/jaxchar.tgz "$NAME":~/jaxchar.tgz --zone="$ZONE" --worker=all
+ssh_all 'mkdir -p jaxchar && tar xzf jaxchar.tgz -C jaxchar && cd jaxchar &&
+  python3 -m venv .venv && . .venv/bin/activate && pip install -q -e ".[tpu,plot]"'
+# Every worker runs the same command; --distributed=on lets JAX find the slice's hosts.
+ssh_all 'cd jaxchar && . .venv/bin/activate && python -m jaxchar.train --flagfile=launch/tpu.flags'
+# Checkpoints, metrics and samples are written by worker 0.
+gcloud compute tpus tpu-vm scp --recurse "$NAME":~/jaxchar/ckpt/moe-tpu ckpt/ --zone="$ZONE" \
+  --worker=0
+[ "${KEEP:-0}" = 1 ] || gcloud compute tpus tpu-vm delete "$NAME" --zone="$ZONE" --quiet
