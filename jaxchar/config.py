@@ -31,6 +31,7 @@ class Config:
   restart: bool = False  # set existing checkpoints aside instead of resuming
   log_every: int = 50  # steps between metrics.jsonl / TensorBoard records
   dtype: str = "float32"  # computation dtype; "bfloat16" for TPU/GPU (params stay float32)
+  sample_mode: str = "window"  # or "stateful" (carry the LSTM state, one cell step per char)
 
   def validate(self) -> "Config":
     """Raises UserError naming the first bad value and how to fix it; returns self."""
@@ -52,6 +53,8 @@ class Config:
       raise UserError(
           f"--val_fraction={self.val_fraction} is outside [0, 1); it is the share of the corpus "
           "held out for validation, e.g. --val_fraction=0.1.")
+    if self.sample_mode not in ("window", "stateful"):
+      raise UserError(f"--sample_mode={self.sample_mode} must be 'window' or 'stateful'.")
     if self.dtype not in ("float32", "bfloat16"):
       raise UserError(f"--dtype={self.dtype} must be float32 or bfloat16.")
     if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
@@ -92,6 +95,7 @@ class SampleConfig:
   seed: int = 0
   top_k: int = 0  # 0 = off
   unknown: str = "error"  # or "skip": what to do with prime characters the model never saw
+  mode: str = "window"  # or "stateful"
 
   def validate(self) -> "SampleConfig":
     """Raises UserError for values that are wrong whatever the checkpoint; returns self."""
@@ -107,6 +111,8 @@ class SampleConfig:
       raise UserError(f"--num_samples={self.num_samples} must be at least 1.")
     if self.top_k < 0:
       raise UserError(f"--top_k={self.top_k} must be >= 0 (0 = off).")
+    if self.mode not in ("window", "stateful"):
+      raise UserError(f"--mode={self.mode} must be 'window' or 'stateful'.")
     if self.unknown not in ("error", "skip"):
       raise UserError(f"--unknown={self.unknown} must be 'error' or 'skip'.")
     return self

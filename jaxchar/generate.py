@@ -54,6 +54,30 @@ def generate_window(model: Any, params, context: jnp.ndarray, temperatures: jnp.
   return generated.T
 
 
+@functools.partial(jax.jit, static_argnames=("model", "length", "top_k"))
+def generate_stateful(model: CharLSTM, params, context: jnp.ndarray, temperatures: jnp.ndarray,
+                      key: jax.Array, length: int, top_k: int = 0,
+                      context_len: jnp.ndarray | int | None = None) -> jnp.ndarray:
+  """Like generate_window, but runs the LSTM over the context once and then carries its state:
+  one cell step per character, so the model also sees characters beyond the last maxlen."""
+  batch, maxlen = context.shape
+  filled = jnp.full((batch,), maxlen if context_len is None else context_len, jnp.int32)
+  variables = {"params": params}
+  carry, logits = model.apply(variables, context, filled, method=CharLSTM.encode)
+
+  def next_id(state, step_key):
+    carry, logits = state
+    new = jax.random.categorical(step_key, scale_logits(logits, temperatures, top_k))
+    carry, logits = model.apply(variables, carry, new, method=CharLSTM.step)
+    return (carry, logits), new.astype(jnp.int32)
+
+  _, generated = jax.lax.scan(next_id, (carry, logits), jax.random.split(key, length))
+  return generated.T
+
+
+GENERATORS = {"window": generate_window, "stateful": generate_stateful}
+
+
 @dataclasses.dataclass(frozen=True)
 class Sampler:
   """A restored model, ready to sample: parameters plus the checkpoint's metadata."""
@@ -85,7 +109,8 @@ class Sampler:
     return window, len(ids)
 
   def sample(self, prime: str, temperatures: Sequence[float], length: int, num_samples: int = 1,
-             seed: int = 0, top_k: int = 0, unknown: str = "error") -> list[list[str]]:
+             seed: int = 0, top_k: int = 0, unknown: str = "error",
+             mode: str = "window") -> list[list[str]]:
     """`num_samples` continuations of `prime` per temperature: result[t][n]."""
     if top_k > self.vocab.size:
       raise UserError(f"--top_k={top_k} is larger than the vocabulary ({self.vocab.size} "
@@ -93,9 +118,9 @@ class Sampler:
     window, filled = self.encode_prime(prime, unknown)
     temps = np.repeat(np.asarray(temperatures, np.float32), num_samples)
     context = np.broadcast_to(window, (len(temps), self.maxlen))
-    out = np.asarray(generate_window(self.model, self.params, jnp.asarray(context),
-                                     jnp.asarray(temps), jax.random.PRNGKey(seed), length,
-                                     top_k, filled))
+    out = np.asarray(GENERATORS[mode](self.model, self.params, jnp.asarray(context),
+                                      jnp.asarray(temps), jax.random.PRNGKey(seed), length,
+                                      top_k, filled))
     texts = [self.vocab.decode(row) for row in out]
     return [texts[i * num_samples:(i + 1) * num_samples] for i in range(len(temperatures))]
 
@@ -135,7 +160,7 @@ def run_sampling(config: SampleConfig) -> str:
   """Restores the checkpoint and returns the samples as printable text."""
   sampler = load_sampler(config.workdir, config.step)
   samples = sampler.sample(config.prime, config.temperatures, config.length, config.num_samples,
-                           config.seed, config.top_k, config.unknown)
+                           config.seed, config.top_k, config.unknown, config.mode)
   val = sampler.meta.get("val_loss")
   lines = [f"# checkpoint step {sampler.step} (epoch {sampler.meta['epoch']}"
            + (f", validation loss {val:.4f} nats)" if val is not None else ")")]
@@ -154,7 +179,8 @@ def epoch_samples(state, model: CharLSTM, corpus: Corpus, config: Config,
   temps = jnp.asarray(config.temperatures, jnp.float32)
   context = jnp.broadcast_to(jnp.asarray(seed_ids), (len(temps), config.maxlen))
   key = jax.random.fold_in(jax.random.PRNGKey(config.seed), epoch)
-  generated = generate_window(model, state.params, context, temps, key, config.sample_len)
+  generated = GENERATORS[config.sample_mode](model, state.params, context, temps, key,
+                                            config.sample_len)
   seed_text = corpus.vocab.decode(seed_ids)
   texts = {t: f"[{seed_text}]{corpus.vocab.decode(row)}"
            for t, row in zip(config.temperatures, np.asarray(generated))}

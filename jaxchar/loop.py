@@ -33,6 +33,14 @@ def _eval_on_starts(state, ids, starts, weights, *, maxlen: int):
   return steps.eval_step(state, {**batch, "weights": weights})
 
 
+def pmapped_steps(maxlen: int):
+  """The loop's train and eval steps, pmapped over all local devices (the one place)."""
+  p_train_step = jax.pmap(functools.partial(_train_on_starts, maxlen=maxlen),
+                          axis_name=steps.AXIS, donate_argnums=(0,))
+  p_eval_step = jax.pmap(functools.partial(_eval_on_starts, maxlen=maxlen), axis_name=steps.AXIS)
+  return p_train_step, p_eval_step
+
+
 def _check_finite(loss: float, step: int, config: Config) -> None:
   if not math.isfinite(loss):
     raise UserError(
@@ -126,10 +134,7 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> list[dict]:
 
   p_state = jax_utils.replicate(state)
   p_ids = jax_utils.replicate(jnp.asarray(corpus.ids))
-  p_train_step = jax.pmap(functools.partial(_train_on_starts, maxlen=config.maxlen),
-                          axis_name=steps.AXIS, donate_argnums=(0,))
-  p_eval_step = jax.pmap(functools.partial(_eval_on_starts, maxlen=config.maxlen),
-                         axis_name=steps.AXIS)
+  p_train_step, p_eval_step = pmapped_steps(config.maxlen)
   run_start = time.perf_counter()
   last_saved = [int(state.step) if restored else None]
 

@@ -41,9 +41,18 @@ class CharLSTM(nn.Module):
     `lengths` [B] marks left-aligned windows shorter than T (a short sampling prime): the
     logits then follow position lengths-1, and later positions are ignored.
     """
+    return self.encode(inputs, lengths)[1]
+
+  def encode(self, inputs: Array, lengths: Array | None = None) -> tuple[tuple, Array]:
+    """Like __call__, also returning the LSTM carry (c, h) after the window."""
     x = jax.nn.one_hot(inputs, self.vocab_size, dtype=self.dtype)
-    (_, h), _ = self.rnn(x, seq_lengths=lengths)
-    return self.head(h).astype(jnp.float32)
+    carry, _ = self.rnn(x, seq_lengths=lengths)
+    return carry, self.head(carry[1]).astype(jnp.float32)
+
+  def step(self, carry: tuple, ids: Array) -> tuple[tuple, Array]:
+    """One character per row: the next carry and logits (stateful sampling)."""
+    carry, h = self.cell(carry, jax.nn.one_hot(ids, self.vocab_size, dtype=self.dtype))
+    return carry, self.head(h).astype(jnp.float32)
 
 
 def init_params(model: CharLSTM, key: Array, maxlen: int) -> dict:

@@ -40,9 +40,10 @@ def write_loss_plot(workdir: str | Path, quiet_if_unavailable: bool = True) -> P
           label="validation loss")
   if val:
     best = min(val, key=lambda r: r["val_loss"])
-    ax.annotate(f"best {best['val_loss']:.3f} (epoch {best['epoch']})",
-                (best["epoch"], best["val_loss"]), textcoords="offset points", xytext=(0, -16),
-                ha="center", fontsize=8, color="tab:orange")
+    ax.annotate(f"best validation {best['val_loss']:.3f} (epoch {best['epoch']})",
+                (best["epoch"], best["val_loss"]), textcoords="offset points", xytext=(-6, 10),
+                ha="right", fontsize=8, color="tab:orange")
+  ax.margins(x=0.04)
   ax.set_xlabel("epoch")
   ax.set_ylabel("cross-entropy (nats per character)")
   ax.set_title(f"{workdir.name}: loss per epoch")

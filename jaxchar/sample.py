@@ -25,6 +25,9 @@ flags.DEFINE_integer("seed", 0, "Sampling seed.")
 flags.DEFINE_integer("top_k", 0, "Draw only from the k most likely characters; 0 = off.")
 flags.DEFINE_enum("unknown", "error", ["error", "skip"], "Prime characters the model never saw: "
                   "stop with an error listing them, or skip (drop) them.")
+flags.DEFINE_enum("mode", "window", ["window", "stateful"], "window: rerun the LSTM over the "
+                  "last maxlen characters for each new one, as in training (default); "
+                  "stateful: carry the LSTM state, one step per character (faster).")
 FLAGS = flags.FLAGS
 
 
@@ -43,6 +46,7 @@ def config_from_flags() -> SampleConfig:
       workdir=FLAGS.workdir, step=FLAGS.step, prime=_read_prime(),
       temperatures=parse_temperatures(FLAGS.temperature, "temperature"), length=FLAGS.length,
       num_samples=FLAGS.num_samples, seed=FLAGS.seed, top_k=FLAGS.top_k, unknown=FLAGS.unknown,
+      mode=FLAGS.mode,
   ).validate()
 
 

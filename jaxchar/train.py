@@ -46,6 +46,10 @@ flags.DEFINE_string("workdir", "ckpt/moe", "Folder for this run: checkpoints/, m
 flags.DEFINE_enum("dtype", _DEFAULTS.dtype, ["float32", "bfloat16"], "Computation dtype. "
                   "bfloat16 speeds up TPUs and recent GPUs (slower on CPUs); parameters and "
                   "optimizer state stay float32.")
+flags.DEFINE_enum("sample_mode", _DEFAULTS.sample_mode, ["window", "stateful"], "Per-epoch "
+                  "samples: window reruns the LSTM over the last maxlen characters for each new "
+                  "one (as in training); stateful carries the LSTM state, one step per "
+                  "character (faster, sees further back).")
 flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"], "Multi-process training with "
                   "jax.distributed: auto = when the three flags below are given or a SLURM / "
                   "multi-host Cloud TPU job is detected; on = always (JAX detects the cluster); "
@@ -67,7 +71,7 @@ def config_from_flags() -> Config:
       epochs=FLAGS.epochs, steps_per_epoch=FLAGS.steps_per_epoch, seed=FLAGS.seed,
       temperatures=parse_temperatures(FLAGS.temperatures), sample_len=FLAGS.sample_len,
       save_every_steps=FLAGS.save_every_steps, keep=FLAGS.keep, restart=FLAGS.restart,
-      log_every=FLAGS.log_every, dtype=FLAGS.dtype,
+      log_every=FLAGS.log_every, dtype=FLAGS.dtype, sample_mode=FLAGS.sample_mode,
   ).validate()
 
 

@@ -131,3 +131,13 @@ def test_incompatible_checkpoint_version_is_refused(trained_workdir, monkeypatch
   monkeypatch.setattr(checkpoint, "FORMAT_VERSION", checkpoint.FORMAT_VERSION + 1)
   with pytest.raises(UserError, match="checkpoint format 1; this jaxchar .* reads format 2"):
     generate.load_sampler(trained_workdir)
+
+
+def test_stateful_mode_equals_window_mode_until_the_window_is_full(trained_workdir):
+  sampler = generate.load_sampler(trained_workdir)
+  window = sampler.sample("mo", [1e-4], 6, mode="window")[0][0]
+  stateful = sampler.sample("mo", [1e-4], 6, mode="stateful")[0][0]
+  assert window == stateful  # 2 + 6 = maxlen characters: the same sequence either way
+  long_window = sampler.sample("moe: hey", [1.0], 200, seed=4, mode="window")[0][0]
+  long_stateful = sampler.sample("moe: hey", [1.0], 200, seed=4, mode="stateful")[0][0]
+  assert len(long_stateful) == 200 and long_stateful != long_window  # beyond maxlen they part
