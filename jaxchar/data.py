@@ -14,6 +14,9 @@ import numpy as np
 from jaxchar.errors import UserError
 
 
+_ENCODE_CHUNK = 1 << 22  # characters per encoding chunk
+
+
 @dataclasses.dataclass(frozen=True)
 class Vocab:
   """Sorted distinct characters of a text; ids are positions in `chars`."""
@@ -37,9 +40,13 @@ class Vocab:
     return sorted(set(text) - set(self.chars))
 
   def encode(self, text: str) -> np.ndarray:
-    """int32 ids of `text`; every character must be in the vocabulary."""
-    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-    ids = np.searchsorted(self._codes, codes).astype(np.int32)
+    """Ids of `text` (uint8 when the vocabulary fits, else int32); every character must be in
+    the vocabulary. Encoded in chunks so a large corpus needs little more than its ids."""
+    ids = np.empty(len(text), np.uint8 if self.size <= 256 else np.int32)
+    table = self._codes
+    for start in range(0, len(text), _ENCODE_CHUNK):
+      codes = np.frombuffer(text[start:start + _ENCODE_CHUNK].encode("utf-32-le"), np.uint32)
+      ids[start:start + len(codes)] = np.searchsorted(table, codes)
     return ids
 
   def decode(self, ids) -> str:
@@ -51,7 +58,7 @@ class Corpus:
   """An encoded text with its train/validation split and window start offsets."""
 
   vocab: Vocab
-  ids: np.ndarray  # int32 [len(text)]
+  ids: np.ndarray  # [len(text)], uint8 for vocabularies of up to 256 symbols, else int32
   cut: int  # train = ids[:cut], validation = ids[cut:]
   train_starts: np.ndarray  # int32 offsets into ids
   val_starts: np.ndarray  # int32 offsets into ids (already shifted by `cut`)
@@ -130,4 +137,5 @@ def eval_batches(starts: np.ndarray, batch_size: int,
 def gather_windows(ids: jnp.ndarray, starts: jnp.ndarray, maxlen: int) -> dict[str, jnp.ndarray]:
   """Gathers inputs [B, maxlen] and next-character targets [B] from device-resident ids."""
   positions = starts[:, None] + jnp.arange(maxlen, dtype=starts.dtype)[None, :]
-  return {"inputs": ids[positions], "targets": ids[starts + maxlen]}
+  return {"inputs": ids[positions].astype(jnp.int32),
+          "targets": ids[starts + maxlen].astype(jnp.int32)}

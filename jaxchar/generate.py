@@ -15,7 +15,7 @@ from jaxchar import checkpoint
 from jaxchar.config import Config, SampleConfig
 from jaxchar.data import Corpus, Vocab
 from jaxchar.errors import UserError
-from jaxchar.model import CharLSTM, init_params
+from jaxchar.model import CharLSTM, fused_lstm_kernels, init_params, lstm_cell
 
 
 def scale_logits(logits: jnp.ndarray, temperatures: jnp.ndarray, top_k: int) -> jnp.ndarray:
@@ -30,7 +30,69 @@ def scale_logits(logits: jnp.ndarray, temperatures: jnp.ndarray, top_k: int) -> 
 def generate_window(model: Any, params, context: jnp.ndarray, temperatures: jnp.ndarray,
                     key: jax.Array, length: int, top_k: int = 0,
                     context_len: jnp.ndarray | int | None = None) -> jnp.ndarray:
-  """Generates `length` ids per row, rerunning the model on the last maxlen ids each time.
+  """Generates `length` ids per row, each from the model run on the last maxlen ids only.
+
+  context: int32 [B, maxlen], the seed window of each row (the reference's sliding window);
+  context_len: how many leading ids of it are real (default all): a shorter prime grows the
+  window as characters are generated, then it slides. temperatures: float32 [B].
+  Returns int32 [B, length].
+
+  The reference reruns the LSTM over the whole window for every character: maxlen sequential
+  cell steps each. Here the maxlen overlapping windows are run side by side instead: window s
+  starts from a zero state at position s, every live window consumes each new character in
+  one batched cell step, and the window that has just seen maxlen characters gives the logits
+  (then its slot is reused for the window starting at the next position). Each window sees
+  exactly the characters it would alone, so the result is the reference's, with one cell step
+  per character instead of maxlen.
+  """
+  batch, maxlen = context.shape
+  filled = jnp.asarray(maxlen if context_len is None else context_len, jnp.int32)
+  w_in, w_rec, bias = fused_lstm_kernels(params)
+  x_table = (w_in + bias).astype(model.dtype)  # input projection of each symbol, bias folded in
+  w_rec = w_rec.astype(model.dtype)
+  head = params["head"]
+  hidden = w_rec.shape[0]
+
+  def consume(slots, ids, position):
+    """Starts the window at `position` and feeds ids [B] (the character there) to all."""
+    c, h = slots  # [maxlen, B, H]: slot position % maxlen holds the window starting there
+    keep = (jnp.arange(maxlen) != position % maxlen).astype(c.dtype)[:, None, None]
+    c, h = c * keep, h * keep  # a fresh (zero) state for the window starting here
+    x_proj = jnp.broadcast_to(x_table[ids], (maxlen, batch, 4 * hidden))
+    return lstm_cell((c, h), x_proj, w_rec)
+
+  def logits_at(slots, position):
+    """Logits for the character at `position`: from the window ending just before it."""
+    h = slots[1][jnp.maximum(position - maxlen, 0) % maxlen]
+    return (h @ head["kernel"].astype(h.dtype) + head["bias"]).astype(jnp.float32)
+
+  zeros = jnp.zeros((maxlen, batch, hidden), model.dtype)
+
+  def prime(slots, t):
+    fed = consume(slots, context[:, t], t)
+    return jax.tree_util.tree_map(lambda a, b: jnp.where(t < filled, a, b), fed, slots), None
+
+  slots, _ = jax.lax.scan(prime, (zeros, zeros), jnp.arange(maxlen))
+
+  def next_id(slots, inputs):
+    k, step_key = inputs
+    position = filled + k
+    logits = logits_at(slots, position)
+    new = jax.random.categorical(step_key, scale_logits(logits, temperatures, top_k))
+    return consume(slots, new, position), new.astype(jnp.int32)
+
+  _, generated = jax.lax.scan(next_id, slots,
+                              (jnp.arange(length), jax.random.split(key, length)))
+  return generated.T
+
+
+@functools.partial(jax.jit, static_argnames=("model", "length", "top_k"))
+def generate_window_rerun(model: Any, params, context: jnp.ndarray, temperatures: jnp.ndarray,
+                    key: jax.Array, length: int, top_k: int = 0,
+                    context_len: jnp.ndarray | int | None = None) -> jnp.ndarray:
+  """generate_window as the reference computes it: the whole model rerun on the window for
+  every character. Works with any `model.apply(variables, ids, lengths)`; kept as the
+  specification the fast version is tested against, and as a benchmark baseline.
 
   context: int32 [B, maxlen], the seed window of each row (the reference's sliding window);
   context_len: how many leading ids of it are real (default all): a shorter prime fills the
@@ -62,13 +124,16 @@ def generate_stateful(model: CharLSTM, params, context: jnp.ndarray, temperature
   one cell step per character, so the model also sees characters beyond the last maxlen."""
   batch, maxlen = context.shape
   filled = jnp.full((batch,), maxlen if context_len is None else context_len, jnp.int32)
-  variables = {"params": params}
-  carry, logits = model.apply(variables, context, filled, method=CharLSTM.encode)
+  carry, logits = model.apply({"params": params}, context, filled, method=CharLSTM.encode)
+  w_in, w_rec, bias = fused_lstm_kernels(params)
+  x_table, w_rec = (w_in + bias).astype(model.dtype), w_rec.astype(model.dtype)
+  head = params["head"]
 
   def next_id(state, step_key):
     carry, logits = state
     new = jax.random.categorical(step_key, scale_logits(logits, temperatures, top_k))
-    carry, logits = model.apply(variables, carry, new, method=CharLSTM.step)
+    carry = lstm_cell(carry, x_table[new], w_rec)
+    logits = (carry[1] @ head["kernel"].astype(model.dtype) + head["bias"]).astype(jnp.float32)
     return (carry, logits), new.astype(jnp.int32)
 
   _, generated = jax.lax.scan(next_id, (carry, logits), jax.random.split(key, length))
@@ -76,6 +141,8 @@ def generate_stateful(model: CharLSTM, params, context: jnp.ndarray, temperature
 
 
 GENERATORS = {"window": generate_window, "stateful": generate_stateful}
+# For the benchmark: the reference algorithm (model rerun over the window per character).
+REFERENCE_GENERATORS = {"window (rerun per character)": generate_window_rerun}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -95,6 +95,7 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> list[dict]:
   text = corpus_lib.read_text(config.data, DEFAULT_DATA)
   corpus = data.build_corpus(text, maxlen=config.maxlen, step=config.step,
                              val_fraction=config.val_fraction, lowercase=config.lowercase)
+  del text  # the corpus keeps only its ids: host memory stays about 1 byte per character
   num_devices = jax.device_count()  # all processes' devices share every global batch
   if config.batch_size % num_devices:
     raise UserError(

@@ -65,3 +65,22 @@ def init_params(model: CharLSTM, key: Array, maxlen: int) -> dict:
 
 def count_params(params) -> int:
   return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(params))
+
+
+def fused_lstm_kernels(params: dict) -> tuple[Array, Array, Array]:
+  """OptimizedLSTMCell's per-gate params as input kernel [V, 4H], recurrent kernel [H, 4H] and
+  bias [4H], gates in the cell's order (i, f, g, o)."""
+  lstm = params["lstm"]
+  gates = ("i", "f", "g", "o")
+  w_in = jnp.concatenate([lstm[f"i{g}"]["kernel"] for g in gates], axis=-1)
+  w_rec = jnp.concatenate([lstm[f"h{g}"]["kernel"] for g in gates], axis=-1)
+  bias = jnp.concatenate([lstm[f"h{g}"]["bias"] for g in gates], axis=-1)
+  return w_in, w_rec, bias
+
+
+def lstm_cell(carry: tuple[Array, Array], x_proj: Array, w_rec: Array) -> tuple[Array, Array]:
+  """OptimizedLSTMCell's update given the input projection x @ W_in + b (one row per carry)."""
+  c, h = carry
+  i, f, g, o = jnp.split(x_proj + h @ w_rec, 4, axis=-1)
+  c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+  return c, jax.nn.sigmoid(o) * jnp.tanh(c)

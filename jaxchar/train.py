@@ -50,6 +50,8 @@ flags.DEFINE_enum("sample_mode", _DEFAULTS.sample_mode, ["window", "stateful"], 
                   "samples: window reruns the LSTM over the last maxlen characters for each new "
                   "one (as in training); stateful carries the LSTM state, one step per "
                   "character (faster, sees further back).")
+flags.DEFINE_string("compilation_cache", "", "Folder for JAX's persistent compilation cache, so "
+                    "reruns skip compiling the steps; empty = off. launch/*.flags turn it on.")
 flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"], "Multi-process training with "
                   "jax.distributed: auto = when the three flags below are given or a SLURM / "
                   "multi-host Cloud TPU job is detected; on = always (JAX detects the cluster); "
@@ -80,6 +82,9 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise UserError(f"unexpected arguments {argv[1:]}; every setting is a --flag (see --help).")
   config = config_from_flags()
+  if FLAGS.compilation_cache:
+    jax.config.update("jax_compilation_cache_dir", FLAGS.compilation_cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
   distributed.initialize(FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes,
                          FLAGS.process_id, FLAGS.distributed_timeout_s)
   try:

@@ -35,7 +35,8 @@ def test_vocab_round_trip():
   vocab = data.Vocab.from_text(text)
   assert vocab.chars == "".join(sorted(set(text)))
   ids = vocab.encode(text)
-  assert ids.dtype == np.int32
+  assert ids.dtype == np.uint8  # vocabularies of up to 256 symbols: 1 byte per character
+  assert data.Vocab.from_text("".join(map(chr, range(300)))).encode("\x05").dtype == np.int32
   assert vocab.decode(ids) == text
   assert vocab.unknown("hey zz#") == ["#"]
 

@@ -1,4 +1,7 @@
-"""The jitted sampler, against fake deterministic models whose next-character law is known."""
+"""The jitted sampler, against fake deterministic models whose next-character law is known.
+
+The fakes drive generate_window_rerun (any model); test_sample_cli checks that the fast
+generate_window used for CharLSTM gives the same characters."""
 
 import dataclasses
 
@@ -36,7 +39,7 @@ def table(seed: int = 0) -> jnp.ndarray:
 def test_tiny_temperature_returns_the_argmax_chain():
   params = {"table": table()}
   context = jnp.array([[0, 1, 2, 3], [3, 3, 3, 1]], jnp.int32)
-  out = generate.generate_window(LastCharModel(), params, context, jnp.array([1e-4, 1e-4]),
+  out = generate.generate_window_rerun(LastCharModel(), params, context, jnp.array([1e-4, 1e-4]),
                                jax.random.PRNGKey(0), 30)
   argmax_of = np.argmax(np.asarray(params["table"]), axis=1)
   for row in range(2):
@@ -50,9 +53,9 @@ def test_tiny_temperature_returns_the_argmax_chain():
 def test_top_k_1_is_argmax_at_temperature_1():
   params = {"table": table(3)}
   context = jnp.zeros((3, MAXLEN), jnp.int32)
-  greedy = generate.generate_window(LastCharModel(), params, context, jnp.full(3, 1e-4),
+  greedy = generate.generate_window_rerun(LastCharModel(), params, context, jnp.full(3, 1e-4),
                                   jax.random.PRNGKey(1), 20)
-  top1 = generate.generate_window(LastCharModel(), params, context, jnp.ones(3),
+  top1 = generate.generate_window_rerun(LastCharModel(), params, context, jnp.ones(3),
                                 jax.random.PRNGKey(2), 20, top_k=1)
   assert np.array_equal(np.asarray(greedy), np.asarray(top1))
 
@@ -64,7 +67,7 @@ def test_frequencies_follow_the_tempered_distribution():
   params = {"table": jnp.broadcast_to(logits, (VOCAB, VOCAB))}
   rows, length = 64, 500
   for temperature in (1.0, 2.0):
-    out = generate.generate_window(LastCharModel(), params, jnp.zeros((rows, MAXLEN), jnp.int32),
+    out = generate.generate_window_rerun(LastCharModel(), params, jnp.zeros((rows, MAXLEN), jnp.int32),
                                  jnp.full(rows, temperature), jax.random.PRNGKey(7), length)
     freq = np.bincount(np.asarray(out).reshape(-1), minlength=VOCAB) / (rows * length)
     expected = np.asarray(jax.nn.softmax(logits / temperature))
@@ -75,7 +78,7 @@ def test_frequencies_follow_the_tempered_distribution():
 def test_each_row_uses_its_own_temperature():
   logits = jnp.log(jnp.array([0.6, 0.1, 0.1, 0.1, 0.1]))
   params = {"table": jnp.broadcast_to(logits, (VOCAB, VOCAB))}
-  out = np.asarray(generate.generate_window(
+  out = np.asarray(generate.generate_window_rerun(
       LastCharModel(), params, jnp.zeros((2, MAXLEN), jnp.int32), jnp.array([1e-3, 5.0]),
       jax.random.PRNGKey(0), 400))
   assert np.all(out[0] == 0)
@@ -84,7 +87,7 @@ def test_each_row_uses_its_own_temperature():
 
 def test_window_slides_over_generated_characters():
   context = jnp.array([[1, 2, 0, 4]], jnp.int32)
-  out = generate.generate_window(WindowSumModel(), {}, context, jnp.ones(1),
+  out = generate.generate_window_rerun(WindowSumModel(), {}, context, jnp.ones(1),
                                jax.random.PRNGKey(0), 12)
   window, expected = [1, 2, 0, 4], []
   for _ in range(12):
@@ -96,7 +99,7 @@ def test_window_slides_over_generated_characters():
 
 def test_short_context_grows_then_slides():
   context = jnp.array([[3, 1, 0, 0]], jnp.int32)  # only the first 2 are the prime
-  out = generate.generate_window(WindowSumModel(), {}, context, jnp.ones(1),
+  out = generate.generate_window_rerun(WindowSumModel(), {}, context, jnp.ones(1),
                                  jax.random.PRNGKey(0), 10, context_len=2)
   window, expected = [3, 1], []
   for _ in range(10):

@@ -141,3 +141,38 @@ def test_stateful_mode_equals_window_mode_until_the_window_is_full(trained_workd
   long_window = sampler.sample("moe: hey", [1.0], 200, seed=4, mode="window")[0][0]
   long_stateful = sampler.sample("moe: hey", [1.0], 200, seed=4, mode="stateful")[0][0]
   assert len(long_stateful) == 200 and long_stateful != long_window  # beyond maxlen they part
+
+
+@pytest.mark.parametrize("prime", ["moe", "homer: hi moe.\nmoe: "])
+def test_fast_window_sampling_equals_rerunning_the_window(trained_workdir, prime):
+  """The staggered generate_window against the reference rerun-per-character algorithm, for a
+  short prime (growing window) and a full one; greedy and at T=1 with the same key."""
+  sampler = generate.load_sampler(trained_workdir)
+  window, filled = sampler.encode_prime(prime)
+  context = jnp.asarray(np.broadcast_to(window, (3, sampler.maxlen)))
+  temps = jnp.array([1e-4, 1.0, 1.3])
+  args = (sampler.model, sampler.params, context, temps, jax.random.PRNGKey(11), 60)
+  fast = generate.generate_window(*args, context_len=filled)
+  reference = generate.generate_window_rerun(*args, context_len=filled)
+  assert np.array_equal(np.asarray(fast), np.asarray(reference))
+
+
+def test_benchmark_table_and_generated_corpus(tmp_path):
+  """The benchmark's own pieces (its timings are never asserted): FLOP count, corpus, table."""
+  from jaxchar import bench
+  assert bench.step_flops(1) == 3 * (60 * 2 * 4 * 128 * (65 + 128) + 2 * 128 * 65)
+  bench.write_generated_corpus(tmp_path / "c.txt", 2)
+  text = (tmp_path / "c.txt").read_text()
+  assert 1.5e6 < len(text) < 3e6 and "\n\n" in text
+  timing = {"windows_per_s": 1000.0, "gflops": 10.0, "step_ms": 1.0, "first_step_s": 2.0}
+  rates = {f"{m}_batch{b}": 1.0 for m in [*generate.GENERATORS, *generate.REFERENCE_GENERATORS]
+           for b in (1, 4, 64)}
+  table = bench.format_table({
+      "jaxchar": "0", "jax": "0", "backend": "cpu", "device": "cpu", "local_devices": 1,
+      "date": "today", "matmul_gflops": 100.0, "peak_rss_mb": 1.0,
+      "train": {128: {"baseline": timing, "trainer": {**timing, "windows_per_s": 3000.0},
+                      "speedup": 3.0}},
+      "sampling_chars_per_s": {**rates, "one_jitted_call_per_char": 1.0},
+      "memory_probe": {"corpus_mb": 100.0, "peak_rss_mb": 1500.0}})
+  assert "| 128 | 1,000 | 3,000 | 3.00x | 10.0 (10%) | 2.0 |" in table
+  assert "100 MB corpus peaked at 1,500 MB" in table
