@@ -59,15 +59,19 @@ class Config:
       raise UserError(f"--dtype={self.dtype} must be float32 or bfloat16.")
     if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
       raise UserError(f"--learning_rate={self.learning_rate} must be a positive number.")
-    if not self.temperatures and self.sample_len:
-      raise UserError("--temperatures is empty; give at least one, e.g. --temperatures=0.5,1.0, "
-                      "or turn samples off with --sample_len=0.")
-    for t in self.temperatures:
-      if not (math.isfinite(t) and t > 0):
-        raise UserError(
-            f"temperature {t} in --temperatures must be a positive number (e.g. 0.2,0.5,1.0,1.2): "
-            "logits are divided by it, so 0 or less has no meaning.")
+    if self.sample_len:
+      check_temperatures(self.temperatures, "temperatures")
     return self
+
+
+def check_temperatures(temperatures: tuple[float, ...], flag: str) -> None:
+  """Raises UserError unless there is at least one temperature and all are positive."""
+  if not temperatures:
+    raise UserError(f"--{flag} is empty; give one value or a list, e.g. --{flag}=0.2,0.5,1.0.")
+  for t in temperatures:
+    if not (math.isfinite(t) and t > 0):
+      raise UserError(f"temperature {t} in --{flag} must be a positive number (e.g. 0.5): "
+                      "logits are divided by it, so 0 or less has no meaning.")
 
 
 def parse_temperatures(values: list[str] | str, flag: str = "temperatures") -> tuple[float, ...]:
@@ -99,12 +103,7 @@ class SampleConfig:
 
   def validate(self) -> "SampleConfig":
     """Raises UserError for values that are wrong whatever the checkpoint; returns self."""
-    if not self.temperatures:
-      raise UserError("--temperature is empty; give one value or a list, e.g. 0.5 or 0.2,1.0.")
-    for t in self.temperatures:
-      if not (math.isfinite(t) and t > 0):
-        raise UserError(f"--temperature {t} must be a positive number, e.g. --temperature=0.5: "
-                        "logits are divided by it, so 0 or less has no meaning.")
+    check_temperatures(self.temperatures, "temperature")
     if self.length < 1:
       raise UserError(f"--length={self.length} must be at least 1 character.")
     if self.num_samples < 1:

@@ -22,11 +22,20 @@ def moes_text(tmp_path_factory) -> str:
   return corpus.read_text(path)
 
 
+_TINY_LINES = ["moe: hey homer.", "homer: hi moe.", "barney: beer!", "moe: no."] * 30
+# A small, learnable text: a few repeated lines with a paragraph break near the end.
+TINY_TEXT = "\n".join(_TINY_LINES[:100]) + "\n\n" + "\n".join(_TINY_LINES[100:]) + "\n"
+
+
+def write_tiny_text(folder: Path) -> Path:
+  path = folder / "tiny.txt"
+  path.write_text(TINY_TEXT, encoding="utf-8")
+  return path
+
+
 @pytest.fixture
 def tiny_text() -> str:
-  """A small, learnable text: a few repeated lines with a paragraph break near the end."""
-  lines = ["moe: hey homer.", "homer: hi moe.", "barney: beer!", "moe: no."] * 30
-  return "\n".join(lines[:100]) + "\n\n" + "\n".join(lines[100:]) + "\n"
+  return TINY_TEXT
 
 
 def tiny_config(data: Path, **overrides):
@@ -38,7 +47,5 @@ def tiny_config(data: Path, **overrides):
 
 
 @pytest.fixture
-def tiny_file(tmp_path, tiny_text) -> Path:
-  path = tmp_path / "tiny.txt"
-  path.write_text(tiny_text, encoding="utf-8")
-  return path
+def tiny_file(tmp_path) -> Path:
+  return write_tiny_text(tmp_path)

@@ -12,7 +12,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from conftest import REPO, tiny_config
+from conftest import REPO, tiny_config, write_tiny_text
 from jaxchar import checkpoint, train
 
 STEPS = 20
@@ -62,9 +62,7 @@ def finish(proc: subprocess.Popen, timeout: float = 240) -> str:
 def four_device_run(tmp_path_factory):
   """The reference: this test process's 4 devices, one process."""
   root = tmp_path_factory.mktemp("four")
-  lines = ["moe: hey homer.", "homer: hi moe.", "barney: beer!", "moe: no."] * 30
-  text_file = root / "tiny.txt"
-  text_file.write_text("\n".join(lines[:100]) + "\n\n" + "\n".join(lines[100:]) + "\n")
+  text_file = write_tiny_text(root)
   assert jax.local_device_count() == 4
   train.train_and_evaluate(tiny_config(text_file, epochs=1, steps_per_epoch=STEPS), root / "run")
   return text_file, final_params(root / "run")

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import REPO, tiny_config
+from conftest import REPO, tiny_config, write_tiny_text
 from jaxchar import checkpoint, generate, train
 from jaxchar.config import SampleConfig
 from jaxchar.errors import UserError
@@ -20,9 +20,7 @@ from jaxchar.model import CharLSTM
 def trained_workdir(tmp_path_factory):
   """A tiny run trained on the 4 forced devices of this test process, 2 epochs."""
   root = tmp_path_factory.mktemp("sampling")
-  lines = ["moe: hey homer.", "homer: hi moe.", "barney: beer!", "moe: no."] * 30
-  text_file = root / "tiny.txt"
-  text_file.write_text("\n".join(lines[:100]) + "\n\n" + "\n".join(lines[100:]) + "\n")
+  text_file = write_tiny_text(root)
   assert jax.local_device_count() == 4
   train.train_and_evaluate(tiny_config(text_file, epochs=2, save_every_steps=10), root / "run")
   return root / "run"
@@ -108,8 +106,8 @@ def bad_sample_cases(tmp_path, workdir):
       ([f"--workdir={tmp_path / 'nope'}"], "does not exist"),
       ([f"--workdir={empty}"], "holds no checkpoint"),
       ([w, "--step=12345"], f"the steps saved are {', '.join(map(str, steps))}"),
-      ([w, "--temperature=0"], "--temperature 0.0 must be a positive number"),
-      ([w, "--temperature=0.5,-2"], "--temperature -2.0 must be a positive number"),
+      ([w, "--temperature=0"], "temperature 0.0 in --temperature must be a positive number"),
+      ([w, "--temperature=0.5,-2"], "temperature -2.0 in --temperature must be a positive"),
       ([w, "--length=0"], "--length=0 must be at least 1"),
       ([w, "--num_samples=0"], "--num_samples=0 must be at least 1"),
       ([w, "--top_k=-1"], "--top_k=-1 must be >= 0"),
