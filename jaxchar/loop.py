@@ -143,9 +143,9 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> list[dict]:
     return elapsed_before + time.perf_counter() - run_start
 
   def save(epoch: int, batch_in_epoch: int, complete: bool, val_loss: float | None = None):
-    host_state = jax.device_get(_savable(jax_utils.unreplicate(p_state)))
-    if int(host_state["step"]) == last_saved[0]:
+    if int(p_state.step[0]) == last_saved[0]:
       return  # this exact point is already the latest checkpoint
+    host_state = jax.device_get(_savable(jax_utils.unreplicate(p_state)))
     meta = {**run_meta, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
             "epoch_complete": complete, "epoch_losses": [float(x) for x in epoch_losses],
             "val_loss": val_loss, "elapsed_s": elapsed()}
@@ -160,6 +160,10 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> list[dict]:
     # All processes must stop at the same step: agree every LOG_EVERY steps (a collective).
     return steps_done % LOG_EVERY == 0 and distributed.any_process(stop.requested)
 
+  if start_epoch > config.epochs:
+    _say(f"nothing to train: the checkpoint in {workdir} already finished epoch "
+         f"{start_epoch - 1} of --epochs={config.epochs}; raise --epochs to train further, or "
+         "use --restart to start afresh.")
   history = []
   with StopRequests() as stop:
     for epoch in range(start_epoch, config.epochs + 1):

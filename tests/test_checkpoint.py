@@ -55,7 +55,7 @@ class StopAfterPolls(StopRequests):
     return self.signal_name is not None
 
 
-def test_resume_mid_epoch_on_4_devices_is_bit_exact(tiny_file, tmp_path, monkeypatch):
+def test_resume_mid_epoch_on_4_devices_is_bit_exact(tiny_file, tmp_path, monkeypatch, capsys):
   assert jax.local_device_count() == 4
   config = tiny_config(tiny_file, epochs=3, save_every_steps=7)
   train.train_and_evaluate(config, tmp_path / "full")
@@ -70,6 +70,8 @@ def test_resume_mid_epoch_on_4_devices_is_bit_exact(tiny_file, tmp_path, monkeyp
   history = train.train_and_evaluate(config, tmp_path / "resumed")
   assert [h["epoch"] for h in history] == [2, 3]
   assert_same_run(tmp_path / "full", tmp_path / "resumed")
+  assert train.train_and_evaluate(config, tmp_path / "resumed") == []  # already finished
+  assert "nothing to train" in capsys.readouterr().out
 
 
 def test_changed_model_or_corpus_is_refused_on_resume(tiny_file, tmp_path):
