@@ -123,6 +123,12 @@ def read_meta(workdir: Path, step: int, manager: ocp.CheckpointManager | None = 
   return meta
 
 
+def read_metas(workdir: Path, steps: list[int]) -> dict[int, dict]:
+  """The JSON metadata of several checkpoints, through one manager."""
+  manager = _manager(workdir, read_only=True)
+  return {step: read_meta(workdir, step, manager) for step in steps}
+
+
 def checkpoint_steps(workdir: Path) -> list[int]:
   """Steps of the finished checkpoints in `workdir`, oldest first."""
   if not _checkpoint_dir(workdir).is_dir():

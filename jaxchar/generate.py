@@ -26,6 +26,18 @@ def scale_logits(logits: jnp.ndarray, temperatures: jnp.ndarray, top_k: int) -> 
   return logits / temperatures[:, None]
 
 
+def _cell_tables(params, dtype) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """The input projection of every symbol (bias folded in) [V, 4H] and recurrent kernel."""
+  w_in, w_rec, bias = fused_lstm_kernels(params)
+  return (w_in + bias).astype(dtype), w_rec.astype(dtype)
+
+
+def _readout(params, h: jnp.ndarray) -> jnp.ndarray:
+  """The output layer: float32 logits from hidden states h [..., H]."""
+  head = params["head"]
+  return (h @ head["kernel"].astype(h.dtype) + head["bias"]).astype(jnp.float32)
+
+
 @functools.partial(jax.jit, static_argnames=("model", "length", "top_k"))
 def generate_window(model: Any, params, context: jnp.ndarray, temperatures: jnp.ndarray,
                     key: jax.Array, length: int, top_k: int = 0,
@@ -47,10 +59,7 @@ def generate_window(model: Any, params, context: jnp.ndarray, temperatures: jnp.
   """
   batch, maxlen = context.shape
   filled = jnp.asarray(maxlen if context_len is None else context_len, jnp.int32)
-  w_in, w_rec, bias = fused_lstm_kernels(params)
-  x_table = (w_in + bias).astype(model.dtype)  # input projection of each symbol, bias folded in
-  w_rec = w_rec.astype(model.dtype)
-  head = params["head"]
+  x_table, w_rec = _cell_tables(params, model.dtype)
   hidden = w_rec.shape[0]
 
   def consume(slots, ids, position):
@@ -63,8 +72,7 @@ def generate_window(model: Any, params, context: jnp.ndarray, temperatures: jnp.
 
   def logits_at(slots, position):
     """Logits for the character at `position`: from the window ending just before it."""
-    h = slots[1][jnp.maximum(position - maxlen, 0) % maxlen]
-    return (h @ head["kernel"].astype(h.dtype) + head["bias"]).astype(jnp.float32)
+    return _readout(params, slots[1][jnp.maximum(position - maxlen, 0) % maxlen])
 
   zeros = jnp.zeros((maxlen, batch, hidden), model.dtype)
 
@@ -125,16 +133,13 @@ def generate_stateful(model: CharLSTM, params, context: jnp.ndarray, temperature
   batch, maxlen = context.shape
   filled = jnp.full((batch,), maxlen if context_len is None else context_len, jnp.int32)
   carry, logits = model.apply({"params": params}, context, filled, method=CharLSTM.encode)
-  w_in, w_rec, bias = fused_lstm_kernels(params)
-  x_table, w_rec = (w_in + bias).astype(model.dtype), w_rec.astype(model.dtype)
-  head = params["head"]
+  x_table, w_rec = _cell_tables(params, model.dtype)
 
   def next_id(state, step_key):
     carry, logits = state
     new = jax.random.categorical(step_key, scale_logits(logits, temperatures, top_k))
     carry = lstm_cell(carry, x_table[new], w_rec)
-    logits = (carry[1] @ head["kernel"].astype(model.dtype) + head["bias"]).astype(jnp.float32)
-    return (carry, logits), new.astype(jnp.int32)
+    return (carry, _readout(params, carry[1])), new.astype(jnp.int32)
 
   _, generated = jax.lax.scan(next_id, (carry, logits), jax.random.split(key, length))
   return generated.T
@@ -192,12 +197,11 @@ class Sampler:
     return [texts[i * num_samples:(i + 1) * num_samples] for i in range(len(temperatures))]
 
 
-def best_step(workdir: Path) -> int:
+def best_step(metas: dict[int, dict]) -> int:
   """The checkpoint with the lowest validation loss (the latest if none has one)."""
-  steps = checkpoint.checkpoint_steps(workdir)
-  scored = [(meta["val_loss"], step) for step in steps
-            if (meta := checkpoint.read_meta(workdir, step)).get("val_loss") is not None]
-  return min(scored)[1] if scored else steps[-1]
+  scored = [(meta["val_loss"], step) for step, meta in metas.items()
+            if meta.get("val_loss") is not None]
+  return min(scored)[1] if scored else max(metas)
 
 
 def load_sampler(workdir: str | Path, step: int | None = None) -> Sampler:
@@ -211,11 +215,14 @@ def load_sampler(workdir: str | Path, step: int | None = None) -> Sampler:
     raise UserError(f"--workdir={workdir} holds no checkpoint; train first, e.g. "
                     f"`python -m jaxchar.train --flagfile=launch/moe.flags --workdir={workdir}`.")
   if step is None:
-    step = best_step(workdir)
+    metas = checkpoint.read_metas(workdir, steps)
+    step = best_step(metas)
+    meta = metas[step]
   elif step not in steps:
     raise UserError(f"--step={step} has no checkpoint in {workdir}; the steps saved are "
                     f"{', '.join(map(str, steps))}.")
-  meta = checkpoint.read_meta(workdir, step)
+  else:
+    meta = checkpoint.read_meta(workdir, step)
   model = CharLSTM(meta["vocab_size"], meta["hidden"])
   template = jax.device_get(init_params(model, jax.random.PRNGKey(0), meta["maxlen"]))
   params = jax.device_put(checkpoint.restore_params(workdir, step, template))

@@ -49,11 +49,6 @@ class CharLSTM(nn.Module):
     carry, _ = self.rnn(x, seq_lengths=lengths)
     return carry, self.head(carry[1]).astype(jnp.float32)
 
-  def step(self, carry: tuple, ids: Array) -> tuple[tuple, Array]:
-    """One character per row: the next carry and logits (stateful sampling)."""
-    carry, h = self.cell(carry, jax.nn.one_hot(ids, self.vocab_size, dtype=self.dtype))
-    return carry, self.head(h).astype(jnp.float32)
-
 
 def init_params(model: CharLSTM, key: Array, maxlen: int) -> dict:
   """Initial parameters, with the forget-gate bias set to 1.0 as Keras's unit_forget_bias."""
