@@ -25,6 +25,7 @@ from jaxchar.config import Config
 from jaxchar.model import CharLSTM
 
 VOCAB, HIDDEN, MAXLEN = 65, 128, 60
+REFERENCE_TX = steps.make_optimizer(0.01)  # RMSprop(lr=0.01)
 
 flags.DEFINE_string("json", None, "Also write the results to this JSON file.")
 flags.DEFINE_list("batch_sizes", ["128", "512"], "Global training batch sizes to measure.")
@@ -63,7 +64,7 @@ def matmul_gflops(budget_s: float, n: int = 2048) -> float:
 def baseline_rate(batch: int, budget_s: float) -> dict:
   """The straightforward step: one-hot input, OptimizedLSTMCell in nn.scan, jit, one device."""
   model = CharLSTM(VOCAB, HIDDEN)
-  state = steps.create_train_state(jax.random.PRNGKey(0), model, MAXLEN, 0.01)
+  state = steps.create_train_state(jax.random.PRNGKey(0), model, MAXLEN, REFERENCE_TX)
 
   @jax.jit
   def step(state, inputs, targets):
@@ -89,7 +90,7 @@ def trainer_rate(batch: int, budget_s: float) -> dict:
   n = jax.local_device_count()
   ids = np.random.default_rng(0).integers(0, VOCAB, 200_000).astype(np.int32)
   starts = np.arange(0, len(ids) - MAXLEN - 1, 3, dtype=np.int32)
-  state = steps.create_train_state(jax.random.PRNGKey(0), CharLSTM(VOCAB, HIDDEN), MAXLEN, 0.01)
+  state = steps.create_train_state(jax.random.PRNGKey(0), CharLSTM(VOCAB, HIDDEN), MAXLEN, REFERENCE_TX)
   p_state, p_ids = jax_utils.replicate(state), jax_utils.replicate(jnp.asarray(ids))
   p_train_step, _ = loop.pmapped_steps(MAXLEN)
   batches = data.train_batches(starts, data.epoch_order(len(starts), 0, 1), batch, n)
@@ -111,7 +112,7 @@ def trainer_rate(batch: int, budget_s: float) -> dict:
 def sampling_rates(budget_s: float) -> dict:
   """Characters per second for 400 characters per row."""
   model = CharLSTM(VOCAB, HIDDEN)
-  params = steps.create_train_state(jax.random.PRNGKey(0), model, MAXLEN, 0.01).params
+  params = steps.create_train_state(jax.random.PRNGKey(0), model, MAXLEN, REFERENCE_TX).params
   out = {}
   for mode, fn in {**generate.GENERATORS, **generate.REFERENCE_GENERATORS}.items():
     for rows in (1, 4, 64):

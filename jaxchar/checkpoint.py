@@ -60,12 +60,15 @@ class Checkpoints:
   def close(self) -> None:
     self.manager.close()
 
-  def restore_latest(self, template: dict) -> tuple[dict, dict] | None:
-    """(state, meta) of the newest checkpoint that restores; None when there is none."""
+  def restore_latest(self, template: dict, run_meta: dict) -> tuple[dict, dict] | None:
+    """(state, meta) of the newest checkpoint that restores; None when there is none.
+
+    Raises UserError, touching nothing, when it is from a run with other settings."""
     while self.manager.all_steps():
       step = self.manager.latest_step()
       try:
         meta = read_meta(self.workdir, step, manager=self.manager)
+        check_resumable(meta, run_meta, self.workdir)
         restored = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.PyTreeRestore(item=template)))
         return restored.state, meta
@@ -146,7 +149,11 @@ def restore_params(workdir: Path, step: int, params_template: Any) -> Any:
 
 # Settings that fix the meaning of a checkpoint's parameters and data position.
 _RESUME_KEYS = ("vocab", "corpus_sha256", "lowercase", "maxlen", "hidden", "step", "batch_size",
-                "val_fraction", "seed")
+                "val_fraction", "seed", "num_layers", "embed_dim", "optimizer", "lr_schedule",
+                "clip_norm")
+# What checkpoints written before a setting existed implicitly used.
+_DEFAULTS = {"num_layers": 1, "embed_dim": 0, "optimizer": "rmsprop", "lr_schedule": "constant",
+             "clip_norm": 0.0}
 
 
 def run_metadata(config: Config, corpus: Corpus) -> dict:
@@ -154,10 +161,15 @@ def run_metadata(config: Config, corpus: Corpus) -> dict:
   return {"vocab": corpus.vocab.chars, "corpus_sha256": corpus.sha256,
           "lowercase": config.lowercase, "maxlen": config.maxlen, "hidden": config.hidden,
           "vocab_size": corpus.vocab.size, "step": config.step, "batch_size": config.batch_size,
-          "val_fraction": config.val_fraction, "seed": config.seed, "config": asdict(config)}
+          "val_fraction": config.val_fraction, "seed": config.seed,
+          "num_layers": config.num_layers, "embed_dim": config.embed_dim,
+          "optimizer": config.optimizer, "lr_schedule": config.lr_schedule,
+          "clip_norm": config.clip_norm, "config": asdict(config)}
 
 
 def check_resumable(saved: dict, run_meta: dict, workdir: Path) -> None:
+  """Raises UserError when the saved run's settings differ from this run's in _RESUME_KEYS."""
+  saved = {**_DEFAULTS, **saved}
   diffs = [f"{k} {_short(saved.get(k))} (checkpoint) vs {_short(run_meta[k])} (now)"
            for k in _RESUME_KEYS if saved.get(k) != run_meta[k]]
   if diffs:

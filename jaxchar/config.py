@@ -32,11 +32,23 @@ class Config:
   log_every: int = 50  # steps between metrics.jsonl / TensorBoard records
   dtype: str = "float32"  # computation dtype; "bfloat16" for TPU/GPU (params stay float32)
   sample_mode: str = "window"  # or "stateful" (carry the LSTM state, one cell step per char)
+  # Beyond the reference (its values are the defaults):
+  objective: str = "last"  # or "every": the next character after every position of a window
+  num_layers: int = 1
+  embed_dim: int = 0  # 0 = one-hot inputs
+  dropout: float = 0.0  # between LSTM layers and before the output layer
+  optimizer: str = "rmsprop"  # or "adamw"
+  weight_decay: float = 1e-4  # adamw only
+  clip_norm: float = 0.0  # global gradient-norm clipping; 0 = off
+  lr_schedule: str = "constant"  # or "cosine" (to 0 at the last step), "exponential"
+  lr_decay: float = 0.9  # exponential: factor per epoch
+  warmup_steps: int = 0
+  patience: int = 0  # stop after this many epochs without a new best validation loss; 0 = off
 
   def validate(self) -> "Config":
     """Raises UserError naming the first bad value and how to fix it; returns self."""
     for name in ("maxlen", "step", "hidden", "batch_size", "eval_batch_size", "epochs",
-                 "log_every"):
+                 "log_every", "num_layers"):
       value = getattr(self, name)
       if value <= 0:
         raise UserError(f"--{name}={value} must be a positive integer; pass --{name}=N with N >= 1.")
@@ -57,6 +69,26 @@ class Config:
       raise UserError(f"--sample_mode={self.sample_mode} must be 'window' or 'stateful'.")
     if self.dtype not in ("float32", "bfloat16"):
       raise UserError(f"--dtype={self.dtype} must be float32 or bfloat16.")
+    for name in ("embed_dim", "warmup_steps", "patience"):
+      if getattr(self, name) < 0:
+        raise UserError(f"--{name}={getattr(self, name)} must be >= 0 (0 = off).")
+    if not 0.0 <= self.dropout < 1.0:
+      raise UserError(f"--dropout={self.dropout} must be in [0, 1): the share of activations "
+                      "zeroed in training, e.g. --dropout=0.2.")
+    if not (math.isfinite(self.clip_norm) and self.clip_norm >= 0):
+      raise UserError(f"--clip_norm={self.clip_norm} must be a number >= 0 (0 = off), e.g. 5.")
+    if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+      raise UserError(f"--weight_decay={self.weight_decay} must be a number >= 0.")
+    if not 0.0 < self.lr_decay <= 1.0:
+      raise UserError(f"--lr_decay={self.lr_decay} must be in (0, 1]: the learning rate's "
+                      "factor per epoch with --lr_schedule=exponential, e.g. 0.9.")
+    for name, allowed in (("objective", ("last", "every")), ("optimizer", ("rmsprop", "adamw")),
+                          ("lr_schedule", ("constant", "cosine", "exponential"))):
+      if getattr(self, name) not in allowed:
+        raise UserError(f"--{name}={getattr(self, name)} must be one of {', '.join(allowed)}.")
+    if self.patience and not self.val_fraction:
+      raise UserError(f"--patience={self.patience} needs a validation loss; set --val_fraction "
+                      "above 0 (e.g. 0.1) or --patience=0.")
     if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
       raise UserError(f"--learning_rate={self.learning_rate} must be a positive number.")
     if self.sample_len:

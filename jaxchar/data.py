@@ -134,8 +134,10 @@ def eval_batches(starts: np.ndarray, batch_size: int,
     yield padded.reshape(num_devices, per_device), weights.reshape(num_devices, per_device)
 
 
-def gather_windows(ids: jnp.ndarray, starts: jnp.ndarray, maxlen: int) -> dict[str, jnp.ndarray]:
-  """Gathers inputs [B, maxlen] and next-character targets [B] from device-resident ids."""
-  positions = starts[:, None] + jnp.arange(maxlen, dtype=starts.dtype)[None, :]
-  return {"inputs": ids[positions].astype(jnp.int32),
-          "targets": ids[starts + maxlen].astype(jnp.int32)}
+def gather_windows(ids: jnp.ndarray, starts: jnp.ndarray, maxlen: int,
+                   every_position: bool = False) -> dict[str, jnp.ndarray]:
+  """Gathers inputs [B, maxlen] from device-resident ids, with next-character targets: [B]
+  (the character after each window), or [B, maxlen] (after every position) if every_position."""
+  positions = starts[:, None] + jnp.arange(maxlen + 1, dtype=starts.dtype)[None, :]
+  window = ids[positions].astype(jnp.int32)
+  return {"inputs": window[:, :-1], "targets": window[:, 1:] if every_position else window[:, -1]}

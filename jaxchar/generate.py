@@ -15,7 +15,8 @@ from jaxchar import checkpoint
 from jaxchar.config import Config, SampleConfig
 from jaxchar.data import Corpus, Vocab
 from jaxchar.errors import UserError
-from jaxchar.model import CharLSTM, fused_lstm_kernels, init_params, lstm_cell
+from jaxchar.model import (CharLSTM, Carry, fused_lstm_kernels, init_params, layer_name,
+                           lstm_cell, num_layers_of)
 
 
 def scale_logits(logits: jnp.ndarray, temperatures: jnp.ndarray, top_k: int) -> jnp.ndarray:
@@ -26,10 +27,25 @@ def scale_logits(logits: jnp.ndarray, temperatures: jnp.ndarray, top_k: int) -> 
   return logits / temperatures[:, None]
 
 
-def _cell_tables(params, dtype) -> tuple[jnp.ndarray, jnp.ndarray]:
-  """The input projection of every symbol (bias folded in) [V, 4H] and recurrent kernel."""
-  w_in, w_rec, bias = fused_lstm_kernels(params)
-  return (w_in + bias).astype(dtype), w_rec.astype(dtype)
+def _cell_tables(params, dtype) -> tuple[jnp.ndarray, list[tuple]]:
+  """The first layer's input projection of every symbol [V, 4H] (embedding and bias folded
+  in), and per layer its (input kernel, recurrent kernel, bias)."""
+  layers = [tuple(w.astype(dtype) for w in fused_lstm_kernels(params[layer_name(i)]))
+            for i in range(num_layers_of(params))]
+  w_in, _, bias = layers[0]
+  if "embed" in params:
+    w_in = params["embed"]["embedding"].astype(dtype) @ w_in
+  return w_in + bias, layers
+
+
+def _stack_step(carries: list[Carry], x_proj: jnp.ndarray, layers: list[tuple]) -> list[Carry]:
+  """One cell step of every layer, given the first layer's input projection."""
+  new = []
+  for i, (carry, (w_in, w_rec, bias)) in enumerate(zip(carries, layers)):
+    if i:
+      x_proj = new[-1][1] @ w_in + bias
+    new.append(lstm_cell(carry, x_proj, w_rec))
+  return new
 
 
 def _readout(params, h: jnp.ndarray) -> jnp.ndarray:
@@ -59,28 +75,28 @@ def generate_window(model: Any, params, context: jnp.ndarray, temperatures: jnp.
   """
   batch, maxlen = context.shape
   filled = jnp.asarray(maxlen if context_len is None else context_len, jnp.int32)
-  x_table, w_rec = _cell_tables(params, model.dtype)
-  hidden = w_rec.shape[0]
+  x_table, layers = _cell_tables(params, model.dtype)
+  hidden = layers[0][1].shape[0]
 
   def consume(slots, ids, position):
     """Starts the window at `position` and feeds ids [B] (the character there) to all."""
-    c, h = slots  # [maxlen, B, H]: slot position % maxlen holds the window starting there
-    keep = (jnp.arange(maxlen) != position % maxlen).astype(c.dtype)[:, None, None]
-    c, h = c * keep, h * keep  # a fresh (zero) state for the window starting here
+    # Per layer (c, h) [maxlen, B, H]: slot position % maxlen holds the window starting there.
+    keep = (jnp.arange(maxlen) != position % maxlen).astype(model.dtype)[:, None, None]
+    slots = [(c * keep, h * keep) for c, h in slots]  # a fresh (zero) state starts here
     x_proj = jnp.broadcast_to(x_table[ids], (maxlen, batch, 4 * hidden))
-    return lstm_cell((c, h), x_proj, w_rec)
+    return _stack_step(slots, x_proj, layers)
 
   def logits_at(slots, position):
     """Logits for the character at `position`: from the window ending just before it."""
-    return _readout(params, slots[1][jnp.maximum(position - maxlen, 0) % maxlen])
+    return _readout(params, slots[-1][1][jnp.maximum(position - maxlen, 0) % maxlen])
 
-  zeros = jnp.zeros((maxlen, batch, hidden), model.dtype)
+  zeros = [(jnp.zeros((maxlen, batch, hidden), model.dtype),) * 2 for _ in layers]
 
   def prime(slots, t):
     fed = consume(slots, context[:, t], t)
     return jax.tree_util.tree_map(lambda a, b: jnp.where(t < filled, a, b), fed, slots), None
 
-  slots, _ = jax.lax.scan(prime, (zeros, zeros), jnp.arange(maxlen))
+  slots, _ = jax.lax.scan(prime, zeros, jnp.arange(maxlen))
 
   def next_id(slots, inputs):
     k, step_key = inputs
@@ -133,13 +149,13 @@ def generate_stateful(model: CharLSTM, params, context: jnp.ndarray, temperature
   batch, maxlen = context.shape
   filled = jnp.full((batch,), maxlen if context_len is None else context_len, jnp.int32)
   carry, logits = model.apply({"params": params}, context, filled, method=CharLSTM.encode)
-  x_table, w_rec = _cell_tables(params, model.dtype)
+  x_table, layers = _cell_tables(params, model.dtype)
 
   def next_id(state, step_key):
-    carry, logits = state
+    carries, logits = state
     new = jax.random.categorical(step_key, scale_logits(logits, temperatures, top_k))
-    carry = lstm_cell(carry, x_table[new], w_rec)
-    return (carry, _readout(params, carry[1])), new.astype(jnp.int32)
+    carries = _stack_step(carries, x_table[new], layers)
+    return (carries, _readout(params, carries[-1][1])), new.astype(jnp.int32)
 
   _, generated = jax.lax.scan(next_id, (carry, logits), jax.random.split(key, length))
   return generated.T
@@ -223,7 +239,8 @@ def load_sampler(workdir: str | Path, step: int | None = None) -> Sampler:
                     f"{', '.join(map(str, steps))}.")
   else:
     meta = checkpoint.read_meta(workdir, step)
-  model = CharLSTM(meta["vocab_size"], meta["hidden"])
+  model = CharLSTM(meta["vocab_size"], meta["hidden"], meta.get("num_layers", 1),
+                   meta.get("embed_dim", 0))
   template = jax.device_get(init_params(model, jax.random.PRNGKey(0), meta["maxlen"]))
   params = jax.device_put(checkpoint.restore_params(workdir, step, template))
   return Sampler(model, params, Vocab(meta["vocab"]), meta["maxlen"], meta["lowercase"], step,

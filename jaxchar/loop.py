@@ -17,15 +17,16 @@ from jax.experimental import multihost_utils
 from jaxchar import checkpoint, data, distributed, generate, metrics, plot, progress, steps
 from jaxchar import corpus as corpus_lib
 from jaxchar.config import DEFAULT_DATA, Config
+from jaxchar.early_stopping import EarlyStopping
 from jaxchar.errors import UserError
-from jaxchar.model import CharLSTM, count_params
+from jaxchar.model import count_params
 from jaxchar.preemption import StopRequests
 
 LOG_EVERY = 10  # steps between progress updates and stop checks (each is a host sync)
 
 
-def _train_on_starts(state, ids, starts, *, maxlen: int):
-  return steps.train_step(state, data.gather_windows(ids, starts, maxlen))
+def _train_on_starts(state, ids, starts, *, maxlen: int, every_position: bool):
+  return steps.train_step(state, data.gather_windows(ids, starts, maxlen, every_position))
 
 
 def _eval_on_starts(state, ids, starts, weights, *, maxlen: int):
@@ -33,9 +34,10 @@ def _eval_on_starts(state, ids, starts, weights, *, maxlen: int):
   return steps.eval_step(state, {**batch, "weights": weights})
 
 
-def pmapped_steps(maxlen: int):
+def pmapped_steps(maxlen: int, every_position: bool = False):
   """The loop's train and eval steps, pmapped over all local devices (the one place)."""
-  p_train_step = jax.pmap(functools.partial(_train_on_starts, maxlen=maxlen),
+  p_train_step = jax.pmap(functools.partial(_train_on_starts, maxlen=maxlen,
+                                            every_position=every_position),
                           axis_name=steps.AXIS, donate_argnums=(0,))
   p_eval_step = jax.pmap(functools.partial(_eval_on_starts, maxlen=maxlen), axis_name=steps.AXIS)
   return p_train_step, p_eval_step
@@ -110,19 +112,23 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> list[dict]:
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices("jaxchar: workdir ready")
 
-  model = CharLSTM(corpus.vocab.size, config.hidden, dtype=jnp.dtype(config.dtype))
-  state = steps.create_train_state(jax.random.PRNGKey(config.seed), model, config.maxlen,
-                                   config.learning_rate)
+  steps_per_epoch = corpus.num_train_windows // config.batch_size
+  if config.steps_per_epoch:
+    steps_per_epoch = min(steps_per_epoch, config.steps_per_epoch)
+  model = steps.model_from_config(config, corpus.vocab.size)
+  tx, learning_rate = steps.optimizer_from_config(config, steps_per_epoch)
+  state = steps.create_train_state(jax.random.PRNGKey(config.seed), model, config.maxlen, tx)
   run_meta = checkpoint.run_metadata(config, corpus)
   checkpoints = checkpoint.Checkpoints(workdir, config.keep)
   start_epoch, start_batch, epoch_losses, elapsed_before = 1, 0, [], 0.0
-  restored = checkpoints.restore_latest(jax.device_get(_savable(state)))
+  early = EarlyStopping(config.patience)
+  restored = checkpoints.restore_latest(jax.device_get(_savable(state)), run_meta)
   if restored:
     saved_state, meta = restored
-    checkpoint.check_resumable(meta, run_meta, workdir)
     state = state.replace(**saved_state)
     start_epoch, start_batch = meta["epoch"], meta["batch_in_epoch"]
     epoch_losses, elapsed_before = meta["epoch_losses"], meta["elapsed_s"]
+    early.restore(meta)
     if meta["epoch_complete"]:
       start_epoch, start_batch, epoch_losses = start_epoch + 1, 0, []
     _say(f"resuming from the checkpoint at step {int(state.step)} (epoch {start_epoch}, "
@@ -135,7 +141,7 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> list[dict]:
 
   p_state = jax_utils.replicate(state)
   p_ids = jax_utils.replicate(jnp.asarray(corpus.ids))
-  p_train_step, p_eval_step = pmapped_steps(config.maxlen)
+  p_train_step, p_eval_step = pmapped_steps(config.maxlen, config.objective == "every")
   run_start = time.perf_counter()
   last_saved = [int(state.step) if restored else None]
 
@@ -148,7 +154,7 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> list[dict]:
     host_state = jax.device_get(_savable(jax_utils.unreplicate(p_state)))
     meta = {**run_meta, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
             "epoch_complete": complete, "epoch_losses": [float(x) for x in epoch_losses],
-            "val_loss": val_loss, "elapsed_s": elapsed()}
+            "val_loss": val_loss, "elapsed_s": elapsed(), **early.state()}
     if log:
       log.flush()  # records up to a checkpoint must survive a crash after it
     checkpoints.save(int(host_state["step"]), host_state, meta, val_loss)
@@ -164,6 +170,10 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> list[dict]:
     _say(f"nothing to train: the checkpoint in {workdir} already finished epoch "
          f"{start_epoch - 1} of --epochs={config.epochs}; raise --epochs to train further, or "
          "use --restart to start afresh.")
+  elif early.stopped and start_batch == 0:
+    _say(f"nothing to train: this run stopped early ({early.describe()}); raise --patience "
+         "(or 0 = off) to train further, or use --restart to start afresh.")
+    start_epoch = config.epochs + 1
   history = []
   with StopRequests() as stop:
     for epoch in range(start_epoch, config.epochs + 1):
@@ -200,7 +210,8 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> list[dict]:
             rate = (done - first) * config.batch_size / (time.perf_counter() - epoch_start)
             log.write({"kind": "train", "step": global_step, "epoch": epoch,
                        "train_loss": float(np.mean(epoch_losses[-config.log_every:])),
-                       "learning_rate": config.learning_rate, "windows_per_s": rate,
+                       "learning_rate": _rate_at(learning_rate, global_step),
+                       "windows_per_s": rate,
                        "elapsed_s": elapsed()})
           if (config.save_every_steps and done < len(batches)
               and global_step % config.save_every_steps == 0):
@@ -222,7 +233,8 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> list[dict]:
       summary["elapsed_s"] = elapsed()
       history.append(summary)
       if log:
-        log.write({"kind": "epoch", **summary, "learning_rate": config.learning_rate})
+        log.write({"kind": "epoch", **summary,
+                   "learning_rate": _rate_at(learning_rate, summary["step"])})
       if config.sample_len and primary:
         markdown, texts = generate.epoch_samples(jax_utils.unreplicate(p_state), model, corpus,
                                                  config, epoch)
@@ -230,13 +242,21 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> list[dict]:
         log.write_samples(markdown, texts, summary["step"])
       if primary:
         plot.write_loss_plot(workdir)
+      early.update(epoch, summary["val_loss"])
       save(epoch, len(batches), complete=True, val_loss=summary["val_loss"])
+      if early.stopped:
+        _say(f"early stopping: {early.describe()}; the best checkpoint is kept in {workdir}.")
+        break
   checkpoints.wait()
   checkpoints.close()
   if log:
     log.close()
   _check_processes_agree(jax_utils.unreplicate(p_state).params)
   return history
+
+
+def _rate_at(learning_rate, step: int) -> float:
+  return float(learning_rate(step)) if callable(learning_rate) else learning_rate
 
 
 def _end_epoch(epoch, epoch_losses, steps_run, epoch_start, p_state, p_eval_step, p_ids,

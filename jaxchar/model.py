@@ -1,9 +1,10 @@
-"""The model: a Flax OptimizedLSTMCell scanned over the window, then Dense logits of the last step.
+"""The model: stacked Flax OptimizedLSTMCells scanned over the window, then Dense logits.
 
-Initialisation follows Keras's LSTM/Dense defaults where Flax allows it: input kernels are
-Glorot-uniform over Keras's fused [in, 4*hidden] shape, biases zero with the forget gate at 1.0
-(`unit_forget_bias`), output Dense Glorot-uniform. One difference remains: Keras draws one
-orthogonal [hidden, 4*hidden] recurrent matrix, Flax an orthogonal [hidden, hidden] one per gate.
+The reference is one layer on one-hot inputs. Initialisation follows Keras's LSTM/Dense defaults
+where Flax allows it: input kernels are Glorot-uniform over Keras's fused [in, 4*hidden] shape,
+biases zero with the forget gate at 1.0 (`unit_forget_bias`), output Dense Glorot-uniform. One
+difference remains: Keras draws one orthogonal [hidden, 4*hidden] recurrent matrix, Flax an
+orthogonal [hidden, hidden] one per gate.
 """
 
 import jax
@@ -12,6 +13,7 @@ import numpy as np
 from flax import linen as nn
 
 Array = jnp.ndarray
+Carry = tuple[Array, Array]  # an LSTM layer's (c, h)
 
 
 def keras_fused_glorot_uniform(key: Array, shape: tuple[int, ...], dtype=jnp.float32) -> Array:
@@ -21,40 +23,74 @@ def keras_fused_glorot_uniform(key: Array, shape: tuple[int, ...], dtype=jnp.flo
   return jax.random.uniform(key, shape, dtype, -limit, limit)
 
 
+def layer_name(layer: int) -> str:
+  """Parameter-tree name of LSTM layer `layer` (0-based): lstm, lstm2, lstm3, ...
+
+  The first layer keeps the reference's name, so one-layer checkpoints stay compatible."""
+  return "lstm" if layer == 0 else f"lstm{layer + 1}"
+
+
 class CharLSTM(nn.Module):
-  """LSTM(hidden) -> Dense(vocab): logits for the character after each input window."""
+  """[Embed ->] LSTM(hidden) x num_layers -> Dense(vocab): next-character logits."""
 
   vocab_size: int
   hidden: int
+  num_layers: int = 1
+  embed_dim: int = 0  # 0 = one-hot inputs, as the reference
+  dropout: float = 0.0  # between layers and before the output layer, in training only
   dtype: jnp.dtype = jnp.float32  # computation dtype; parameters stay float32
 
   def setup(self):
-    self.cell = nn.OptimizedLSTMCell(
-        self.hidden, kernel_init=keras_fused_glorot_uniform, dtype=self.dtype, name="lstm")
-    self.rnn = nn.RNN(self.cell, return_carry=True, name="rnn")
+    if self.embed_dim:
+      self.embed = nn.Embed(self.vocab_size, self.embed_dim, dtype=self.dtype, name="embed")
+    cells = [nn.OptimizedLSTMCell(self.hidden, kernel_init=keras_fused_glorot_uniform,
+                                  dtype=self.dtype, name=layer_name(i))
+             for i in range(self.num_layers)]
+    self.rnns = [nn.RNN(cell, return_carry=True, name=f"rnn{i}") for i, cell in enumerate(cells)]
+    self.drop = nn.Dropout(self.dropout)
     self.head = nn.Dense(self.vocab_size, kernel_init=nn.initializers.glorot_uniform(),
                          dtype=self.dtype, name="head")
 
-  def __call__(self, inputs: Array, lengths: Array | None = None) -> Array:
-    """int ids [B, T] -> float32 logits [B, vocab] for the character after the window.
+  def __call__(self, inputs: Array, lengths: Array | None = None, *, train: bool = False,
+               every_position: bool = False) -> Array:
+    """int ids [B, T] -> float32 logits [B, vocab] for the character after the window, or
+    [B, T, vocab] for the character after every position when `every_position`.
 
     `lengths` [B] marks left-aligned windows shorter than T (a short sampling prime): the
-    logits then follow position lengths-1, and later positions are ignored.
+    logits then follow position lengths-1, and later positions are ignored. `train` turns
+    dropout on (it needs a "dropout" rng).
     """
-    return self.encode(inputs, lengths)[1]
+    carries, outputs = self.run_layers(inputs, lengths, train)
+    features = outputs if every_position else carries[-1][1]
+    return self.head(self.drop(features, deterministic=not train)).astype(jnp.float32)
 
-  def encode(self, inputs: Array, lengths: Array | None = None) -> tuple[tuple, Array]:
-    """Like __call__, also returning the LSTM carry (c, h) after the window."""
-    x = jax.nn.one_hot(inputs, self.vocab_size, dtype=self.dtype)
-    carry, _ = self.rnn(x, seq_lengths=lengths)
-    return carry, self.head(carry[1]).astype(jnp.float32)
+  def encode(self, inputs: Array, lengths: Array | None = None) -> tuple[list[Carry], Array]:
+    """Every layer's carry after the window, and the logits [B, vocab] that follow it."""
+    carries, _ = self.run_layers(inputs, lengths, train=False)
+    return carries, self.head(carries[-1][1]).astype(jnp.float32)
+
+  def run_layers(self, inputs: Array, lengths: Array | None,
+                 train: bool) -> tuple[list[Carry], Array]:
+    """Each layer's final carry, and the last layer's outputs [B, T, hidden]."""
+    if self.embed_dim:
+      x = self.embed(inputs)
+    else:
+      x = jax.nn.one_hot(inputs, self.vocab_size, dtype=self.dtype)
+    carries = []
+    for i, rnn in enumerate(self.rnns):
+      if i:
+        x = self.drop(x, deterministic=not train)
+      carry, x = rnn(x, seq_lengths=lengths)
+      carries.append(carry)
+    return carries, x
 
 
 def init_params(model: CharLSTM, key: Array, maxlen: int) -> dict:
-  """Initial parameters, with the forget-gate bias set to 1.0 as Keras's unit_forget_bias."""
+  """Initial parameters, with forget-gate biases set to 1.0 as Keras's unit_forget_bias."""
   params = model.init(key, jnp.zeros((1, maxlen), jnp.int32))["params"]
-  forget_bias = params["lstm"]["hf"]["bias"]
-  params["lstm"]["hf"]["bias"] = jnp.ones_like(forget_bias)
+  for i in range(model.num_layers):
+    forget_bias = params[layer_name(i)]["hf"]["bias"]
+    params[layer_name(i)]["hf"]["bias"] = jnp.ones_like(forget_bias)
   return params
 
 
@@ -62,18 +98,22 @@ def count_params(params) -> int:
   return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(params))
 
 
-def fused_lstm_kernels(params: dict) -> tuple[Array, Array, Array]:
-  """OptimizedLSTMCell's per-gate params as input kernel [V, 4H], recurrent kernel [H, 4H] and
-  bias [4H], gates in the cell's order (i, f, g, o)."""
-  lstm = params["lstm"]
+def fused_lstm_kernels(layer_params: dict) -> tuple[Array, Array, Array]:
+  """One OptimizedLSTMCell's per-gate params as input kernel [in, 4H], recurrent kernel
+  [H, 4H] and bias [4H], gates in the cell's order (i, f, g, o)."""
   gates = ("i", "f", "g", "o")
-  w_in = jnp.concatenate([lstm[f"i{g}"]["kernel"] for g in gates], axis=-1)
-  w_rec = jnp.concatenate([lstm[f"h{g}"]["kernel"] for g in gates], axis=-1)
-  bias = jnp.concatenate([lstm[f"h{g}"]["bias"] for g in gates], axis=-1)
+  w_in = jnp.concatenate([layer_params[f"i{g}"]["kernel"] for g in gates], axis=-1)
+  w_rec = jnp.concatenate([layer_params[f"h{g}"]["kernel"] for g in gates], axis=-1)
+  bias = jnp.concatenate([layer_params[f"h{g}"]["bias"] for g in gates], axis=-1)
   return w_in, w_rec, bias
 
 
-def lstm_cell(carry: tuple[Array, Array], x_proj: Array, w_rec: Array) -> tuple[Array, Array]:
+def num_layers_of(params: dict) -> int:
+  """How many LSTM layers a parameter tree holds."""
+  return sum(1 for name in params if name.startswith("lstm"))
+
+
+def lstm_cell(carry: Carry, x_proj: Array, w_rec: Array) -> Carry:
   """OptimizedLSTMCell's update given the input projection x @ W_in + b (one row per carry)."""
   c, h = carry
   i, f, g, o = jnp.split(x_proj + h @ w_rec, 4, axis=-1)

@@ -1,4 +1,5 @@
-"""Pure train and eval steps; the loop wraps them in `jax.pmap` over the axis named AXIS."""
+"""Optimizer, train state and the pure train and eval steps; the loop wraps the steps in
+`jax.pmap` over the axis named AXIS."""
 
 import jax
 import jax.numpy as jnp
@@ -8,39 +9,79 @@ from flax.training import train_state
 from jaxchar.model import CharLSTM, init_params
 
 AXIS = "batch"
+SCHEDULES = ("constant", "cosine", "exponential")
+OPTIMIZERS = ("rmsprop", "adamw")
 
 
 class TrainState(train_state.TrainState):
-  """Flax's TrainState (step, params, opt_state, apply_fn, tx)."""
+  """Flax's TrainState plus the base key for dropout (a function of the seed, so not saved)."""
+
+  dropout_key: jax.Array
 
 
-def make_optimizer(learning_rate: float) -> optax.GradientTransformation:
-  """optax RMSprop behaving as Keras's RMSprop(lr, rho=0.9, epsilon=1e-7).
+def learning_rate_schedule(kind: str, peak: float, *, warmup_steps: int = 0,
+                           total_steps: int = 1, steps_per_epoch: int = 1,
+                           decay_per_epoch: float = 1.0) -> float | optax.Schedule:
+  """The learning rate: a float for the constant reference, else an optax schedule.
+
+  cosine: linear warmup to `peak`, then cosine decay to 0 at `total_steps`; exponential:
+  warmup, then times `decay_per_epoch` every epoch (continuously); constant with warmup ramps
+  up and stays."""
+  if kind == "constant" and not warmup_steps:
+    return peak
+  if kind == "cosine":
+    return optax.warmup_cosine_decay_schedule(0.0, peak, warmup_steps,
+                                              max(total_steps, warmup_steps + 1))
+  decay = (optax.exponential_decay(peak, steps_per_epoch, decay_per_epoch)
+           if kind == "exponential" else optax.constant_schedule(peak))
+  if not warmup_steps:
+    return decay
+  return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup_steps), decay],
+                              [warmup_steps])
+
+
+def make_optimizer(learning_rate: float | optax.Schedule, name: str = "rmsprop",
+                   clip_norm: float = 0.0, weight_decay: float = 1e-4
+                   ) -> optax.GradientTransformation:
+  """optax RMSprop behaving as Keras's RMSprop(lr, rho=0.9, epsilon=1e-7), or AdamW; with
+  global-norm gradient clipping first when clip_norm > 0.
 
   Keras (2.x standalone and 3.x) divides by sqrt(v) + epsilon, with v starting at 0; optax's
   default puts epsilon inside the square root, so eps_in_sqrt=False is what matches.
   """
-  return optax.rmsprop(learning_rate, decay=0.9, eps=1e-7, initial_scale=0.0, eps_in_sqrt=False)
+  if name == "adamw":
+    tx = optax.adamw(learning_rate, weight_decay=weight_decay)
+  else:
+    tx = optax.rmsprop(learning_rate, decay=0.9, eps=1e-7, initial_scale=0.0,
+                       eps_in_sqrt=False)
+  return optax.chain(optax.clip_by_global_norm(clip_norm), tx) if clip_norm > 0 else tx
 
 
 def create_train_state(key: jax.Array, model: CharLSTM, maxlen: int,
-                       learning_rate: float) -> TrainState:
+                       tx: optax.GradientTransformation) -> TrainState:
   """A fresh, unreplicated train state."""
   params = init_params(model, key, maxlen)
-  return TrainState.create(apply_fn=model.apply, params=params,
-                           tx=make_optimizer(learning_rate))
+  return TrainState.create(apply_fn=model.apply, params=params, tx=tx,
+                           dropout_key=jax.random.fold_in(key, 1))
 
 
 def cross_entropy(logits: jnp.ndarray, targets: jnp.ndarray) -> jnp.ndarray:
-  """Per-example cross-entropy in nats."""
+  """Per-example (per-position) cross-entropy in nats."""
   return optax.softmax_cross_entropy_with_integer_labels(logits, targets)
 
 
 def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-  """One RMSprop step on this device's share of the batch; gradients averaged over AXIS."""
+  """One optimizer step on this device's share of the batch; gradients averaged over AXIS.
+
+  targets [B] train on the character after each window (the reference); targets [B, T] on the
+  character after every position of it."""
+  every_position = batch["targets"].ndim == 2
+  dropout_key = jax.random.fold_in(jax.random.fold_in(state.dropout_key, state.step),
+                                   jax.lax.axis_index(AXIS))
 
   def loss_fn(params):
-    logits = state.apply_fn({"params": params}, batch["inputs"])
+    logits = state.apply_fn({"params": params}, batch["inputs"], train=True,
+                            every_position=every_position, rngs={"dropout": dropout_key})
     return cross_entropy(logits, batch["targets"]).mean()
 
   loss, grads = jax.value_and_grad(loss_fn)(state.params)
@@ -54,3 +95,19 @@ def eval_step(state: TrainState, batch: dict) -> dict:
   logits = state.apply_fn({"params": state.params}, batch["inputs"])
   losses = cross_entropy(logits, batch["targets"]) * batch["weights"]
   return jax.lax.psum({"loss_sum": losses.sum(), "count": batch["weights"].sum()}, AXIS)
+
+
+def model_from_config(config, vocab_size: int) -> CharLSTM:
+  """The model a Config describes."""
+  return CharLSTM(vocab_size, config.hidden, config.num_layers, config.embed_dim, config.dropout,
+                  dtype=jnp.dtype(config.dtype))
+
+
+def optimizer_from_config(config, steps_per_epoch: int
+                          ) -> tuple[optax.GradientTransformation, float | optax.Schedule]:
+  """The optimizer a Config describes, and its learning rate (a float or a schedule)."""
+  schedule = learning_rate_schedule(
+      config.lr_schedule, config.learning_rate, warmup_steps=config.warmup_steps,
+      total_steps=steps_per_epoch * config.epochs, steps_per_epoch=steps_per_epoch,
+      decay_per_epoch=config.lr_decay)
+  return make_optimizer(schedule, config.optimizer, config.clip_norm, config.weight_decay), schedule

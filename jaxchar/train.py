@@ -22,7 +22,8 @@ flags.DEFINE_integer("batch_size", _DEFAULTS.batch_size, "Global batch size in w
                      "evenly over all devices.")
 flags.DEFINE_integer("eval_batch_size", _DEFAULTS.eval_batch_size, "Global batch size in "
                      "windows for validation (rounded up to a multiple of the device count).")
-flags.DEFINE_float("learning_rate", _DEFAULTS.learning_rate, "RMSprop learning rate.")
+flags.DEFINE_float("learning_rate", _DEFAULTS.learning_rate, "Learning rate (the peak, with a "
+                   "schedule).")
 flags.DEFINE_integer("epochs", _DEFAULTS.epochs, "Passes over the training windows.")
 flags.DEFINE_integer("steps_per_epoch", _DEFAULTS.steps_per_epoch, "Cap on steps per epoch "
                      "(for quick runs); 0 = every full batch.")
@@ -50,6 +51,28 @@ flags.DEFINE_enum("sample_mode", _DEFAULTS.sample_mode, ["window", "stateful"], 
                   "samples: window reruns the LSTM over the last maxlen characters for each new "
                   "one (as in training); stateful carries the LSTM state, one step per "
                   "character (faster, sees further back).")
+flags.DEFINE_enum("objective", _DEFAULTS.objective, ["last", "every"], "Training loss: last = "
+                  "the character after each window (the reference); every = the next character "
+                  "at every position of the window (60 targets per window). Validation is the "
+                  "same for both: the character after a full window.")
+flags.DEFINE_integer("num_layers", _DEFAULTS.num_layers, "Stacked LSTM layers.")
+flags.DEFINE_integer("embed_dim", _DEFAULTS.embed_dim, "Learned character embedding size; 0 = "
+                     "one-hot inputs (the reference).")
+flags.DEFINE_float("dropout", _DEFAULTS.dropout, "Dropout rate between LSTM layers and before the "
+                   "output layer, in training only; 0 = off.")
+flags.DEFINE_enum("optimizer", _DEFAULTS.optimizer, ["rmsprop", "adamw"], "rmsprop = Keras's "
+                  "RMSprop (the reference); adamw = optax.adamw.")
+flags.DEFINE_float("weight_decay", _DEFAULTS.weight_decay, "AdamW's decoupled weight decay.")
+flags.DEFINE_float("clip_norm", _DEFAULTS.clip_norm, "Clip gradients to this global norm before "
+                   "the optimizer; 0 = off.")
+flags.DEFINE_enum("lr_schedule", _DEFAULTS.lr_schedule, ["constant", "cosine", "exponential"],
+                  "Learning rate after --warmup_steps of linear warmup: constant; cosine decay to "
+                  "0 at the last step of --epochs; exponential = times --lr_decay per epoch.")
+flags.DEFINE_float("lr_decay", _DEFAULTS.lr_decay, "Per-epoch factor of --lr_schedule=exponential.")
+flags.DEFINE_integer("warmup_steps", _DEFAULTS.warmup_steps, "Steps of linear learning-rate "
+                     "warmup from 0; 0 = none.")
+flags.DEFINE_integer("patience", _DEFAULTS.patience, "Stop after this many epochs without a new "
+                     "best validation loss (the best checkpoint is always kept); 0 = off.")
 flags.DEFINE_string("compilation_cache", "", "Folder for JAX's persistent compilation cache, so "
                     "reruns skip compiling the steps; empty = off. launch/*.flags turn it on.")
 flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"], "Multi-process training with "
@@ -74,6 +97,10 @@ def config_from_flags() -> Config:
       temperatures=parse_temperatures(FLAGS.temperatures), sample_len=FLAGS.sample_len,
       save_every_steps=FLAGS.save_every_steps, keep=FLAGS.keep, restart=FLAGS.restart,
       log_every=FLAGS.log_every, dtype=FLAGS.dtype, sample_mode=FLAGS.sample_mode,
+      objective=FLAGS.objective, num_layers=FLAGS.num_layers, embed_dim=FLAGS.embed_dim,
+      dropout=FLAGS.dropout, optimizer=FLAGS.optimizer, weight_decay=FLAGS.weight_decay,
+      clip_norm=FLAGS.clip_norm, lr_schedule=FLAGS.lr_schedule, lr_decay=FLAGS.lr_decay,
+      warmup_steps=FLAGS.warmup_steps, patience=FLAGS.patience,
   ).validate()
 
 

@@ -13,6 +13,7 @@ from jaxchar.model import CharLSTM, count_params, init_params
 
 TINY = {"vocab_size": 11, "hidden": 16}
 MAXLEN = 8
+REFERENCE_TX = steps.make_optimizer(0.01)  # RMSprop(lr=0.01)
 
 
 def p_steps(num_devices: int):
@@ -73,7 +74,7 @@ def test_rmsprop_matches_keras_formula():
 
 def test_one_step_changes_every_parameter_and_matches_the_golden_loss():
   model = CharLSTM(**TINY)
-  state = steps.create_train_state(jax.random.PRNGKey(0), model, MAXLEN, 0.01)
+  state = steps.create_train_state(jax.random.PRNGKey(0), model, MAXLEN, REFERENCE_TX)
   train, _, devices = p_steps(1)
   batch = tiny_batch(jax.random.PRNGKey(1), 32)
   new_state, metrics = train(replicate(state, devices), shard(batch, 1))
@@ -90,7 +91,7 @@ def test_one_step_changes_every_parameter_and_matches_the_golden_loss():
 def test_loss_falls_on_a_tiny_corpus(tiny_text):
   corpus = data.build_corpus(tiny_text, maxlen=MAXLEN, step=1, val_fraction=0.2)
   model = CharLSTM(corpus.vocab.size, 16)
-  state = steps.create_train_state(jax.random.PRNGKey(0), model, MAXLEN, 0.01)
+  state = steps.create_train_state(jax.random.PRNGKey(0), model, MAXLEN, REFERENCE_TX)
   train, evaluate, devices = p_steps(1)
   ids = jnp.asarray(corpus.ids)
 
@@ -117,7 +118,7 @@ def test_pmapped_step_on_n_devices_equals_one_device(num_devices):
   """Same global batch: e.g. 4 x 8 examples vs 1 x 32. Tolerance 1e-5 relative: float32 summation
   order differs between a pmean of per-device means and one mean; over 3 steps it stays ~1e-7."""
   model = CharLSTM(**TINY)
-  state = steps.create_train_state(jax.random.PRNGKey(0), model, MAXLEN, 0.01)
+  state = steps.create_train_state(jax.random.PRNGKey(0), model, MAXLEN, REFERENCE_TX)
   results = {}
   for n in (1, num_devices):
     train, evaluate, devices = p_steps(n)
@@ -152,9 +153,9 @@ def test_short_windows_equal_the_model_run_on_the_prefix():
 
 
 def test_bfloat16_computes_in_bf16_but_keeps_float32_parameters():
-  state32 = steps.create_train_state(jax.random.PRNGKey(0), CharLSTM(**TINY), MAXLEN, 0.01)
+  state32 = steps.create_train_state(jax.random.PRNGKey(0), CharLSTM(**TINY), MAXLEN, REFERENCE_TX)
   state16 = steps.create_train_state(jax.random.PRNGKey(0),
-                                     CharLSTM(**TINY, dtype=jnp.bfloat16), MAXLEN, 0.01)
+                                     CharLSTM(**TINY, dtype=jnp.bfloat16), MAXLEN, REFERENCE_TX)
   train, _, devices = p_steps(1)
   batch = shard(tiny_batch(jax.random.PRNGKey(1), 32), 1)
   new32, m32 = train(replicate(state32, devices), batch)
