@@ -98,6 +98,15 @@ def test_plot_command(tiny_file, tmp_path):
                           env={**os.environ, "JAX_PLATFORMS": "cpu"})
   assert result.returncode == 0, result.stderr
   assert (tmp_path / "run" / plot.PLOT_FILE).read_bytes().startswith(b"\x89PNG")
+  out = tmp_path / "compare.png"
+  result = subprocess.run([sys.executable, "-m", "jaxchar.plot",
+                           f"--compare={tmp_path / 'run'},{tmp_path / 'run'}", f"--out={out}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert result.returncode == 0, result.stderr
+  assert out.read_bytes().startswith(b"\x89PNG")
+  with pytest.raises(UserError, match="no finished epoch"):
+    plot.write_comparison_plot([tmp_path / "run", tmp_path / "empty"], out)
 
 
 def test_helpfull_documents_every_flag_with_its_default():
