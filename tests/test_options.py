@@ -9,9 +9,10 @@ import pytest
 from flax import jax_utils
 
 from conftest import tiny_config
-from jaxchar import checkpoint, data, generate, steps, train
+from jaxchar import checkpoint, data, generate, loop, steps, train
 from jaxchar.errors import UserError
 from jaxchar.model import CharLSTM, count_params, init_params
+from test_checkpoint import StopAfterPolls, assert_same_run
 
 MAXLEN = 8
 DEEP = CharLSTM(11, 16, num_layers=2, embed_dim=6, dropout=0.3)
@@ -116,6 +117,18 @@ def test_every_option_trains_and_the_loss_falls(tiny_file, tmp_path):
   assert sampler.model.num_layers == 2 and sampler.model.embed_dim == 6
   text = sampler.sample("moe: ", [0.2], 30, mode="window")[0][0]
   assert len(text) == 30
+
+
+def test_resume_mid_epoch_with_every_option_is_bit_exact(tiny_file, tmp_path, monkeypatch):
+  """Dropout masks, the schedule's position and AdamW's state all continue exactly."""
+  config = tiny_config(tiny_file, epochs=2, **OPTIONS)
+  train.train_and_evaluate(config, tmp_path / "full")
+  monkeypatch.setattr(loop, "StopRequests", lambda: StopAfterPolls(30))  # epoch 1 has 45 steps
+  with pytest.raises(SystemExit):
+    train.train_and_evaluate(config, tmp_path / "resumed")
+  monkeypatch.undo()
+  assert [h["epoch"] for h in train.train_and_evaluate(config, tmp_path / "resumed")] == [1, 2]
+  assert_same_run(tmp_path / "full", tmp_path / "resumed")
 
 
 @pytest.mark.parametrize("top_k", [1, 3])
