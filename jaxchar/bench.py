@@ -90,7 +90,8 @@ def trainer_rate(batch: int, budget_s: float) -> dict:
   n = jax.local_device_count()
   ids = np.random.default_rng(0).integers(0, VOCAB, 200_000).astype(np.int32)
   starts = np.arange(0, len(ids) - MAXLEN - 1, 3, dtype=np.int32)
-  state = steps.create_train_state(jax.random.PRNGKey(0), CharLSTM(VOCAB, HIDDEN), MAXLEN, REFERENCE_TX)
+  state = steps.create_train_state(jax.random.PRNGKey(0), CharLSTM(VOCAB, HIDDEN), MAXLEN,
+                                   REFERENCE_TX)
   p_state, p_ids = jax_utils.replicate(state), jax_utils.replicate(jnp.asarray(ids))
   p_train_step, _ = loop.pmapped_steps(MAXLEN)
   batches = data.train_batches(starts, data.epoch_order(len(starts), 0, 1), batch, n)

@@ -147,13 +147,12 @@ def restore_params(workdir: Path, step: int, params_template: Any) -> Any:
   return restored.state["params"]
 
 
+# Settings added after format 1 began; checkpoints without them used the defaults (the reference's).
+_OPTION_KEYS = ("num_layers", "embed_dim", "optimizer", "lr_schedule", "clip_norm")
+_OPTION_DEFAULTS = {key: getattr(Config(), key) for key in _OPTION_KEYS}
 # Settings that fix the meaning of a checkpoint's parameters and data position.
 _RESUME_KEYS = ("vocab", "corpus_sha256", "lowercase", "maxlen", "hidden", "step", "batch_size",
-                "val_fraction", "seed", "num_layers", "embed_dim", "optimizer", "lr_schedule",
-                "clip_norm")
-# What checkpoints written before a setting existed implicitly used.
-_DEFAULTS = {"num_layers": 1, "embed_dim": 0, "optimizer": "rmsprop", "lr_schedule": "constant",
-             "clip_norm": 0.0}
+                "val_fraction", "seed") + _OPTION_KEYS
 
 
 def run_metadata(config: Config, corpus: Corpus) -> dict:
@@ -162,14 +161,12 @@ def run_metadata(config: Config, corpus: Corpus) -> dict:
           "lowercase": config.lowercase, "maxlen": config.maxlen, "hidden": config.hidden,
           "vocab_size": corpus.vocab.size, "step": config.step, "batch_size": config.batch_size,
           "val_fraction": config.val_fraction, "seed": config.seed,
-          "num_layers": config.num_layers, "embed_dim": config.embed_dim,
-          "optimizer": config.optimizer, "lr_schedule": config.lr_schedule,
-          "clip_norm": config.clip_norm, "config": asdict(config)}
+          **{key: getattr(config, key) for key in _OPTION_KEYS}, "config": asdict(config)}
 
 
 def check_resumable(saved: dict, run_meta: dict, workdir: Path) -> None:
   """Raises UserError when the saved run's settings differ from this run's in _RESUME_KEYS."""
-  saved = {**_DEFAULTS, **saved}
+  saved = {**_OPTION_DEFAULTS, **saved}
   diffs = [f"{k} {_short(saved.get(k))} (checkpoint) vs {_short(run_meta[k])} (now)"
            for k in _RESUME_KEYS if saved.get(k) != run_meta[k]]
   if diffs:

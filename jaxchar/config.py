@@ -6,6 +6,10 @@ import math
 from jaxchar.errors import UserError
 
 DEFAULT_DATA = "data/moes_tavern_lines.txt"
+# Allowed values of the string options, the reference's first (used by validate and the flags).
+OBJECTIVES = ("last", "every")
+OPTIMIZERS = ("rmsprop", "adamw")
+LR_SCHEDULES = ("constant", "cosine", "exponential")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,8 +86,8 @@ class Config:
     if not 0.0 < self.lr_decay <= 1.0:
       raise UserError(f"--lr_decay={self.lr_decay} must be in (0, 1]: the learning rate's "
                       "factor per epoch with --lr_schedule=exponential, e.g. 0.9.")
-    for name, allowed in (("objective", ("last", "every")), ("optimizer", ("rmsprop", "adamw")),
-                          ("lr_schedule", ("constant", "cosine", "exponential"))):
+    for name, allowed in (("objective", OBJECTIVES), ("optimizer", OPTIMIZERS),
+                          ("lr_schedule", LR_SCHEDULES)):
       if getattr(self, name) not in allowed:
         raise UserError(f"--{name}={getattr(self, name)} must be one of {', '.join(allowed)}.")
     if self.patience and not self.val_fraction:

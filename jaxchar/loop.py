@@ -179,8 +179,7 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> list[dict]:
     for epoch in range(start_epoch, config.epochs + 1):
       order = data.epoch_order(corpus.num_train_windows, config.seed, epoch)
       batches = data.train_batches(corpus.train_starts, order, config.batch_size, num_devices)
-      if config.steps_per_epoch:
-        batches = batches[:config.steps_per_epoch]
+      batches = batches[:steps_per_epoch]  # the --steps_per_epoch cap, if any
       first = start_batch if epoch == start_epoch else 0
       if first == 0:
         epoch_losses = []

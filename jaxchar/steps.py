@@ -9,8 +9,6 @@ from flax.training import train_state
 from jaxchar.model import CharLSTM, init_params
 
 AXIS = "batch"
-SCHEDULES = ("constant", "cosine", "exponential")
-OPTIMIZERS = ("rmsprop", "adamw")
 
 
 class TrainState(train_state.TrainState):

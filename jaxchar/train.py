@@ -4,7 +4,7 @@ import jax
 from absl import app, flags
 
 from jaxchar import distributed
-from jaxchar.config import Config, parse_temperatures
+from jaxchar.config import LR_SCHEDULES, OBJECTIVES, OPTIMIZERS, Config, parse_temperatures
 from jaxchar.errors import UserError, exits_on_user_error
 from jaxchar.loop import train_and_evaluate
 
@@ -51,7 +51,7 @@ flags.DEFINE_enum("sample_mode", _DEFAULTS.sample_mode, ["window", "stateful"], 
                   "samples: window reruns the LSTM over the last maxlen characters for each new "
                   "one (as in training); stateful carries the LSTM state, one step per "
                   "character (faster, sees further back).")
-flags.DEFINE_enum("objective", _DEFAULTS.objective, ["last", "every"], "Training loss: last = "
+flags.DEFINE_enum("objective", _DEFAULTS.objective, OBJECTIVES, "Training loss: last = "
                   "the character after each window (the reference); every = the next character "
                   "at every position of the window (60 targets per window). Validation is the "
                   "same for both: the character after a full window.")
@@ -60,12 +60,12 @@ flags.DEFINE_integer("embed_dim", _DEFAULTS.embed_dim, "Learned character embedd
                      "one-hot inputs (the reference).")
 flags.DEFINE_float("dropout", _DEFAULTS.dropout, "Dropout rate between LSTM layers and before the "
                    "output layer, in training only; 0 = off.")
-flags.DEFINE_enum("optimizer", _DEFAULTS.optimizer, ["rmsprop", "adamw"], "rmsprop = Keras's "
+flags.DEFINE_enum("optimizer", _DEFAULTS.optimizer, OPTIMIZERS, "rmsprop = Keras's "
                   "RMSprop (the reference); adamw = optax.adamw.")
 flags.DEFINE_float("weight_decay", _DEFAULTS.weight_decay, "AdamW's decoupled weight decay.")
 flags.DEFINE_float("clip_norm", _DEFAULTS.clip_norm, "Clip gradients to this global norm before "
                    "the optimizer; 0 = off.")
-flags.DEFINE_enum("lr_schedule", _DEFAULTS.lr_schedule, ["constant", "cosine", "exponential"],
+flags.DEFINE_enum("lr_schedule", _DEFAULTS.lr_schedule, LR_SCHEDULES,
                   "Learning rate after --warmup_steps of linear warmup: constant; cosine decay to "
                   "0 at the last step of --epochs; exponential = times --lr_decay per epoch.")
 flags.DEFINE_float("lr_decay", _DEFAULTS.lr_decay, "Per-epoch factor of --lr_schedule=exponential.")
