@@ -10,6 +10,8 @@ DEFAULT_DATA = "data/moes_tavern_lines.txt"
 OBJECTIVES = ("last", "every")
 OPTIMIZERS = ("rmsprop", "adamw")
 LR_SCHEDULES = ("constant", "cosine", "exponential")
+# The default first: fused measured faster on CPU (BENCHMARKS.md); flax is the reference.
+LSTM_IMPLS = ("fused", "flax")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +38,8 @@ class Config:
   log_every: int = 50  # steps between metrics.jsonl / TensorBoard records
   dtype: str = "float32"  # computation dtype; "bfloat16" for TPU/GPU (params stay float32)
   sample_mode: str = "window"  # or "stateful" (carry the LSTM state, one cell step per char)
+  lstm_impl: str = LSTM_IMPLS[0]  # same parameters and results either way; speed differs
+  val_windows: int = 100_000  # above this, validate on this many evenly spaced windows
   # Beyond the reference (its values are the defaults):
   objective: str = "last"  # or "every": the next character after every position of a window
   num_layers: int = 1
@@ -52,7 +56,7 @@ class Config:
   def validate(self) -> "Config":
     """Raises UserError naming the first bad value and how to fix it; returns self."""
     for name in ("maxlen", "step", "hidden", "batch_size", "eval_batch_size", "epochs",
-                 "log_every", "num_layers"):
+                 "log_every", "num_layers", "val_windows"):
       value = getattr(self, name)
       if value <= 0:
         raise UserError(f"--{name}={value} must be a positive integer; pass --{name}=N with N >= 1.")
@@ -87,7 +91,7 @@ class Config:
       raise UserError(f"--lr_decay={self.lr_decay} must be in (0, 1]: the learning rate's "
                       "factor per epoch with --lr_schedule=exponential, e.g. 0.9.")
     for name, allowed in (("objective", OBJECTIVES), ("optimizer", OPTIMIZERS),
-                          ("lr_schedule", LR_SCHEDULES)):
+                          ("lr_schedule", LR_SCHEDULES), ("lstm_impl", LSTM_IMPLS)):
       if getattr(self, name) not in allowed:
         raise UserError(f"--{name}={getattr(self, name)} must be one of {', '.join(allowed)}.")
     if self.patience and not self.val_fraction:

@@ -121,6 +121,14 @@ def train_batches(starts: np.ndarray, order: np.ndarray, batch_size: int,
   return chosen.reshape(num_batches, num_devices, batch_size // num_devices)
 
 
+def evenly_spaced(starts: np.ndarray, limit: int) -> np.ndarray:
+  """`starts` when it has at most `limit` entries, else `limit` of them evenly spaced from the
+  first to the last: the same subset every call."""
+  if len(starts) <= limit:
+    return starts
+  return starts[np.linspace(0, len(starts) - 1, limit).round().astype(np.int64)]
+
+
 def eval_batches(starts: np.ndarray, batch_size: int,
                  num_devices: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
   """All `starts` in device-shaped batches, padded to full size, with 0/1 weights."""

@@ -24,6 +24,12 @@ def _cluster_detected() -> bool:
   return slurm or "," in tpu_hosts
 
 
+def requested(mode: str, coordinator_address: str | None) -> bool:
+  """Whether `initialize` will start a multi-process run."""
+  return mode == "on" or (mode == "auto" and (coordinator_address is not None
+                                              or _cluster_detected()))
+
+
 def initialize(mode: str, coordinator_address: str | None, num_processes: int | None,
                process_id: int | None, timeout_s: int = 120) -> None:
   """Starts jax.distributed when asked to (or, in 'auto', when a cluster is detected).
@@ -35,7 +41,7 @@ def initialize(mode: str, coordinator_address: str | None, num_processes: int | 
   if any(v is not None for v in explicit) and not all(v is not None for v in explicit):
     raise UserError("--coordinator_address, --num_processes and --process_id go together: give "
                     "all three (e.g. 127.0.0.1:12355, 2, 0) or none.")
-  if mode == "off" or (mode == "auto" and explicit[0] is None and not _cluster_detected()):
+  if not requested(mode, coordinator_address):
     return
   if num_processes is not None and not 0 <= process_id < num_processes:
     raise UserError(f"--process_id={process_id} must be in [0, --num_processes={num_processes}).")

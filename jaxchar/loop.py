@@ -51,12 +51,19 @@ def _check_finite(loss: float, step: int, config: Config) -> None:
         f"--learning_rate={config.learning_rate / 10:g}.")
 
 
-def evaluate(p_eval_step, p_state, p_ids, corpus: data.Corpus, batch_size: int) -> float:
-  """Mean next-character cross-entropy (nats) over every validation window, all processes."""
+def evaluate(p_eval_step, p_state, p_ids, val_starts: np.ndarray, batch_size: int) -> float:
+  """Mean next-character cross-entropy (nats) over the windows at `val_starts`, all processes."""
+  num_batches = -(-len(val_starts) // batch_size)
   totals = []
-  for starts, weights in data.eval_batches(corpus.val_starts, batch_size, jax.device_count()):
-    totals.append(p_eval_step(p_state, p_ids, distributed.process_slice(starts),
-                              distributed.process_slice(weights)))
+  with progress.ValidationProgress(num_batches, len(val_starts),
+                                   enabled=distributed.is_primary()) as bar:
+    for starts, weights in data.eval_batches(val_starts, batch_size, jax.device_count()):
+      totals.append(p_eval_step(p_state, p_ids, distributed.process_slice(starts),
+                                distributed.process_slice(weights)))
+      if len(totals) > 1:  # the previous batch: keeps one batch queued behind the wait
+        jax.block_until_ready(totals[-2])
+        bar.update(len(totals) - 1)
+    bar.update(num_batches)
   loss_sum = sum(float(t["loss_sum"][0]) for t in totals)
   count = sum(float(t["count"][0]) for t in totals)
   return loss_sum / count
@@ -118,6 +125,14 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> list[dict]:
   model = steps.model_from_config(config, corpus.vocab.size)
   tx, learning_rate = steps.optimizer_from_config(config, steps_per_epoch)
   state = steps.create_train_state(jax.random.PRNGKey(config.seed), model, config.maxlen, tx)
+  val_starts = data.evenly_spaced(corpus.val_starts, config.val_windows)
+  subsampled = (f" (validating on {len(val_starts):,} evenly spaced of them, --val_windows)"
+                if len(val_starts) < corpus.num_val_windows else "")
+  _say(f"devices: {num_devices} x {jax.devices()[0].platform} in {jax.process_count()} "
+       f"process(es); corpus: {len(corpus.ids):,} characters, vocabulary {corpus.vocab.size}; "
+       f"{corpus.num_train_windows:,} training and {corpus.num_val_windows:,} validation "
+       f"windows{subsampled}; model: {count_params(state.params):,} parameters "
+       f"({config.lstm_impl} LSTM)")
   run_meta = checkpoint.run_metadata(config, corpus)
   checkpoints = checkpoint.Checkpoints(workdir, config.keep)
   start_epoch, start_batch, epoch_losses, elapsed_before = 1, 0, [], 0.0
@@ -133,10 +148,6 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> list[dict]:
       start_epoch, start_batch, epoch_losses = start_epoch + 1, 0, []
     _say(f"resuming from the checkpoint at step {int(state.step)} (epoch {start_epoch}, "
          f"batch {start_batch})")
-  _say(f"corpus: {len(corpus.ids):,} characters, vocabulary {corpus.vocab.size}; "
-       f"{corpus.num_train_windows:,} training and {corpus.num_val_windows:,} validation "
-       f"windows; model: {count_params(state.params):,} parameters; devices: {num_devices} x "
-       f"{jax.devices()[0].platform} in {jax.process_count()} process(es)")
   log = metrics.RunLog(workdir, int(state.step), start_epoch - 1) if primary else None
 
   p_state = jax_utils.replicate(state)
@@ -228,7 +239,7 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> list[dict]:
              "resume from it.")
         sys.exit(stop.exit_code)
       summary = _end_epoch(epoch, epoch_losses, len(batches) - first, epoch_start, p_state,
-                           p_eval_step, p_ids, corpus, config, eval_batch_size)
+                           p_eval_step, p_ids, val_starts, corpus, config, eval_batch_size)
       summary["elapsed_s"] = elapsed()
       history.append(summary)
       if log:
@@ -259,18 +270,20 @@ def _rate_at(learning_rate, step: int) -> float:
 
 
 def _end_epoch(epoch, epoch_losses, steps_run, epoch_start, p_state, p_eval_step, p_ids,
-               corpus, config, eval_batch_size) -> dict:
+               val_starts, corpus, config, eval_batch_size) -> dict:
   """Validates and prints the epoch's one-line summary."""
   train_loss = float(np.mean(epoch_losses)) if epoch_losses else float("nan")
   _check_finite(train_loss, int(p_state.step[0]), config)
   train_seconds = time.perf_counter() - epoch_start
-  val_loss = (evaluate(p_eval_step, p_state, p_ids, corpus, eval_batch_size)
-              if corpus.num_val_windows else None)
+  val_loss = (evaluate(p_eval_step, p_state, p_ids, val_starts, eval_batch_size)
+              if len(val_starts) else None)
   summary = {"epoch": epoch, "step": int(p_state.step[0]), "train_loss": train_loss,
              "val_loss": val_loss, "val_bpc": val_loss / math.log(2) if val_loss else None,
              "windows_per_s": steps_run * config.batch_size / max(train_seconds, 1e-9),
              "seconds": time.perf_counter() - epoch_start}
-  val_text = (f"val loss {val_loss:.4f} nats ({summary['val_bpc']:.3f} bits/char)"
+  sampled = (f", {len(val_starts):,} of {corpus.num_val_windows:,} windows"
+             if len(val_starts) < corpus.num_val_windows else "")
+  val_text = (f"val loss {val_loss:.4f} nats ({summary['val_bpc']:.3f} bits/char{sampled})"
               if val_loss is not None else "no validation windows")
   _say(f"epoch {epoch:3d} | train loss {train_loss:.4f} | {val_text} | "
        f"{summary['windows_per_s']:,.0f} seq/s | {summary['seconds']:.1f} s")

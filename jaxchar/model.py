@@ -1,4 +1,8 @@
-"""The model: stacked Flax OptimizedLSTMCells scanned over the window, then Dense logits.
+"""The model: stacked LSTM layers over the window, then Dense logits.
+
+Two implementations of the same layers, with the same parameters: "flax" scans Flax's
+`nn.OptimizedLSTMCell` over one-hot inputs (the reference), "fused" is `jaxchar.lstm.FusedLSTM`
+(input rows looked up, weight gradients as one matmul after the time loop).
 
 The reference is one layer on one-hot inputs. Initialisation follows Keras's LSTM/Dense defaults
 where Flax allows it: input kernels are Glorot-uniform over Keras's fused [in, 4*hidden] shape,
@@ -11,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
+
+from jaxchar.lstm import FusedLSTM
 
 Array = jnp.ndarray
 Carry = tuple[Array, Array]  # an LSTM layer's (c, h)
@@ -39,14 +45,21 @@ class CharLSTM(nn.Module):
   embed_dim: int = 0  # 0 = one-hot inputs, as the reference
   dropout: float = 0.0  # between layers and before the output layer, in training only
   dtype: jnp.dtype = jnp.float32  # computation dtype; parameters stay float32
+  lstm_impl: str = "fused"  # or "flax": nn.RNN(nn.OptimizedLSTMCell), the reference
 
   def setup(self):
     if self.embed_dim:
       self.embed = nn.Embed(self.vocab_size, self.embed_dim, dtype=self.dtype, name="embed")
-    cells = [nn.OptimizedLSTMCell(self.hidden, kernel_init=keras_fused_glorot_uniform,
-                                  dtype=self.dtype, name=layer_name(i))
-             for i in range(self.num_layers)]
-    self.rnns = [nn.RNN(cell, return_carry=True, name=f"rnn{i}") for i, cell in enumerate(cells)]
+    if self.lstm_impl == "fused":
+      self.layers = [FusedLSTM(self.hidden, kernel_init=keras_fused_glorot_uniform,
+                               dtype=self.dtype, name=layer_name(i))
+                     for i in range(self.num_layers)]
+    else:
+      cells = [nn.OptimizedLSTMCell(self.hidden, kernel_init=keras_fused_glorot_uniform,
+                                    dtype=self.dtype, name=layer_name(i))
+               for i in range(self.num_layers)]
+      self.layers = [nn.RNN(cell, return_carry=True, name=f"rnn{i}")
+                     for i, cell in enumerate(cells)]
     self.drop = nn.Dropout(self.dropout)
     self.head = nn.Dense(self.vocab_size, kernel_init=nn.initializers.glorot_uniform(),
                          dtype=self.dtype, name="head")
@@ -72,15 +85,22 @@ class CharLSTM(nn.Module):
   def run_layers(self, inputs: Array, lengths: Array | None,
                  train: bool) -> tuple[list[Carry], Array]:
     """Each layer's final carry, and the last layer's outputs [B, T, hidden]."""
+    fused = self.lstm_impl == "fused"
     if self.embed_dim:
       x = self.embed(inputs)
+    elif fused:
+      x = inputs  # the first fused layer looks up its input-kernel rows by id
     else:
       x = jax.nn.one_hot(inputs, self.vocab_size, dtype=self.dtype)
     carries = []
-    for i, rnn in enumerate(self.rnns):
+    for i, layer in enumerate(self.layers):
       if i:
         x = self.drop(x, deterministic=not train)
-      carry, x = rnn(x, seq_lengths=lengths)
+      if fused:
+        one_hot_ids = i == 0 and not self.embed_dim
+        carry, x = layer(x, lengths, vocab_size=self.vocab_size if one_hot_ids else None)
+      else:
+        carry, x = layer(x, seq_lengths=lengths)
       carries.append(carry)
     return carries, x
 

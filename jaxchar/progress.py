@@ -51,3 +51,39 @@ class EpochProgress:
 
   def __exit__(self, *exc) -> None:
     self.close()
+
+
+class ValidationProgress:
+  """Validation batches done: a tqdm bar on a terminal, a plain line every 30 s otherwise."""
+
+  def __init__(self, total_batches: int, windows: int, stream: TextIO | None = None,
+               interactive: bool | None = None, enabled: bool = True):
+    self.stream = stream or sys.stderr
+    self.interactive = self.stream.isatty() if interactive is None else interactive
+    self.total_batches = total_batches
+    self.windows = windows
+    self.enabled = enabled
+    self.start = self.last_line = time.perf_counter()
+    self.bar = (tqdm(total=total_batches, desc=f"validating {windows:,} windows", unit="batch",
+                     file=self.stream, dynamic_ncols=True, leave=False)
+                if self.interactive and enabled else None)
+
+  def update(self, batches_done: int) -> None:
+    now = time.perf_counter()
+    if self.bar is not None:
+      self.bar.update(batches_done - self.bar.n)
+    elif self.enabled and now - self.last_line >= PLAIN_EVERY_SECONDS:
+      self.last_line = now
+      eta = (self.total_batches - batches_done) * (now - self.start) / max(batches_done, 1)
+      print(f"validating: batch {batches_done}/{self.total_batches} of {self.windows:,} windows "
+            f"| eta {eta:.0f} s", file=self.stream, flush=True)
+
+  def close(self) -> None:
+    if self.bar is not None:
+      self.bar.close()
+
+  def __enter__(self) -> "ValidationProgress":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()

@@ -98,7 +98,7 @@ def eval_step(state: TrainState, batch: dict) -> dict:
 def model_from_config(config, vocab_size: int) -> CharLSTM:
   """The model a Config describes."""
   return CharLSTM(vocab_size, config.hidden, config.num_layers, config.embed_dim, config.dropout,
-                  dtype=jnp.dtype(config.dtype))
+                  dtype=jnp.dtype(config.dtype), lstm_impl=config.lstm_impl)
 
 
 def optimizer_from_config(config, steps_per_epoch: int

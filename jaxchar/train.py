@@ -3,8 +3,9 @@
 import jax
 from absl import app, flags
 
-from jaxchar import distributed
-from jaxchar.config import LR_SCHEDULES, OBJECTIVES, OPTIMIZERS, Config, parse_temperatures
+from jaxchar import distributed, host
+from jaxchar.config import (LR_SCHEDULES, LSTM_IMPLS, OBJECTIVES, OPTIMIZERS, Config,
+                            parse_temperatures)
 from jaxchar.errors import UserError, exits_on_user_error
 from jaxchar.loop import train_and_evaluate
 
@@ -73,6 +74,17 @@ flags.DEFINE_integer("warmup_steps", _DEFAULTS.warmup_steps, "Steps of linear le
                      "warmup from 0; 0 = none.")
 flags.DEFINE_integer("patience", _DEFAULTS.patience, "Stop after this many epochs without a new "
                      "best validation loss (the best checkpoint is always kept); 0 = off.")
+flags.DEFINE_enum("lstm_impl", _DEFAULTS.lstm_impl, LSTM_IMPLS, "LSTM implementation, same "
+                  "parameters and results: fused = input rows looked up by id and weight gradients "
+                  "as one matmul after the time loop (faster, see BENCHMARKS.md); flax = "
+                  "nn.RNN(nn.OptimizedLSTMCell) on one-hot inputs, the reference (its cost grows "
+                  "with the vocabulary).")
+flags.DEFINE_integer("val_windows", _DEFAULTS.val_windows, "Validate on at most this many "
+                     "windows: above it, this many evenly spaced ones, the same every epoch.")
+flags.DEFINE_integer("cpu_devices", 0, "JAX devices on a CPU host, each taking its share of "
+                     "the batch: 0 = one per core (the largest count up to the number of cores "
+                     "that divides --batch_size; a count forced by XLA_FLAGS is kept). No effect "
+                     "on GPU/TPU.")
 flags.DEFINE_string("compilation_cache", "", "Folder for JAX's persistent compilation cache, so "
                     "reruns skip compiling the steps; empty = off. launch/*.flags turn it on.")
 flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"], "Multi-process training with "
@@ -100,7 +112,8 @@ def config_from_flags() -> Config:
       objective=FLAGS.objective, num_layers=FLAGS.num_layers, embed_dim=FLAGS.embed_dim,
       dropout=FLAGS.dropout, optimizer=FLAGS.optimizer, weight_decay=FLAGS.weight_decay,
       clip_norm=FLAGS.clip_norm, lr_schedule=FLAGS.lr_schedule, lr_decay=FLAGS.lr_decay,
-      warmup_steps=FLAGS.warmup_steps, patience=FLAGS.patience,
+      warmup_steps=FLAGS.warmup_steps, patience=FLAGS.patience, lstm_impl=FLAGS.lstm_impl,
+      val_windows=FLAGS.val_windows,
   ).validate()
 
 
@@ -109,6 +122,11 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise UserError(f"unexpected arguments {argv[1:]}; every setting is a --flag (see --help).")
   config = config_from_flags()
+  if FLAGS.cpu_devices < 0:
+    raise UserError(f"--cpu_devices={FLAGS.cpu_devices} must be >= 0 (0 = one per core).")
+  host.keep_freed_memory()
+  if FLAGS.cpu_devices or not distributed.requested(FLAGS.distributed, FLAGS.coordinator_address):
+    host.use_cpu_devices(FLAGS.cpu_devices, config.batch_size)  # multi-process: the user's
   if FLAGS.compilation_cache:
     jax.config.update("jax_compilation_cache_dir", FLAGS.compilation_cache)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)

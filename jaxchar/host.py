@@ -1,0 +1,70 @@
+"""The CPU host, set up by the entry points before JAX's backend starts: one JAX device per
+core, and a malloc that keeps freed memory for the next step.
+
+One XLA CPU device does not keep every core busy on an LSTM's small per-step matmuls; one
+device per core, each with its share of the batch under `pmap`, does (BENCHMARKS.md). GPU and
+TPU runs are unaffected: the setting only shapes JAX's CPU backend.
+"""
+
+import ctypes
+import os
+import sys
+
+import jax
+
+FORCE_FLAG = "--xla_force_host_platform_device_count"
+# glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+
+
+def num_cores() -> int:
+  """Cores this process may run on."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:  # not Linux
+    return os.cpu_count() or 1
+
+
+def cpu_device_count(requested: int, batch_size: int, cores: int | None = None) -> int:
+  """The CPU device count for --cpu_devices=requested: itself when > 0; for 0 (auto) the
+  largest count up to the number of cores that divides the global batch, so auto never makes
+  the batch check fail."""
+  if requested > 0:
+    return requested
+  cores = num_cores() if cores is None else cores
+  return max(n for n in range(1, max(cores, 1) + 1) if batch_size % n == 0)
+
+
+def forced_by_xla_flags() -> bool:
+  """Whether XLA_FLAGS already forces a host device count (the user's explicit choice)."""
+  return FORCE_FLAG in os.environ.get("XLA_FLAGS", "")
+
+
+def use_cpu_devices(requested: int, batch_size: int) -> int | None:
+  """Gives JAX's CPU backend `cpu_device_count(...)` devices; must run before the backend
+  starts. Auto (0) leaves a count forced through XLA_FLAGS alone. Returns the count set, or
+  None when nothing was changed."""
+  if requested == 0 and forced_by_xla_flags():
+    return None
+  count = cpu_device_count(requested, batch_size)
+  jax.config.update("jax_num_cpu_devices", count)
+  return count
+
+
+def keep_freed_memory() -> bool:
+  """Tells glibc's malloc to keep freed memory for reuse instead of returning it to the OS.
+
+  XLA's CPU runtime allocates each step's temporaries afresh; with glibc's defaults large ones
+  are mapped and unmapped every step, and touching the new pages (page faults) cost the
+  reference step about a third of its time on this project's machine (BENCHMARKS.md).
+  Allocations below 32 MB (glibc's maximum threshold) come from the heap, and up to 512 MB of
+  freed heap is kept. Returns False where there is no glibc (nothing changed)."""
+  if not sys.platform.startswith("linux"):
+    return False
+  try:
+    libc = ctypes.CDLL("libc.so.6")
+    mallopt = libc.mallopt
+  except (OSError, AttributeError):
+    return False
+  return all(mallopt(param, value) == 1 for param, value in (
+      (_M_MMAP_THRESHOLD, 32 << 20), (_M_TRIM_THRESHOLD, 512 << 20), (_M_TOP_PAD, 64 << 20)))

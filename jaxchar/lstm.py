@@ -1,0 +1,183 @@
+"""The fused LSTM layer: the recurrence as cuDNN computes it, with the same parameters as Flax's
+`nn.OptimizedLSTMCell`.
+
+Inside the time loop only `h @ W_rec` and the gate math run. The input projection of every
+position is computed before the loop (a gather of kernel rows for one-hot inputs, so its cost
+does not grow with the vocabulary; one matmul otherwise), and the weight gradients after the
+backward loop, as one large matmul over all batch x time positions (`lstm_recurrence`'s custom
+VJP) instead of one small matmul per time step. Nothing here is CPU-specific.
+"""
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+from flax.linen.recurrent import DenseParams
+
+Array = jnp.ndarray
+Carry = tuple[Array, Array]  # an LSTM layer's (c, h)
+GATES = ("i", "f", "g", "o")  # OptimizedLSTMCell's gate order
+
+
+def _gate_affine(hidden: int, dtype) -> tuple[Array, Array]:
+  """(scale, shift) with sigmoid(z) = tanh(z/2)/2 + 1/2 on the i, f, o gates, tanh on g."""
+  half, one = jnp.full((hidden,), 0.5, dtype), jnp.ones((hidden,), dtype)
+  return (jnp.concatenate([half, half, one, half]),
+          jnp.concatenate([half, half, 1 - one, half]))
+
+
+def _activations(z: Array, hidden: int) -> Array:
+  """The four gates' activations [.., 4H] from pre-activations z [.., 4H].
+
+  One tanh over all 4H columns: XLA CPU runs it several times faster than a sigmoid or tanh
+  on each gate's slice (measured 1.4 ms against 8.3 ms for the gate math of 60 steps)."""
+  scale, shift = _gate_affine(hidden, z.dtype)
+  return jnp.tanh(z * scale) * scale + shift
+
+
+def _forward(x_proj: Array, bias: Array, w_rec: Array, c0: Array, h0: Array,
+             keep_residuals: bool):
+  """The loop over time. x_proj [T, B, 4H]: the input projection without bias. Returns the
+  final carry, hidden states [T, B, H] and, with keep_residuals, cell states [T, B, H] and the
+  gate activations [T, B, 4H] (written over x_proj's buffer: no new [T, B, 4H] allocation)."""
+  hidden = w_rec.shape[0]
+
+  def step(carry, t):
+    c, h, buffer = carry
+    act = _activations(buffer[t] + bias + h.astype(w_rec.dtype) @ w_rec, hidden)
+    i, f, g, o = (act[:, k * hidden:(k + 1) * hidden] for k in range(4))
+    c = f * c + i * g
+    h = o * jnp.tanh(c)
+    if keep_residuals:
+      buffer = jax.lax.dynamic_update_index_in_dim(buffer, act, t, 0)
+      return (c, h, buffer), (h, c)
+    return (c, h, buffer), h
+
+  (c, h, buffer), stacked = jax.lax.scan(step, (c0, h0, x_proj), jnp.arange(x_proj.shape[0]))
+  return (c, h), stacked, buffer
+
+
+@jax.custom_vjp
+def lstm_recurrence(x_proj: Array, bias: Array, w_rec: Array, c0: Array,
+                    h0: Array) -> tuple[Array, Array]:
+  """Hidden states [T, B, H] and the final cell state [B, H] of one LSTM layer.
+
+  x_proj: [T, B, 4H], the input projection x @ W_in of every position (time-major), without
+  the bias [4H]; w_rec: [H, 4H]; c0, h0: [B, H] initial carry."""
+  (c, _), hs, _ = _forward(x_proj, bias, w_rec, c0, h0, keep_residuals=False)
+  return hs, c
+
+
+def _recurrence_fwd(x_proj, bias, w_rec, c0, h0):
+  (c, _), (hs, cs), acts = _forward(x_proj, bias, w_rec, c0, h0, keep_residuals=True)
+  # The local derivatives the backward loop needs, computed here for all steps at once as
+  # whole-width arrays (XLA CPU is slow on elementwise code that concatenates gate slices).
+  hidden = w_rec.shape[0]
+  scale, shift = _gate_affine(hidden, acts.dtype)
+  t = (acts - shift) / scale  # tanh of the scaled pre-activations
+  c_prev = jnp.concatenate([c0[None], cs[:-1]])
+  tanh_c = jnp.tanh(cs)
+  # dz = [dc, dc, dc, dh] * dz_factor, per gate (i, f, g, o): dc*g*i', dc*c_prev*f', dc*i*g',
+  # dh*tanh(c)*o', with each gate's derivative scale^2 * (1 - t^2).
+  partner = jnp.concatenate([acts[..., 2 * hidden:3 * hidden], c_prev, acts[..., :hidden], tanh_c],
+                            -1)
+  dz_factor = partner * (scale * scale * (1 - t * t))
+  o = acts[..., 3 * hidden:]
+  f = acts[..., hidden:2 * hidden]
+  dc_by_dh = o * (1 - tanh_c * tanh_c)  # dc_t += dh_t * this
+  h_prev = jnp.concatenate([h0[None], hs[:-1]])
+  return (hs, c), (h_prev, f, dc_by_dh, dz_factor, w_rec)
+
+
+def _recurrence_bwd(residuals, cotangents):
+  h_prev, f, dc_by_dh, dz_factor, w_rec = residuals
+  d_hs, d_c_last = cotangents
+  hidden = w_rec.shape[0]
+  w_rec_t = w_rec.T
+  is_output_gate = (jnp.arange(4) == 3)[:, None]
+
+  def step(carry, t):
+    dh_next, dc_next, buffer = carry
+    dh = d_hs[t] + dh_next
+    dc = dc_next + dh * dc_by_dh[t]
+    # [dc, dc, dc, dh] without a concatenate, as one [B, 4, H] select.
+    by_gate = jnp.where(is_output_gate, dh[:, None, :], dc[:, None, :]).reshape(dh.shape[0], -1)
+    dz = by_gate * buffer[t]
+    buffer = jax.lax.dynamic_update_index_in_dim(buffer, dz, t, 0)  # dz over its own factor
+    return ((dz.astype(w_rec.dtype) @ w_rec_t).astype(dh.dtype), dc * f[t], buffer), None
+
+  (dh0, dc0, dz), _ = jax.lax.scan(step, (jnp.zeros_like(h_prev[0]), d_c_last, dz_factor),
+                                   jnp.arange(dz_factor.shape[0]), reverse=True)
+  # All time steps' weight gradients as one reduction over T*B rows each.
+  dz = dz.astype(w_rec.dtype)  # the compute dtype, as x_proj's
+  d_w_rec = jnp.dot(h_prev.reshape(-1, hidden).astype(w_rec.dtype).T, dz.reshape(-1, 4 * hidden),
+                    preferred_element_type=jnp.float32)
+  d_bias = dz.sum((0, 1), dtype=jnp.float32)
+  return dz, d_bias.astype(w_rec.dtype), d_w_rec.astype(w_rec.dtype), dc0, dh0
+
+
+lstm_recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
+
+
+def _forward_masked(x_proj: Array, bias: Array, w_rec: Array, lengths: Array):
+  """Inference over left-aligned windows of `lengths` [B] characters: the carry stops
+  changing after each row's last real position (as nn.RNN's seq_lengths)."""
+  hidden, batch = w_rec.shape[0], x_proj.shape[1]
+  zeros = jnp.zeros((batch, hidden), jnp.float32)
+
+  def step(carry, inputs):
+    xp, t = inputs
+    c, h = carry
+    act = _activations(xp + bias + h.astype(w_rec.dtype) @ w_rec, hidden)
+    i, f, g, o = (act[:, k * hidden:(k + 1) * hidden] for k in range(4))
+    new_c = f * c + i * g
+    new_h = o * jnp.tanh(new_c)
+    live = (t < lengths)[:, None]
+    carry = (jnp.where(live, new_c, c), jnp.where(live, new_h, h))
+    return carry, new_h
+
+  return jax.lax.scan(step, (zeros, zeros), (x_proj, jnp.arange(x_proj.shape[0])))
+
+
+class FusedLSTM(nn.Module):
+  """One LSTM layer over whole windows; parameters named and initialised as
+  nn.OptimizedLSTMCell's (ii..io input kernels, hi..ho recurrent kernels with biases)."""
+
+  features: int
+  kernel_init: Callable = nn.initializers.lecun_normal()
+  recurrent_kernel_init: Callable = nn.initializers.orthogonal()
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, inputs: Array, lengths: Array | None = None,
+               vocab_size: int | None = None) -> tuple[Carry, Array]:
+    """inputs: int ids [B, T] (one-hot inputs over `vocab_size` symbols) or floats [B, T, E].
+    Returns the final carry (c, h) and the outputs [B, T, H]."""
+    one_hot = vocab_size is not None
+    w_in, w_rec, bias = self.kernels(vocab_size if one_hot else inputs.shape[-1])
+    w_in, w_rec, bias = (w.astype(self.dtype) for w in (w_in, w_rec, bias))
+    if one_hot:  # one_hot(x) @ W_in is row x of W_in: gather the rows, time-major
+      x_proj = w_in.at[inputs.T.astype(jnp.uint32)].get(mode="promise_in_bounds")
+    else:
+      x_proj = jnp.einsum("bte,eg->tbg", inputs.astype(self.dtype), w_in)
+    if lengths is not None:
+      carry, hs = _forward_masked(x_proj, bias, w_rec, lengths)
+    else:
+      zeros = jnp.zeros((inputs.shape[0], self.features), jnp.float32)
+      hs, c = lstm_recurrence(x_proj, bias, w_rec, zeros, zeros)
+      carry = (c, hs[-1])
+    return carry, hs.transpose(1, 0, 2)
+
+  def kernels(self, in_features: int) -> tuple[Array, Array, Array]:
+    """Input kernel [in, 4H], recurrent kernel [H, 4H] and bias [4H], gates i, f, g, o."""
+    w_in, w_rec, bias = [], [], []
+    for gate in GATES:  # created in OptimizedLSTMCell's order and with its names
+      w_in.append(DenseParams(self.features, use_bias=False, kernel_init=self.kernel_init,
+                              name=f"i{gate}")(jax.ShapeDtypeStruct((in_features,), jnp.float32))[0])
+      kernel, b = DenseParams(self.features, use_bias=True,
+                              kernel_init=self.recurrent_kernel_init, name=f"h{gate}")(
+                                  jax.ShapeDtypeStruct((self.features,), jnp.float32))
+      w_rec.append(kernel)
+      bias.append(b)
+    return (jnp.concatenate(w_in, -1), jnp.concatenate(w_rec, -1), jnp.concatenate(bias, -1))
