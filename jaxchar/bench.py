@@ -1,47 +1,51 @@
 """Benchmarks, measured side by side in one run: `python -m jaxchar.bench [--json=out.json]`.
 
-Speed is never asserted by tests; this prints a table (and optional JSON) for BENCHMARKS.md.
+Each configuration runs in a process of its own, set up as the program it stands for is: the
+straightforward baseline as a plain JAX program (one device, the C library's default malloc),
+the trainer as `jaxchar.train` runs (`--cpu_devices` rule, `host.keep_freed_memory`). The
+configurations take turns, `--repeats` times, and the median of each is reported, so a slow
+patch of a shared machine hits all of them. Speed is never asserted by tests.
 """
 
-import functools
 import json
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
-import numpy as np
 from absl import app, flags
-from flax import jax_utils
 
 import jaxchar
-from jaxchar import data, generate, loop, steps
-from jaxchar.config import Config
-from jaxchar.model import CharLSTM
 
-VOCAB, HIDDEN, MAXLEN = 65, 128, 60
-REFERENCE_TX = steps.make_optimizer(0.01)  # RMSprop(lr=0.01)
+HIDDEN, MAXLEN, BATCH = 128, 60, 128
+CHUNK = 10  # steps dispatched before waiting for the last, as the trainer's loop does
+LARGE_VOCAB, VAL_WINDOWS = 6000, 100_000
+# name: (what it measures, how its process is set up). The trainer rows use --cpu_devices=0.
+ROLES = {
+    "baseline": "straightforward Flax step, 1 device, default malloc",
+    "baseline_malloc": "the same with jaxchar's malloc setting",
+    "trainer": "jaxchar's pmapped step (fused LSTM), one device per core",
+    "trainer_flax": "the same with --lstm_impl=flax",
+    "trainer_1dev": "jaxchar's step (fused), 1 device",
+    "large_vocab": f"trainer (fused) at {LARGE_VOCAB:,} symbols; validating {VAL_WINDOWS:,} windows",
+}
 
 flags.DEFINE_string("json", None, "Also write the results to this JSON file.")
-flags.DEFINE_list("batch_sizes", ["128", "512"], "Global training batch sizes to measure.")
 flags.DEFINE_float("seconds", 5.0, "Approximate timing budget per measurement.")
+flags.DEFINE_integer("repeats", 3, "Turns each training configuration takes (median reported).")
+flags.DEFINE_integer("batch_size", BATCH, "Global training batch size.")
 flags.DEFINE_integer("memory_mb", 100, "Size of the generated corpus for the memory probe; 0 "
                      "skips it.")
+flags.DEFINE_bool("large_vocab_flax", True, f"Also time --lstm_impl=flax at {LARGE_VOCAB:,} "
+                  "symbols once (slow: the one-hot path).")
+flags.DEFINE_string("role", None, "Internal: measure one configuration and print its JSON.")
 flags.DEFINE_string("memory_probe", None, "Internal: train a few steps on this file and print "
                     "the peak RSS.")
 FLAGS = flags.FLAGS
-
-
-def step_flops(batch: int) -> float:
-  """Model FLOPs of one train step: 3x the forward matmuls (the one-hot input projection
-  counted as a dense [vocab, 4*hidden] matmul, as the straightforward step computes it)."""
-  per_window = MAXLEN * 2 * 4 * HIDDEN * (VOCAB + HIDDEN) + 2 * HIDDEN * VOCAB
-  return 3.0 * batch * per_window
 
 
 def timed(fn, budget_s: float) -> float:
@@ -55,16 +59,13 @@ def timed(fn, budget_s: float) -> float:
       return (time.perf_counter() - start) / calls
 
 
-def matmul_gflops(budget_s: float, n: int = 2048) -> float:
-  a = jax.random.normal(jax.random.PRNGKey(0), (n, n))
-  f = jax.jit(lambda x: x @ x)
-  return 2 * n**3 / timed(lambda: f(a).block_until_ready(), budget_s) / 1e9
-
-
-def baseline_rate(batch: int, budget_s: float) -> dict:
-  """The straightforward step: one-hot input, OptimizedLSTMCell in nn.scan, jit, one device."""
-  model = CharLSTM(VOCAB, HIDDEN)
-  state = steps.create_train_state(jax.random.PRNGKey(0), model, MAXLEN, REFERENCE_TX)
+def baseline_rate(batch: int, vocab: int, budget_s: float) -> dict:
+  """The straightforward step: one-hot input, OptimizedLSTMCell in nn.RNN, jit, one device."""
+  import jax
+  from jaxchar import steps
+  from jaxchar.model import CharLSTM
+  model = CharLSTM(vocab, HIDDEN, lstm_impl="flax")
+  state = steps.create_train_state(jax.random.PRNGKey(0), model, MAXLEN, steps.make_optimizer(0.01))
 
   @jax.jit
   def step(state, inputs, targets):
@@ -73,47 +74,77 @@ def baseline_rate(batch: int, budget_s: float) -> dict:
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
     return state.apply_gradients(grads=grads), loss
 
-  inputs = jax.random.randint(jax.random.PRNGKey(1), (batch, MAXLEN), 0, VOCAB)
-  targets = jax.random.randint(jax.random.PRNGKey(2), (batch,), 0, VOCAB)
+  inputs = jax.random.randint(jax.random.PRNGKey(1), (batch, MAXLEN), 0, vocab)
+  targets = jax.random.randint(jax.random.PRNGKey(2), (batch,), 0, vocab)
   holder = [state]
 
   def run():
-    holder[0], loss = step(holder[0], inputs, targets)
+    for _ in range(CHUNK):
+      holder[0], loss = step(holder[0], inputs, targets)
     loss.block_until_ready()
-  seconds = timed(run, budget_s)
-  return {"windows_per_s": batch / seconds, "step_ms": seconds * 1e3,
-          "gflops": step_flops(batch) / seconds / 1e9}
+  return {"windows_per_s": CHUNK * batch / timed(run, budget_s), "devices": 1}
 
 
-def trainer_rate(batch: int, budget_s: float) -> dict:
-  """The trainer's own pmapped step over all local devices, batches gathered on device."""
-  n = jax.local_device_count()
-  ids = np.random.default_rng(0).integers(0, VOCAB, 200_000).astype(np.int32)
-  starts = np.arange(0, len(ids) - MAXLEN - 1, 3, dtype=np.int32)
-  state = steps.create_train_state(jax.random.PRNGKey(0), CharLSTM(VOCAB, HIDDEN), MAXLEN,
-                                   REFERENCE_TX)
-  p_state, p_ids = jax_utils.replicate(state), jax_utils.replicate(jnp.asarray(ids))
-  p_train_step, _ = loop.pmapped_steps(MAXLEN)
-  batches = data.train_batches(starts, data.epoch_order(len(starts), 0, 1), batch, n)
-  compile_start = time.perf_counter()
-  p_state, metrics = p_train_step(p_state, p_ids, batches[0])
-  metrics["loss"].block_until_ready()
-  compile_s = time.perf_counter() - compile_start
+def _trainer_setup(vocab: int, impl: str):
+  """Replicated state, device-resident ids, window starts and the loop's pmapped steps."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from flax import jax_utils
+  from jaxchar import loop, steps
+  from jaxchar.model import CharLSTM
+  ids = np.random.default_rng(0).integers(0, vocab, 400_000).astype(
+      np.uint8 if vocab <= 256 else np.int32)
+  state = steps.create_train_state(jax.random.PRNGKey(0), CharLSTM(vocab, HIDDEN, lstm_impl=impl),
+                                   MAXLEN, steps.make_optimizer(0.01))
+  starts = np.arange(0, len(ids) - MAXLEN - 1, dtype=np.int32)
+  return (jax_utils.replicate(state), jax_utils.replicate(jnp.asarray(ids)), starts,
+          loop.pmapped_steps(MAXLEN))
+
+
+def trainer_rate(batch: int, vocab: int, impl: str, budget_s: float) -> dict:
+  """The trainer's own pmapped step over all local devices, windows gathered on device."""
+  import jax
+  from jaxchar import data
+  p_state, p_ids, starts, (p_train_step, _) = _trainer_setup(vocab, impl)
+  batches = data.train_batches(starts[::3], data.epoch_order(len(starts[::3]), 0, 1), batch,
+                               jax.local_device_count())
   holder, i = [p_state], [0]
 
-  def run():
-    i[0] = (i[0] + 1) % len(batches)
-    holder[0], metrics = p_train_step(holder[0], p_ids, batches[i[0]])
+  def run(steps: int = CHUNK):
+    for _ in range(steps):
+      i[0] = (i[0] + 1) % len(batches)
+      holder[0], metrics = p_train_step(holder[0], p_ids, batches[i[0]])
     metrics["loss"].block_until_ready()
-  seconds = timed(run, budget_s)
-  return {"windows_per_s": batch / seconds, "step_ms": seconds * 1e3, "devices": n,
-          "gflops": step_flops(batch) / seconds / 1e9, "first_step_s": compile_s}
+  compile_start = time.perf_counter()
+  run(1)
+  first_step_s = time.perf_counter() - compile_start
+  return {"windows_per_s": CHUNK * batch / timed(run, budget_s),
+          "devices": jax.local_device_count(), "first_step_s": first_step_s}
+
+
+def validation_seconds(vocab: int, windows: int) -> float:
+  """Seconds for the trainer's validation pass over `windows` windows (compiled beforehand)."""
+  import jax
+  from jaxchar import loop
+  from jaxchar.config import Config
+  p_state, p_ids, starts, (_, p_eval_step) = _trainer_setup(vocab, "fused")
+  batch = -(-Config.eval_batch_size // jax.device_count()) * jax.device_count()
+  loop.evaluate(p_eval_step, p_state, p_ids, starts[:batch], batch)  # compiles
+  start = time.perf_counter()
+  loop.evaluate(p_eval_step, p_state, p_ids, starts[:windows], batch)
+  return time.perf_counter() - start
 
 
 def sampling_rates(budget_s: float) -> dict:
-  """Characters per second for 400 characters per row."""
-  model = CharLSTM(VOCAB, HIDDEN)
-  params = steps.create_train_state(jax.random.PRNGKey(0), model, MAXLEN, REFERENCE_TX).params
+  """Characters per second for 400 characters per row, one device (as the sampler runs)."""
+  import jax
+  import jax.numpy as jnp
+  from jaxchar import generate, steps
+  from jaxchar.model import CharLSTM
+  model = CharLSTM(65, HIDDEN)
+  params = steps.create_train_state(jax.random.PRNGKey(0), model, MAXLEN,
+                                    steps.make_optimizer(0.01)).params
   out = {}
   for mode, fn in {**generate.GENERATORS, **generate.REFERENCE_GENERATORS}.items():
     for rows in (1, 4, 64):
@@ -122,21 +153,48 @@ def sampling_rates(budget_s: float) -> dict:
       seconds = timed(lambda: fn(model, params, context, temps, jax.random.PRNGKey(0),
                                  400).block_until_ready(), budget_s)
       out[f"{mode}_batch{rows}"] = rows * 400 / seconds
-  apply = jax.jit(model.apply)
-  window = np.zeros((1, MAXLEN), np.int32)
-
-  def per_call_loop(chars: int = 100):
-    nonlocal window
-    for _ in range(chars):
-      logits = apply({"params": params}, jnp.asarray(window))
-      nxt = int(jax.random.categorical(jax.random.PRNGKey(0), logits[0]))
-      window = np.concatenate([window[:, 1:], [[nxt]]], axis=1)
-  out["one_jitted_call_per_char"] = 100 / timed(per_call_loop, budget_s)
   return out
+
+
+def run_role(role: str, batch: int, budget_s: float) -> dict:
+  """Sets this process up as `role`'s program (before JAX's backend starts), then measures."""
+  from jaxchar import host
+  if role != "baseline":
+    host.keep_freed_memory()
+  if role in ("trainer", "trainer_flax", "large_vocab", "large_vocab_flax"):
+    host.use_cpu_devices(0, batch)
+  import jax
+  if role.startswith("baseline"):
+    out = baseline_rate(batch, 65, budget_s)
+  elif role == "trainer_1dev":
+    out = trainer_rate(batch, 65, "fused", budget_s)
+  elif role in ("trainer", "trainer_flax"):
+    out = trainer_rate(batch, 65, "flax" if role == "trainer_flax" else "fused", budget_s)
+  elif role == "large_vocab_flax":
+    out = trainer_rate(batch, LARGE_VOCAB, "flax", budget_s)
+  elif role == "large_vocab":
+    out = trainer_rate(batch, LARGE_VOCAB, "fused", budget_s)
+    out["validation_s"] = validation_seconds(LARGE_VOCAB, VAL_WINDOWS)
+  elif role == "sampling":
+    out = sampling_rates(budget_s)
+  else:
+    raise ValueError(f"unknown role {role}")
+  return {**out, "backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind)}
+
+
+def measure(role: str) -> dict:
+  """Runs `role` in a fresh process of this module and returns its JSON."""
+  result = subprocess.run(
+      [sys.executable, "-m", "jaxchar.bench", f"--role={role}", f"--seconds={FLAGS.seconds}",
+       f"--batch_size={FLAGS.batch_size}"], capture_output=True, text=True)
+  if result.returncode:
+    raise RuntimeError(f"benchmark role {role} failed:\n{result.stderr[-3000:]}")
+  return json.loads(result.stdout.split("RESULT=")[1])
 
 
 def write_generated_corpus(path: Path, megabytes: int) -> None:
   """About `megabytes` MB of word-like text with paragraph breaks, written in chunks."""
+  import numpy as np
   rng = np.random.default_rng(0)
   words = np.array(["moe", "homer", "beer", "duff", "tavern", "springfield", "the", "a", "is",
                     "barney:", "lenny:", "carl:", "what", "you", "d'oh!", "\n", "\n\n"])
@@ -148,9 +206,13 @@ def write_generated_corpus(path: Path, megabytes: int) -> None:
 def memory_probe(path: str) -> None:
   """Trains a few steps on `path`; prints this process's peak RSS in MB (run as a subprocess,
   so the figure is the trainer's alone)."""
+  from jaxchar import host, loop
+  from jaxchar.config import Config
+  host.keep_freed_memory()
+  config = Config(data=path, epochs=1, steps_per_epoch=5, val_fraction=0.0002, sample_len=0,
+                  eval_batch_size=4096)
+  host.use_cpu_devices(0, config.batch_size)
   with tempfile.TemporaryDirectory() as tmp:
-    config = Config(data=path, epochs=1, steps_per_epoch=5, val_fraction=0.0002,
-                    sample_len=0, eval_batch_size=4096)
     loop.train_and_evaluate(config, Path(tmp) / "run")
   print(f"PEAK_RSS_MB={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}")
 
@@ -168,52 +230,62 @@ def run_memory_probe(megabytes: int) -> tuple[float, float]:
 def main(argv) -> None:
   del argv
   if FLAGS.memory_probe:
-    memory_probe(FLAGS.memory_probe)
+    return memory_probe(FLAGS.memory_probe)
+  if FLAGS.role:
+    print("RESULT=" + json.dumps(run_role(FLAGS.role, FLAGS.batch_size, FLAGS.seconds)))
     return
-  budget = FLAGS.seconds
-  results = {"jaxchar": jaxchar.__version__, "jax": jax.__version__,
-             "backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind),
-             "local_devices": jax.local_device_count(), "machine": platform.processor() or
-             platform.machine(), "date": time.strftime("%Y-%m-%d"),
-             "matmul_gflops": matmul_gflops(budget), "train": {}}
-  for batch in map(int, FLAGS.batch_sizes):
-    base, ours = baseline_rate(batch, budget), trainer_rate(batch, budget)
-    results["train"][batch] = {"baseline": base, "trainer": ours,
-                               "speedup": ours["windows_per_s"] / base["windows_per_s"]}
-  results["sampling_chars_per_s"] = sampling_rates(budget)
+  from jaxchar import host
+  runs = {role: [] for role in ROLES}
+  for turn in range(FLAGS.repeats):
+    for role in ROLES:
+      runs[role].append(measure(role))
+      print(f"turn {turn + 1}/{FLAGS.repeats} {role}: "
+            f"{runs[role][-1]['windows_per_s']:,.0f} windows/s", file=sys.stderr, flush=True)
+  results = {"jaxchar": jaxchar.__version__, "date": time.strftime("%Y-%m-%d"),
+             "machine": platform.processor() or platform.machine(), "cores": host.num_cores(),
+             "batch_size": FLAGS.batch_size, "repeats": FLAGS.repeats, "runs": runs,
+             "median": {role: statistics.median(r["windows_per_s"] for r in rs)
+                        for role, rs in runs.items()}}
+  results["validation_s"] = statistics.median(r["validation_s"] for r in runs["large_vocab"])
+  results["backend"], results["device"] = runs["trainer"][0]["backend"], runs["trainer"][0]["device"]
+  results["devices"] = runs["trainer"][0]["devices"]
+  if FLAGS.large_vocab_flax:
+    results["large_vocab_flax"] = measure("large_vocab_flax")["windows_per_s"]
+  results["sampling_chars_per_s"] = measure("sampling")
   if FLAGS.memory_mb:
     corpus_mb, peak_mb = run_memory_probe(FLAGS.memory_mb)
     results["memory_probe"] = {"corpus_mb": corpus_mb, "peak_rss_mb": peak_mb}
-  results["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   print(format_table(results))
   if FLAGS.json:
     Path(FLAGS.json).write_text(json.dumps(results, indent=2))
 
 
 def format_table(r: dict) -> str:
-  lines = [f"jaxchar {r['jaxchar']}, jax {r['jax']}, {r['backend']} ({r['device']}) x "
-           f"{r['local_devices']}, {r['date']}",
-           f"dense float32 matmul 2048^3: {r['matmul_gflops']:.1f} GFLOP/s", "",
-           "training (hidden 128, window 60, vocab 65, float32)",
-           "| batch | baseline windows/s | trainer windows/s | speedup | trainer GFLOP/s "
-           "(% of matmul) | first step s |", "|---|---|---|---|---|---|"]
-  for batch, t in r["train"].items():
-    lines.append(f"| {batch} | {t['baseline']['windows_per_s']:,.0f} | "
-                 f"{t['trainer']['windows_per_s']:,.0f} | {t['speedup']:.2f}x | "
-                 f"{t['trainer']['gflops']:.1f} ({100 * t['trainer']['gflops'] / r['matmul_gflops']:.0f}%) | "
-                 f"{t['trainer']['first_step_s']:.1f} |")
-  lines += ["", "sampling, 400 characters per row (characters/s, all rows together)",
+  m = r["median"]
+  lines = [f"jaxchar {r['jaxchar']}, {r['backend']} ({r['device']}), {r['cores']} cores, "
+           f"{r['date']}; median of {r['repeats']} interleaved turns",
+           f"training, hidden {HIDDEN}, window {MAXLEN}, batch {r['batch_size']}, float32",
+           "| configuration | windows/s | vs baseline |", "|---|---|---|"]
+  for role, what in ROLES.items():
+    devices = r["runs"][role][0]["devices"]
+    lines.append(f"| {role}: {what} ({devices} device{'s' * (devices > 1)}) | {m[role]:,.0f} | "
+                 f"{m[role] / m['baseline']:.2f}x |")
+  lines += ["", f"large vocabulary ({LARGE_VOCAB:,} symbols, reference objective): training "
+            f"{m['large_vocab']:,.0f} windows/s = {m['large_vocab'] / m['trainer']:.2f}x the "
+            f"65-symbol trainer; validating {VAL_WINDOWS:,} windows {r['validation_s']:.1f} s"]
+  if "large_vocab_flax" in r:
+    lines.append(f"  --lstm_impl=flax at {LARGE_VOCAB:,} symbols: {r['large_vocab_flax']:,.0f} "
+                 "windows/s")
+  lines += ["", "sampling, 400 characters per row, 1 device (characters/s, all rows together)",
             "| mode | batch 1 | batch 4 | batch 64 |", "|---|---|---|---|"]
   s = r["sampling_chars_per_s"]
-  for mode in {**generate.GENERATORS, **generate.REFERENCE_GENERATORS}:
+  for mode in sorted({k.rsplit("_batch", 1)[0] for k in s if "_batch" in k}):
     lines.append(f"| {mode} | {s[f'{mode}_batch1']:,.0f} | {s[f'{mode}_batch4']:,.0f} | "
                  f"{s[f'{mode}_batch64']:,.0f} |")
-  lines.append(f"| one jitted call per character | {s['one_jitted_call_per_char']:,.0f} | | |")
   if "memory_probe" in r:
-    m = r["memory_probe"]
-    lines += ["", f"memory: training on a generated {m['corpus_mb']:.0f} MB corpus peaked at "
-              f"{m['peak_rss_mb']:,.0f} MB RSS"]
-  lines.append(f"this benchmark process peaked at {r['peak_rss_mb']:,.0f} MB RSS")
+    p = r["memory_probe"]
+    lines += ["", f"memory: training on a generated {p['corpus_mb']:.0f} MB corpus peaked at "
+              f"{p['peak_rss_mb']:,.0f} MB RSS"]
   return "\n".join(lines)
 
 

@@ -14,7 +14,7 @@ import jax
 
 FORCE_FLAG = "--xla_force_host_platform_device_count"
 # glibc mallopt parameters (malloc.h)
-_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX = -1, -2, -4
 
 
 def num_cores() -> int:
@@ -56,9 +56,9 @@ def keep_freed_memory() -> bool:
 
   XLA's CPU runtime allocates each step's temporaries afresh; with glibc's defaults large ones
   are mapped and unmapped every step, and touching the new pages (page faults) cost the
-  reference step about a third of its time on this project's machine (BENCHMARKS.md).
-  Allocations below 32 MB (glibc's maximum threshold) come from the heap, and up to 512 MB of
-  freed heap is kept. Returns False where there is no glibc (nothing changed)."""
+  reference step about a third of its time on this project's machine (BENCHMARKS.md). Here
+  every allocation comes from the heap (no mmap), and up to 512 MB of freed heap is kept for
+  reuse. Returns False where there is no glibc (nothing changed)."""
   if not sys.platform.startswith("linux"):
     return False
   try:
@@ -67,4 +67,4 @@ def keep_freed_memory() -> bool:
   except (OSError, AttributeError):
     return False
   return all(mallopt(param, value) == 1 for param, value in (
-      (_M_MMAP_THRESHOLD, 32 << 20), (_M_TRIM_THRESHOLD, 512 << 20), (_M_TOP_PAD, 64 << 20)))
+      (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 512 << 20), (_M_TOP_PAD, 64 << 20)))

@@ -155,6 +155,7 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> list[dict]:
   p_train_step, p_eval_step = pmapped_steps(config.maxlen, config.objective == "every")
   run_start = time.perf_counter()
   last_saved = [int(state.step) if restored else None]
+  global_step = int(state.step)  # counted on the host: reading p_state.step would wait for it
 
   def elapsed() -> float:
     return elapsed_before + time.perf_counter() - run_start
@@ -209,7 +210,7 @@ def train_and_evaluate(config: Config, workdir: str | Path) -> list[dict]:
                                                distributed.process_slice(batches[done]))
           pending.append(step_metrics["loss"])
           done += 1
-          global_step = int(p_state.step[0])
+          global_step += 1
           at_log = global_step % config.log_every == 0
           if len(pending) == LOG_EVERY or done == len(batches) or at_log:
             fetch_pending()

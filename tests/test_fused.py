@@ -1,0 +1,137 @@
+"""The fused LSTM (--lstm_impl=fused) against the Flax reference (nn.RNN(OptimizedLSTMCell)):
+same parameters, same losses and gradients, one-hot inputs by lookup at any vocabulary size."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxchar import steps
+from jaxchar.lstm import lstm_recurrence
+from jaxchar.model import CharLSTM, init_params
+
+MAXLEN = 8
+
+
+def models(**kwargs) -> tuple[CharLSTM, CharLSTM]:
+  return (CharLSTM(lstm_impl="flax", **kwargs), CharLSTM(lstm_impl="fused", **kwargs))
+
+
+def batch(vocab: int, batch_size: int = 12, every: bool = False, seed: int = 1) -> dict:
+  k1, k2 = jax.random.split(jax.random.PRNGKey(seed))
+  inputs = jax.random.randint(k1, (batch_size, MAXLEN), 0, vocab)
+  shape = (batch_size, MAXLEN) if every else (batch_size,)
+  return {"inputs": inputs, "targets": jax.random.randint(k2, shape, 0, vocab)}
+
+
+def loss_and_grads(model: CharLSTM, params, b: dict, train: bool = False):
+  def loss_fn(p):
+    logits = model.apply({"params": p}, b["inputs"], train=train,
+                         every_position=b["targets"].ndim == 2,
+                         rngs={"dropout": jax.random.PRNGKey(7)})
+    return steps.cross_entropy(logits, b["targets"]).mean()
+  return jax.value_and_grad(loss_fn)(params)
+
+
+@pytest.mark.parametrize("kwargs", [dict(vocab_size=11, hidden=16),
+                                    dict(vocab_size=11, hidden=16, num_layers=2, embed_dim=6)])
+def test_same_parameter_tree_and_initial_values(kwargs):
+  flax_model, fused_model = models(**kwargs)
+  a = init_params(flax_model, jax.random.PRNGKey(0), MAXLEN)
+  b = init_params(fused_model, jax.random.PRNGKey(0), MAXLEN)
+  assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
+  for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+    np.testing.assert_array_equal(x, y)
+
+
+CASES = {
+    "reference": (dict(vocab_size=11, hidden=16), False, False),
+    "every position": (dict(vocab_size=11, hidden=16), True, False),
+    "2 layers, embedding, every position": (
+        dict(vocab_size=11, hidden=16, num_layers=2, embed_dim=6), True, False),
+    "2 layers one-hot, dropout": (dict(vocab_size=11, hidden=16, num_layers=2, dropout=0.3),
+                                  False, True),
+    "vocabulary above 256": (dict(vocab_size=300, hidden=16), False, False),
+    "vocabulary above 256, every position": (dict(vocab_size=300, hidden=16), True, False),
+}
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_loss_and_every_gradient_equal_the_flax_reference(name):
+  kwargs, every, train = CASES[name]
+  flax_model, fused_model = models(**kwargs)
+  params = init_params(flax_model, jax.random.PRNGKey(0), MAXLEN)
+  b = batch(kwargs["vocab_size"], every=every)
+  loss_ref, grads_ref = loss_and_grads(flax_model, params, b, train)
+  loss, grads = loss_and_grads(fused_model, params, b, train)
+  np.testing.assert_allclose(loss, loss_ref, rtol=1e-6)
+  flat_ref = jax.tree_util.tree_leaves_with_path(grads_ref)
+  for (path, g_ref), g in zip(flat_ref, jax.tree_util.tree_leaves(grads)):
+    assert np.abs(g_ref).max() > 0, jax.tree_util.keystr(path)  # every parameter is trained
+    np.testing.assert_allclose(g, g_ref, atol=2e-6, rtol=1e-4, err_msg=jax.tree_util.keystr(path))
+
+
+def test_dropout_is_the_same_draw_in_both():
+  flax_model, fused_model = models(vocab_size=11, hidden=16, num_layers=2, dropout=0.5)
+  params = init_params(flax_model, jax.random.PRNGKey(0), MAXLEN)
+  b = batch(11)
+  with_dropout = loss_and_grads(fused_model, params, b, train=True)[0]
+  np.testing.assert_allclose(with_dropout, loss_and_grads(flax_model, params, b, True)[0],
+                             rtol=1e-6)
+  assert abs(float(with_dropout) - float(loss_and_grads(fused_model, params, b)[0])) > 1e-4
+
+
+def test_bfloat16_compute_matches_float32_reference_loosely():
+  flax_model, _ = models(vocab_size=11, hidden=16)
+  fused16 = CharLSTM(11, 16, dtype=jnp.bfloat16, lstm_impl="fused")
+  flax16 = CharLSTM(11, 16, dtype=jnp.bfloat16, lstm_impl="flax")
+  params = init_params(flax_model, jax.random.PRNGKey(0), MAXLEN)
+  b = batch(11, every=True)
+  loss32, grads32 = loss_and_grads(flax_model, params, b)
+  for model in (fused16, flax16):
+    loss, grads = loss_and_grads(model, params, b)
+    np.testing.assert_allclose(loss, loss32, rtol=2e-2)
+    for g, g32 in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(grads32)):
+      assert g.dtype == jnp.float32  # parameters (and their gradients) stay float32
+      np.testing.assert_allclose(g, g32, atol=0.1 * float(np.abs(g32).max()) + 1e-4)
+
+
+def test_short_windows_match_the_reference_lengths():
+  flax_model, fused_model = models(vocab_size=11, hidden=16, num_layers=2)
+  params = init_params(flax_model, jax.random.PRNGKey(0), MAXLEN)
+  inputs = batch(11, batch_size=4)["inputs"]
+  lengths = jnp.array([1, 3, 8, 5])
+  np.testing.assert_allclose(fused_model.apply({"params": params}, inputs, lengths),
+                             flax_model.apply({"params": params}, inputs, lengths), atol=1e-6)
+  ref, _ = flax_model.apply({"params": params}, inputs, lengths, method=CharLSTM.encode)
+  ours, _ = fused_model.apply({"params": params}, inputs, lengths, method=CharLSTM.encode)
+  for x, y in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(ref)):
+    np.testing.assert_allclose(x, y, atol=1e-6)
+
+
+def test_recurrence_vjp_matches_autodiff_of_its_forward():
+  """The hand-written backward (weight gradients after the loop) against JAX's own autodiff of
+  a plain scan, for every input including the initial carry."""
+  key = jax.random.PRNGKey(0)
+  t, b, h = 5, 3, 4
+  x_proj, bias, w_rec, c0, h0 = (jax.random.normal(k, s) for k, s in zip(
+      jax.random.split(key, 5), [(t, b, 4 * h), (4 * h,), (h, 4 * h), (b, h), (b, h)]))
+
+  def plain(x_proj, bias, w_rec, c0, h0):
+    def step(carry, xp):
+      c, hh = carry
+      i, f, g, o = jnp.split(xp + bias + hh @ w_rec, 4, -1)
+      c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+      hh = jax.nn.sigmoid(o) * jnp.tanh(c)
+      return (c, hh), hh
+    (c, _), hs = jax.lax.scan(step, (c0, h0), x_proj)
+    return hs, c
+
+  weights = jax.random.normal(jax.random.PRNGKey(1), (t, b, h))
+
+  def objective(fn):
+    return lambda *args: jnp.sum(fn(*args)[0] * weights) + jnp.sum(fn(*args)[1] ** 2)
+  ours = jax.grad(objective(lstm_recurrence), argnums=range(5))(x_proj, bias, w_rec, c0, h0)
+  ref = jax.grad(objective(plain), argnums=range(5))(x_proj, bias, w_rec, c0, h0)
+  for name, g, r in zip(("x_proj", "bias", "w_rec", "c0", "h0"), ours, ref):
+    np.testing.assert_allclose(g, r, atol=1e-5, rtol=1e-5, err_msg=name)
