@@ -97,3 +97,12 @@ def test_gather_windows_matches_slicing():
   for row, s in enumerate(starts):
     assert batch["inputs"][row].tolist() == ids[s:s + 8].tolist()
     assert int(batch["targets"][row]) == ids[s + 8]
+
+
+def test_evenly_spaced_validation_subset():
+  starts = np.arange(1000, 2000, dtype=np.int32)
+  assert data.evenly_spaced(starts, 5000) is starts  # at or below the limit: all of them
+  subset = data.evenly_spaced(starts, 10)
+  assert len(subset) == 10 and subset[0] == 1000 and subset[-1] == 1999
+  assert (np.diff(subset) > 100).all() and (np.diff(subset) < 120).all()
+  np.testing.assert_array_equal(subset, data.evenly_spaced(starts, 10))  # the same every epoch

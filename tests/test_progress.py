@@ -35,3 +35,15 @@ def test_terminal_output_is_a_bar():
                               interactive=True) as bar:
     bar.update(10, 0.25)
   assert "epoch 1/3" in stream.getvalue() and "\r" in stream.getvalue()
+
+
+def test_validation_progress_plain_lines_and_bar(monkeypatch):
+  monkeypatch.setattr(progress, "PLAIN_EVERY_SECONDS", 0.0)
+  stream = io.StringIO()
+  with progress.ValidationProgress(4, 4096, stream=stream) as bar:
+    bar.update(2)
+  assert stream.getvalue().startswith("validating: batch 2/4 of 4,096 windows | eta ")
+  stream = io.StringIO()
+  with progress.ValidationProgress(4, 4096, stream=stream, interactive=True) as bar:
+    bar.update(4)
+  assert "validating 4,096 windows" in stream.getvalue() and "\r" in stream.getvalue()

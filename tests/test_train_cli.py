@@ -147,3 +147,19 @@ def test_launch_scripts_are_valid_bash_and_use_existing_flagfiles(script):
     if name in text:
       assert (REPO / "launch" / name).exists()
   assert "Assumes:" in text and "Costs:" in text
+
+
+def test_validation_above_val_windows_is_subsampled_and_says_so(tiny_file, tmp_path, capsys):
+  args = [f"--data={tiny_file}", *TINY_ARGS, "--epochs=1", "--sample_len=0"]
+  assert run_main([*args, f"--workdir={tmp_path / 'all'}"]) == 0
+  full = capsys.readouterr().out
+  assert run_main([*args, f"--workdir={tmp_path / 'some'}", "--val_windows=50"]) == 0
+  out = capsys.readouterr().out
+  total = int(full.split(" training and ")[1].split(" validation")[0].replace(",", ""))
+  assert total > 50 and "evenly spaced" not in full
+  assert out.splitlines()[0].count("(validating on 50 evenly spaced of them, --val_windows)") == 1
+  epoch = [line for line in out.splitlines() if line.startswith("epoch ")][0]
+  assert f"bits/char, 50 of {total:,} windows)" in epoch
+  full_epoch = [line for line in full.splitlines() if line.startswith("epoch ")][0]
+  assert full_epoch.split("| val loss")[0] == epoch.split("| val loss")[0]  # same training
+  assert full_epoch.split("val loss ")[1][:6] != epoch.split("val loss ")[1][:6]

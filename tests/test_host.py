@@ -1,0 +1,59 @@
+"""The CPU host rule: one JAX device per core by default, never one that breaks the batch."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from jaxchar import host
+
+from conftest import REPO
+
+TINY = ["--maxlen=8", "--step=2", "--hidden=16", "--epochs=1", "--steps_per_epoch=2",
+        "--sample_len=0", "--eval_batch_size=64"]
+
+
+def test_auto_is_one_device_per_core_or_the_largest_count_that_divides_the_batch():
+  assert host.cpu_device_count(0, 128, cores=2) == 2
+  assert host.cpu_device_count(0, 127, cores=2) == 1  # auto never causes an error
+  assert host.cpu_device_count(0, 12, cores=8) == 6
+  assert host.cpu_device_count(0, 16, cores=1) == 1
+  assert host.cpu_device_count(3, 128, cores=2) == 3  # an explicit count is taken as given
+
+
+def run_trainer(tmp_path, tiny_file, args, xla_flags=None) -> subprocess.CompletedProcess:
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  if xla_flags:
+    env["XLA_FLAGS"] = xla_flags
+  return subprocess.run([sys.executable, "-m", "jaxchar.train", f"--data={tiny_file}",
+                         f"--workdir={tmp_path / 'run'}", *TINY, *args], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=300)
+
+
+def test_the_trainer_uses_every_core_by_default_and_says_so_first(tmp_path, tiny_file):
+  result = run_trainer(tmp_path, tiny_file, ["--batch_size=12"])
+  assert result.returncode == 0, result.stderr
+  expected = host.cpu_device_count(0, 12)
+  assert result.stdout.splitlines()[0].startswith(f"devices: {expected} x cpu in 1 process(es)")
+
+
+def test_auto_keeps_a_count_forced_through_xla_flags(tmp_path, tiny_file):
+  result = run_trainer(tmp_path, tiny_file, ["--batch_size=12"],
+                       xla_flags=f"{host.FORCE_FLAG}=3")
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.startswith("devices: 3 x cpu")
+
+
+@pytest.mark.parametrize("count", [5, -1])
+def test_a_bad_explicit_count_is_a_clear_error(tmp_path, tiny_file, count):
+  result = run_trainer(tmp_path, tiny_file, ["--batch_size=12", f"--cpu_devices={count}"])
+  assert result.returncode == 2
+  assert "Traceback" not in result.stderr
+  expected = ("does not split evenly over the 5 devices" if count == 5
+              else "--cpu_devices=-1 must be >= 0")
+  assert expected in result.stderr, result.stderr
+
+
+def test_malloc_setting_is_accepted_by_glibc():
+  assert host.keep_freed_memory() is sys.platform.startswith("linux")
