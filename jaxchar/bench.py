@@ -37,7 +37,7 @@ ROLES = {
 flags.DEFINE_string("json", None, "Also write the results to this JSON file.")
 flags.DEFINE_float("seconds", 5.0, "Approximate timing budget per measurement.")
 flags.DEFINE_integer("repeats", 3, "Turns each training configuration takes (median reported).")
-flags.DEFINE_integer("batch_size", BATCH, "Global training batch size.")
+flags.DEFINE_integer("train_batch", BATCH, "Global training batch size.")
 flags.DEFINE_integer("memory_mb", 100, "Size of the generated corpus for the memory probe; 0 "
                      "skips it.")
 flags.DEFINE_bool("large_vocab_flax", True, f"Also time --lstm_impl=flax at {LARGE_VOCAB:,} "
@@ -186,7 +186,7 @@ def measure(role: str) -> dict:
   """Runs `role` in a fresh process of this module and returns its JSON."""
   result = subprocess.run(
       [sys.executable, "-m", "jaxchar.bench", f"--role={role}", f"--seconds={FLAGS.seconds}",
-       f"--batch_size={FLAGS.batch_size}"], capture_output=True, text=True)
+       f"--batch_size={FLAGS.train_batch}"], capture_output=True, text=True)
   if result.returncode:
     raise RuntimeError(f"benchmark role {role} failed:\n{result.stderr[-3000:]}")
   return json.loads(result.stdout.split("RESULT=")[1])
@@ -232,7 +232,7 @@ def main(argv) -> None:
   if FLAGS.memory_probe:
     return memory_probe(FLAGS.memory_probe)
   if FLAGS.role:
-    print("RESULT=" + json.dumps(run_role(FLAGS.role, FLAGS.batch_size, FLAGS.seconds)))
+    print("RESULT=" + json.dumps(run_role(FLAGS.role, FLAGS.train_batch, FLAGS.seconds)))
     return
   from jaxchar import host
   runs = {role: [] for role in ROLES}
@@ -243,7 +243,7 @@ def main(argv) -> None:
             f"{runs[role][-1]['windows_per_s']:,.0f} windows/s", file=sys.stderr, flush=True)
   results = {"jaxchar": jaxchar.__version__, "date": time.strftime("%Y-%m-%d"),
              "machine": platform.processor() or platform.machine(), "cores": host.num_cores(),
-             "batch_size": FLAGS.batch_size, "repeats": FLAGS.repeats, "runs": runs,
+             "batch_size": FLAGS.train_batch, "repeats": FLAGS.repeats, "runs": runs,
              "median": {role: statistics.median(r["windows_per_s"] for r in rs)
                         for role, rs in runs.items()}}
   results["validation_s"] = statistics.median(r["validation_s"] for r in runs["large_vocab"])

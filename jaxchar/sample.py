@@ -7,6 +7,7 @@ from pathlib import Path
 
 from absl import app, flags
 
+from jaxchar import host
 from jaxchar.config import SampleConfig, parse_temperatures
 from jaxchar.errors import UserError, exits_on_user_error
 from jaxchar.generate import run_sampling
@@ -54,6 +55,9 @@ def config_from_flags() -> SampleConfig:
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise UserError(f"unexpected arguments {argv[1:]}; every setting is a --flag (see --help).")
+  # One device, unlike the trainer: sampling is one sequential jitted loop, which more CPU
+  # devices would not share.
+  host.keep_freed_memory()
   print(run_sampling(config_from_flags()))
 
 
