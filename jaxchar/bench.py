@@ -186,7 +186,7 @@ def measure(role: str) -> dict:
   """Runs `role` in a fresh process of this module and returns its JSON."""
   result = subprocess.run(
       [sys.executable, "-m", "jaxchar.bench", f"--role={role}", f"--seconds={FLAGS.seconds}",
-       f"--batch_size={FLAGS.train_batch}"], capture_output=True, text=True)
+       f"--train_batch={FLAGS.train_batch}"], capture_output=True, text=True)
   if result.returncode:
     raise RuntimeError(f"benchmark role {role} failed:\n{result.stderr[-3000:]}")
   return json.loads(result.stdout.split("RESULT=")[1])

@@ -36,26 +36,36 @@ def _activations(z: Array, hidden: int) -> Array:
   return jnp.tanh(z * scale) * scale + shift
 
 
+def _cell(c: Array, h: Array, z_in: Array, w_rec: Array) -> tuple[Array, Array, Array]:
+  """One step given z_in = x @ W_in + b: the new (c, h) and the gate activations [B, 4H]."""
+  hidden = w_rec.shape[0]
+  act = _activations(z_in + h.astype(w_rec.dtype) @ w_rec, hidden)
+  i, f, g, o = (act[:, k * hidden:(k + 1) * hidden] for k in range(4))
+  c = f * c + i * g
+  return c, o * jnp.tanh(c), act
+
+
 def _forward(x_proj: Array, bias: Array, w_rec: Array, c0: Array, h0: Array,
              keep_residuals: bool):
-  """The loop over time. x_proj [T, B, 4H]: the input projection without bias. Returns the
-  final carry, hidden states [T, B, H] and, with keep_residuals, cell states [T, B, H] and the
-  gate activations [T, B, 4H] (written over x_proj's buffer: no new [T, B, 4H] allocation)."""
-  hidden = w_rec.shape[0]
+  """The training loop over time. x_proj [T, B, 4H]: the input projection without bias.
+  Returns the final carry, hidden states [T, B, H] and, with keep_residuals, cell states
+  [T, B, H] and the gate activations [T, B, 4H] (written over x_proj's buffer: no new
+  [T, B, 4H] allocation)."""
+  if not keep_residuals:
+    def step(carry, xp):
+      c, h, _ = _cell(*carry, xp + bias, w_rec)
+      return (c, h), h
+    carry, hs = jax.lax.scan(step, (c0, h0), x_proj)
+    return carry, hs, None
 
-  def step(carry, t):
+  def step_keeping(carry, t):
     c, h, buffer = carry
-    act = _activations(buffer[t] + bias + h.astype(w_rec.dtype) @ w_rec, hidden)
-    i, f, g, o = (act[:, k * hidden:(k + 1) * hidden] for k in range(4))
-    c = f * c + i * g
-    h = o * jnp.tanh(c)
-    if keep_residuals:
-      buffer = jax.lax.dynamic_update_index_in_dim(buffer, act, t, 0)
-      return (c, h, buffer), (h, c)
-    return (c, h, buffer), h
+    c, h, act = _cell(c, h, buffer[t] + bias, w_rec)
+    return (c, h, jax.lax.dynamic_update_index_in_dim(buffer, act, t, 0)), (h, c)
 
-  (c, h, buffer), stacked = jax.lax.scan(step, (c0, h0, x_proj), jnp.arange(x_proj.shape[0]))
-  return (c, h), stacked, buffer
+  (c, h, acts), stacked = jax.lax.scan(step_keeping, (c0, h0, x_proj),
+                                       jnp.arange(x_proj.shape[0]))
+  return (c, h), stacked, acts
 
 
 @jax.custom_vjp
@@ -120,24 +130,23 @@ def _recurrence_bwd(residuals, cotangents):
 lstm_recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
 
 
-def _forward_masked(x_proj: Array, bias: Array, w_rec: Array, lengths: Array):
-  """Inference over left-aligned windows of `lengths` [B] characters: the carry stops
-  changing after each row's last real position (as nn.RNN's seq_lengths)."""
-  hidden, batch = w_rec.shape[0], x_proj.shape[1]
-  zeros = jnp.zeros((batch, hidden), jnp.float32)
+def _infer(xs: Array, project: Callable[[Array], Array], bias: Array, w_rec: Array,
+           lengths: Array | None) -> tuple[Carry, Array]:
+  """The inference loop over xs [T, B, ...]: each step's input projection `project(x_t)` is
+  made inside the loop, so no [T, B, 4H] array exists (validation batches are large). With
+  `lengths` [B], a row's carry stops changing after its last real position (left-aligned
+  windows, as nn.RNN's seq_lengths)."""
+  zeros = jnp.zeros((xs.shape[1], w_rec.shape[0]), jnp.float32)
 
   def step(carry, inputs):
-    xp, t = inputs
-    c, h = carry
-    act = _activations(xp + bias + h.astype(w_rec.dtype) @ w_rec, hidden)
-    i, f, g, o = (act[:, k * hidden:(k + 1) * hidden] for k in range(4))
-    new_c = f * c + i * g
-    new_h = o * jnp.tanh(new_c)
-    live = (t < lengths)[:, None]
-    carry = (jnp.where(live, new_c, c), jnp.where(live, new_h, h))
-    return carry, new_h
+    x, t = inputs
+    c, h, _ = _cell(*carry, project(x) + bias, w_rec)
+    if lengths is not None:
+      live = (t < lengths)[:, None]
+      c, h = jnp.where(live, c, carry[0]), jnp.where(live, h, carry[1])
+    return (c, h), h
 
-  return jax.lax.scan(step, (zeros, zeros), (x_proj, jnp.arange(x_proj.shape[0])))
+  return jax.lax.scan(step, (zeros, zeros), (xs, jnp.arange(xs.shape[0])))
 
 
 class FusedLSTM(nn.Module):
@@ -150,28 +159,33 @@ class FusedLSTM(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, inputs: Array, lengths: Array | None = None,
-               vocab_size: int | None = None) -> tuple[Carry, Array]:
+  def __call__(self, inputs: Array, lengths: Array | None = None, vocab_size: int | None = None,
+               train: bool = False) -> tuple[Carry, Array]:
     """inputs: int ids [B, T] (one-hot inputs over `vocab_size` symbols) or floats [B, T, E].
-    Returns the final carry (c, h) and the outputs [B, T, H]."""
+    Returns the final carry (c, h) and the outputs [B, T, H].
+
+    train: the projection of all positions before the loop and the custom VJP (memory
+    O(T x B x 4H)); otherwise the inference loop (`lengths` is for inference only)."""
     one_hot = vocab_size is not None
     w_in, w_rec, bias = self.kernels(vocab_size if one_hot else inputs.shape[-1])
     w_in, w_rec, bias = ([w.astype(self.dtype) for w in w_in], w_rec.astype(self.dtype),
                          bias.astype(self.dtype))
+    xs = inputs.T.astype(jnp.uint32) if one_hot else inputs.astype(self.dtype).transpose(1, 0, 2)
+    if not train or lengths is not None:
+      table = jnp.concatenate(w_in, -1)
+      project = ((lambda ids: table.at[ids].get(mode="promise_in_bounds")) if one_hot
+                 else (lambda x: x @ table))
+      carry, hs = _infer(xs, project, bias, w_rec, lengths)
+      return carry, hs.transpose(1, 0, 2)
     if one_hot:  # one_hot(x) @ W_in is row x of W_in: gather the rows, time-major
-      ids = inputs.T.astype(jnp.uint32)
       # Per gate kernel: gathering from a concatenated [V, 4H] kernel would copy it (and
       # slice its gradient) every step, which costs more than the gather at large V.
-      x_proj = jnp.concatenate([w.at[ids].get(mode="promise_in_bounds") for w in w_in], -1)
+      x_proj = jnp.concatenate([w.at[xs].get(mode="promise_in_bounds") for w in w_in], -1)
     else:
-      x_proj = jnp.einsum("bte,eg->tbg", inputs.astype(self.dtype), jnp.concatenate(w_in, -1))
-    if lengths is not None:
-      carry, hs = _forward_masked(x_proj, bias, w_rec, lengths)
-    else:
-      zeros = jnp.zeros((inputs.shape[0], self.features), jnp.float32)
-      hs, c = lstm_recurrence(x_proj, bias, w_rec, zeros, zeros)
-      carry = (c, hs[-1])
-    return carry, hs.transpose(1, 0, 2)
+      x_proj = xs @ jnp.concatenate(w_in, -1)
+    zeros = jnp.zeros((inputs.shape[0], self.features), jnp.float32)
+    hs, c = lstm_recurrence(x_proj, bias, w_rec, zeros, zeros)
+    return (c, hs[-1]), hs.transpose(1, 0, 2)
 
   def kernels(self, in_features: int) -> tuple[list[Array], Array, Array]:
     """Input kernels [in, H] per gate, recurrent kernel [H, 4H] and bias [4H], gates i, f, g,

@@ -71,7 +71,7 @@ class CharLSTM(nn.Module):
 
     `lengths` [B] marks left-aligned windows shorter than T (a short sampling prime): the
     logits then follow position lengths-1, and later positions are ignored. `train` turns
-    dropout on (it needs a "dropout" rng).
+    dropout on (it needs a "dropout" rng) and runs the fused layers' training path.
     """
     carries, outputs = self.run_layers(inputs, lengths, train)
     features = outputs if every_position else carries[-1][1]
@@ -98,7 +98,8 @@ class CharLSTM(nn.Module):
         x = self.drop(x, deterministic=not train)
       if fused:
         one_hot_ids = i == 0 and not self.embed_dim
-        carry, x = layer(x, lengths, vocab_size=self.vocab_size if one_hot_ids else None)
+        carry, x = layer(x, lengths, vocab_size=self.vocab_size if one_hot_ids else None,
+                         train=train)
       else:
         carry, x = layer(x, seq_lengths=lengths)
       carries.append(carry)

@@ -24,7 +24,9 @@ def batch(vocab: int, batch_size: int = 12, every: bool = False, seed: int = 1) 
   return {"inputs": inputs, "targets": jax.random.randint(k2, shape, 0, vocab)}
 
 
-def loss_and_grads(model: CharLSTM, params, b: dict, train: bool = False):
+def loss_and_grads(model: CharLSTM, params, b: dict, train: bool = True):
+  """Loss and gradients through the training path (train=True: dropout, if any, and the fused
+  layer's custom VJP)."""
   def loss_fn(p):
     logits = model.apply({"params": p}, b["inputs"], train=train,
                          every_position=b["targets"].ndim == 2,
@@ -44,26 +46,30 @@ def test_same_parameter_tree_and_initial_values(kwargs):
     np.testing.assert_array_equal(x, y)
 
 
-CASES = {
-    "reference": (dict(vocab_size=11, hidden=16), False, False),
-    "every position": (dict(vocab_size=11, hidden=16), True, False),
+CASES = {  # model, and whether the loss is on every position
+    "reference": (dict(vocab_size=11, hidden=16), False),
+    "every position": (dict(vocab_size=11, hidden=16), True),
     "2 layers, embedding, every position": (
-        dict(vocab_size=11, hidden=16, num_layers=2, embed_dim=6), True, False),
-    "2 layers one-hot, dropout": (dict(vocab_size=11, hidden=16, num_layers=2, dropout=0.3),
-                                  False, True),
-    "vocabulary above 256": (dict(vocab_size=300, hidden=16), False, False),
-    "vocabulary above 256, every position": (dict(vocab_size=300, hidden=16), True, False),
+        dict(vocab_size=11, hidden=16, num_layers=2, embed_dim=6), True),
+    "2 layers one-hot": (dict(vocab_size=11, hidden=16, num_layers=2), False),
+    "2 layers one-hot, dropout (the same draw in both)": (
+        dict(vocab_size=11, hidden=16, num_layers=2, dropout=0.3), False),
+    "vocabulary above 256": (dict(vocab_size=300, hidden=16), False),
+    "vocabulary above 256, every position": (dict(vocab_size=300, hidden=16), True),
 }
 
 
 @pytest.mark.parametrize("name", CASES)
 def test_loss_and_every_gradient_equal_the_flax_reference(name):
-  kwargs, every, train = CASES[name]
+  kwargs, every = CASES[name]
   flax_model, fused_model = models(**kwargs)
   params = init_params(flax_model, jax.random.PRNGKey(0), MAXLEN)
   b = batch(kwargs["vocab_size"], every=every)
-  loss_ref, grads_ref = loss_and_grads(flax_model, params, b, train)
-  loss, grads = loss_and_grads(fused_model, params, b, train)
+  loss_ref, grads_ref = loss_and_grads(flax_model, params, b)
+  loss, grads = loss_and_grads(fused_model, params, b)
+  np.testing.assert_allclose(  # and the inference path, as validation and sampling run it
+      fused_model.apply({"params": params}, b["inputs"], every_position=every),
+      flax_model.apply({"params": params}, b["inputs"], every_position=every), atol=2e-6)
   np.testing.assert_allclose(loss, loss_ref, rtol=1e-6)
   flat_ref = jax.tree_util.tree_leaves_with_path(grads_ref)
   for (path, g_ref), g in zip(flat_ref, jax.tree_util.tree_leaves(grads)):
@@ -75,10 +81,9 @@ def test_dropout_is_the_same_draw_in_both():
   flax_model, fused_model = models(vocab_size=11, hidden=16, num_layers=2, dropout=0.5)
   params = init_params(flax_model, jax.random.PRNGKey(0), MAXLEN)
   b = batch(11)
-  with_dropout = loss_and_grads(fused_model, params, b, train=True)[0]
-  np.testing.assert_allclose(with_dropout, loss_and_grads(flax_model, params, b, True)[0],
-                             rtol=1e-6)
-  assert abs(float(with_dropout) - float(loss_and_grads(fused_model, params, b)[0])) > 1e-4
+  with_dropout = loss_and_grads(fused_model, params, b)[0]
+  np.testing.assert_allclose(with_dropout, loss_and_grads(flax_model, params, b)[0], rtol=1e-6)
+  assert abs(float(with_dropout) - float(loss_and_grads(fused_model, params, b, False)[0])) > 1e-4
 
 
 def test_bfloat16_compute_matches_float32_reference_loosely():
