@@ -13,6 +13,9 @@ import sys
 import jax
 
 FORCE_FLAG = "--xla_force_host_platform_device_count"
+# Auto gives each device at least this many windows of the batch: below it the split costs more
+# than it saves (launch/moe_best.flags, batch 16: 5,294 windows/s on 1 device, 4,059 on 2).
+MIN_WINDOWS_PER_DEVICE = 16
 # glibc mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX = -1, -2, -4
 
@@ -27,12 +30,13 @@ def num_cores() -> int:
 
 def cpu_device_count(requested: int, batch_size: int, cores: int | None = None) -> int:
   """The CPU device count for --cpu_devices=requested: itself when > 0; for 0 (auto) the
-  largest count up to the number of cores that divides the global batch, so auto never makes
-  the batch check fail."""
+  largest count up to the number of cores that divides the global batch into shares of at
+  least MIN_WINDOWS_PER_DEVICE, so auto never makes the batch check fail."""
   if requested > 0:
     return requested
   cores = num_cores() if cores is None else cores
-  return max(n for n in range(1, max(cores, 1) + 1) if batch_size % n == 0)
+  return max(n for n in range(1, max(cores, 1) + 1)
+             if batch_size % n == 0 and (n == 1 or batch_size // n >= MIN_WINDOWS_PER_DEVICE))
 
 
 def forced_by_xla_flags() -> bool:

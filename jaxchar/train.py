@@ -83,8 +83,8 @@ flags.DEFINE_integer("val_windows", _DEFAULTS.val_windows, "Validate on at most 
                      "windows: above it, this many evenly spaced ones, the same every epoch.")
 flags.DEFINE_integer("cpu_devices", 0, "JAX devices on a CPU host, each taking its share of "
                      "the batch: 0 = one per core (the largest count up to the number of cores "
-                     "that divides --batch_size; a count forced by XLA_FLAGS is kept). No effect "
-                     "on GPU/TPU.")
+                     "that divides --batch_size into shares of at least 16 windows; a count "
+                     "forced by XLA_FLAGS is kept). No effect on GPU/TPU.")
 flags.DEFINE_string("compilation_cache", "", "Folder for JAX's persistent compilation cache, so "
                     "reruns skip compiling the steps; empty = off. launch/*.flags turn it on.")
 flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"], "Multi-process training with "

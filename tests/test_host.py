@@ -17,8 +17,10 @@ TINY = ["--maxlen=8", "--step=2", "--hidden=16", "--epochs=1", "--steps_per_epoc
 def test_auto_is_one_device_per_core_or_the_largest_count_that_divides_the_batch():
   assert host.cpu_device_count(0, 128, cores=2) == 2
   assert host.cpu_device_count(0, 127, cores=2) == 1  # auto never causes an error
-  assert host.cpu_device_count(0, 12, cores=8) == 6
-  assert host.cpu_device_count(0, 16, cores=1) == 1
+  assert host.cpu_device_count(0, 96, cores=8) == 6  # 8 divides 96, but into shares of 12
+  assert host.cpu_device_count(0, 16, cores=2) == 1  # shares of 8 cost more than they save
+  assert host.cpu_device_count(0, 32, cores=2) == 2
+  assert host.cpu_device_count(0, 64, cores=1) == 1
   assert host.cpu_device_count(3, 128, cores=2) == 3  # an explicit count is taken as given
 
 
@@ -32,9 +34,9 @@ def run_trainer(tmp_path, tiny_file, args, xla_flags=None) -> subprocess.Complet
 
 
 def test_the_trainer_uses_every_core_by_default_and_says_so_first(tmp_path, tiny_file):
-  result = run_trainer(tmp_path, tiny_file, ["--batch_size=12"])
+  result = run_trainer(tmp_path, tiny_file, ["--batch_size=32"])
   assert result.returncode == 0, result.stderr
-  expected = host.cpu_device_count(0, 12)
+  expected = host.cpu_device_count(0, 32)
   assert result.stdout.splitlines()[0].startswith(f"devices: {expected} x cpu in 1 process(es)")
 
 
