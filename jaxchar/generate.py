@@ -15,8 +15,9 @@ from jaxchar import checkpoint
 from jaxchar.config import Config, SampleConfig
 from jaxchar.data import Corpus, Vocab
 from jaxchar.errors import UserError
+from jaxchar.lstm import lstm_cell
 from jaxchar.model import (CharLSTM, Carry, fused_lstm_kernels, init_params, layer_name,
-                           lstm_cell, num_layers_of)
+                           num_layers_of)
 
 
 def scale_logits(logits: jnp.ndarray, temperatures: jnp.ndarray, top_k: int) -> jnp.ndarray:
@@ -44,7 +45,7 @@ def _stack_step(carries: list[Carry], x_proj: jnp.ndarray, layers: list[tuple]) 
   for i, (carry, (w_in, w_rec, bias)) in enumerate(zip(carries, layers)):
     if i:
       x_proj = new[-1][1] @ w_in + bias
-    new.append(lstm_cell(carry, x_proj, w_rec))
+    new.append(lstm_cell(*carry, x_proj, w_rec)[:2])
   return new
 
 

@@ -36,11 +36,12 @@ def _activations(z: Array, hidden: int) -> Array:
   return jnp.tanh(z * scale) * scale + shift
 
 
-def _cell(c: Array, h: Array, z_in: Array, w_rec: Array) -> tuple[Array, Array, Array]:
-  """One step given z_in = x @ W_in + b: the new (c, h) and the gate activations [B, 4H]."""
+def lstm_cell(c: Array, h: Array, z_in: Array, w_rec: Array) -> tuple[Array, Array, Array]:
+  """OptimizedLSTMCell's update given z_in = x @ W_in + b (one row per carry): the new (c, h)
+  and the gate activations [..., 4H]. Training, validation and sampling all step with it."""
   hidden = w_rec.shape[0]
   act = _activations(z_in + h.astype(w_rec.dtype) @ w_rec, hidden)
-  i, f, g, o = (act[:, k * hidden:(k + 1) * hidden] for k in range(4))
+  i, f, g, o = (act[..., k * hidden:(k + 1) * hidden] for k in range(4))
   c = f * c + i * g
   return c, o * jnp.tanh(c), act
 
@@ -53,14 +54,14 @@ def _forward(x_proj: Array, bias: Array, w_rec: Array, c0: Array, h0: Array,
   [T, B, 4H] allocation)."""
   if not keep_residuals:
     def step(carry, xp):
-      c, h, _ = _cell(*carry, xp + bias, w_rec)
+      c, h, _ = lstm_cell(*carry, xp + bias, w_rec)
       return (c, h), h
     carry, hs = jax.lax.scan(step, (c0, h0), x_proj)
     return carry, hs, None
 
   def step_keeping(carry, t):
     c, h, buffer = carry
-    c, h, act = _cell(c, h, buffer[t] + bias, w_rec)
+    c, h, act = lstm_cell(c, h, buffer[t] + bias, w_rec)
     return (c, h, jax.lax.dynamic_update_index_in_dim(buffer, act, t, 0)), (h, c)
 
   (c, h, acts), stacked = jax.lax.scan(step_keeping, (c0, h0, x_proj),
@@ -140,7 +141,7 @@ def _infer(xs: Array, project: Callable[[Array], Array], bias: Array, w_rec: Arr
 
   def step(carry, inputs):
     x, t = inputs
-    c, h, _ = _cell(*carry, project(x) + bias, w_rec)
+    c, h, _ = lstm_cell(*carry, project(x) + bias, w_rec)
     if lengths is not None:
       live = (t < lengths)[:, None]
       c, h = jnp.where(live, c, carry[0]), jnp.where(live, h, carry[1])

@@ -132,11 +132,3 @@ def fused_lstm_kernels(layer_params: dict) -> tuple[Array, Array, Array]:
 def num_layers_of(params: dict) -> int:
   """How many LSTM layers a parameter tree holds."""
   return sum(1 for name in params if name.startswith("lstm"))
-
-
-def lstm_cell(carry: Carry, x_proj: Array, w_rec: Array) -> Carry:
-  """OptimizedLSTMCell's update given the input projection x @ W_in + b (one row per carry)."""
-  c, h = carry
-  i, f, g, o = jnp.split(x_proj + h @ w_rec, 4, axis=-1)
-  c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
-  return c, jax.nn.sigmoid(o) * jnp.tanh(c)
