@@ -16,10 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from jaxchar.lstm import FusedLSTM
-
-Array = jnp.ndarray
-Carry = tuple[Array, Array]  # an LSTM layer's (c, h)
+from jaxchar.config import LSTM_IMPLS
+from jaxchar.lstm import Array, Carry, FusedLSTM
 
 
 def keras_fused_glorot_uniform(key: Array, shape: tuple[int, ...], dtype=jnp.float32) -> Array:
@@ -45,7 +43,7 @@ class CharLSTM(nn.Module):
   embed_dim: int = 0  # 0 = one-hot inputs, as the reference
   dropout: float = 0.0  # between layers and before the output layer, in training only
   dtype: jnp.dtype = jnp.float32  # computation dtype; parameters stay float32
-  lstm_impl: str = "fused"  # or "flax": nn.RNN(nn.OptimizedLSTMCell), the reference
+  lstm_impl: str = LSTM_IMPLS[0]  # fused; or flax: nn.RNN(nn.OptimizedLSTMCell), the reference
 
   def setup(self):
     if self.embed_dim:
