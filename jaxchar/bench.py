@@ -20,6 +20,7 @@ from pathlib import Path
 from absl import app, flags
 
 import jaxchar
+from jaxchar import logs
 
 HIDDEN, MAXLEN, BATCH = 128, 60, 128
 CHUNK = 10  # steps dispatched before waiting for the last, as the trainer's loop does
@@ -229,6 +230,7 @@ def run_memory_probe(megabytes: int) -> tuple[float, float]:
 
 def main(argv) -> None:
   del argv
+  logs.quiet_library_logs()
   if FLAGS.memory_probe:
     return memory_probe(FLAGS.memory_probe)
   if FLAGS.role:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from absl import app, flags
 
-from jaxchar.errors import UserError, exits_on_user_error
+from jaxchar import logs
+from jaxchar.errors import UserError, exits_on_user_error, write_failed
 from jaxchar.metrics import METRICS_FILE, read_metrics
 
 PLOT_FILE = "loss.png"
@@ -48,8 +49,12 @@ def write_loss_plot(workdir: str | Path, quiet_if_unavailable: bool = True) -> P
   bits.set_ylabel("bits per character")
   fig.tight_layout()
   path = workdir / PLOT_FILE
-  fig.savefig(path)
-  plt.close(fig)
+  try:
+    fig.savefig(path)
+  except OSError as e:
+    raise write_failed("the loss plot", path, e) from None
+  finally:
+    plt.close(fig)
   return path
 
 
@@ -104,6 +109,7 @@ def _epoch_records(workdir: Path) -> list[dict]:
 
 @exits_on_user_error
 def main(argv: list[str]) -> None:
+  logs.quiet_library_logs()
   if len(argv) > 1:
     raise UserError(f"unexpected arguments {argv[1:]}; use --workdir=... (see --help).")
   if flags.FLAGS.compare:

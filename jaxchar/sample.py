@@ -7,7 +7,7 @@ from pathlib import Path
 
 from absl import app, flags
 
-from jaxchar import host
+from jaxchar import host, logs
 from jaxchar.config import SampleConfig, parse_temperatures
 from jaxchar.errors import UserError, exits_on_user_error
 from jaxchar.generate import run_sampling
@@ -53,6 +53,7 @@ def config_from_flags() -> SampleConfig:
 
 @exits_on_user_error
 def main(argv: list[str]) -> None:
+  logs.quiet_library_logs()
   if len(argv) > 1:
     raise UserError(f"unexpected arguments {argv[1:]}; every setting is a --flag (see --help).")
   # One device, unlike the trainer: sampling is one sequential jitted loop, which more CPU

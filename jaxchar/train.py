@@ -3,7 +3,7 @@
 import jax
 from absl import app, flags
 
-from jaxchar import distributed, host
+from jaxchar import distributed, host, logs
 from jaxchar.config import (LR_SCHEDULES, LSTM_IMPLS, OBJECTIVES, OPTIMIZERS, Config,
                             parse_temperatures)
 from jaxchar.errors import UserError, exits_on_user_error
@@ -119,6 +119,7 @@ def config_from_flags() -> Config:
 
 @exits_on_user_error
 def main(argv: list[str]) -> None:
+  logs.quiet_library_logs()
   if len(argv) > 1:
     raise UserError(f"unexpected arguments {argv[1:]}; every setting is a --flag (see --help).")
   config = config_from_flags()
