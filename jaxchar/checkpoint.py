@@ -5,6 +5,7 @@ validation loss are kept. A checkpoint that fails to restore is moved to
 <workdir>/corrupt_checkpoints/ (never deleted) and the next older one is used.
 """
 
+import contextlib
 import datetime
 import shutil
 from dataclasses import asdict
@@ -19,7 +20,7 @@ from orbax.checkpoint import checkpoint_managers as policies
 import jaxchar
 from jaxchar.config import Config
 from jaxchar.data import Corpus
-from jaxchar.errors import UserError
+from jaxchar.errors import UserError, os_error_in, write_failed
 
 FORMAT_VERSION = 1  # bump when the saved layout changes incompatibly
 
@@ -28,13 +29,11 @@ def _checkpoint_dir(workdir: Path) -> Path:
   return Path(workdir).resolve() / "checkpoints"
 
 
-def _manager(workdir: Path, keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
+def _manager(workdir: Path, keep: int) -> ocp.CheckpointManager:
   best = policies.BestN(get_metric_fn=lambda m: m["val_loss"], reverse=True, n=1,
                         keep_checkpoints_without_metrics=False)
   options = ocp.CheckpointManagerOptions(
-      preservation_policy=policies.AnyPreservationPolicy([policies.LatestN(keep), best]),
-      # read_only=True would log warnings on every use; not creating the folder is enough.
-      enable_async_checkpointing=not read_only, create=not read_only)
+      preservation_policy=policies.AnyPreservationPolicy([policies.LatestN(keep), best]))
   return ocp.CheckpointManager(_checkpoint_dir(workdir), options=options,
                                item_names=("state", "meta"))
 
@@ -48,14 +47,28 @@ class Checkpoints:
     self.manager = _manager(self.workdir, keep)
 
   def save(self, step: int, state: dict, meta: dict, val_loss: float | None = None) -> None:
-    """Starts an asynchronous save of host (numpy) `state` and JSON `meta` at `step`."""
+    """Starts an asynchronous save of host (numpy) `state` and JSON `meta` at `step`.
+
+    A failed write (this one, or the previous one still in the background) raises UserError."""
     meta = {**meta, "format_version": FORMAT_VERSION, "jaxchar_version": jaxchar.__version__}
     metrics = {"val_loss": val_loss} if val_loss is not None else None
-    self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.PyTreeSave(state), meta=ocp.args.JsonSave(meta)), metrics=metrics)
+    with self._write_errors("a checkpoint"):
+      self.manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.PyTreeSave(state), meta=ocp.args.JsonSave(meta)), metrics=metrics)
 
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    """Waits for the save in progress; raises UserError if its write failed."""
+    with self._write_errors("a checkpoint"):
+      self.manager.wait_until_finished()
+
+  @contextlib.contextmanager
+  def _write_errors(self, what: str):
+    try:
+      yield
+    except Exception as e:  # orbax re-raises background write errors, sometimes wrapped
+      if (os_error := os_error_in(e)) is None:
+        raise
+      raise write_failed(what, _checkpoint_dir(self.workdir), os_error) from None
 
   def close(self) -> None:
     self.manager.close()
@@ -67,7 +80,7 @@ class Checkpoints:
     while self.manager.all_steps():
       step = self.manager.latest_step()
       try:
-        meta = read_meta(self.workdir, step, manager=self.manager)
+        meta = read_meta(self.workdir, step)
         check_resumable(meta, run_meta, self.workdir)
         restored = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.PyTreeRestore(item=template)))
@@ -113,10 +126,17 @@ def _now() -> str:
   return datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
 
 
-def read_meta(workdir: Path, step: int, manager: ocp.CheckpointManager | None = None) -> dict:
-  """The JSON metadata of one checkpoint, checked for a compatible format."""
-  manager = manager or _manager(workdir, read_only=True)
-  meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+def _item_dir(workdir: Path, step: int, item: str) -> Path:
+  return _checkpoint_dir(workdir) / str(step) / item
+
+
+def read_meta(workdir: Path, step: int) -> dict:
+  """The JSON metadata of one checkpoint, checked for a compatible format.
+
+  Read from its own folder, not through a CheckpointManager, which would list (and read) every
+  checkpoint and fail when a running trainer deletes another one meanwhile."""
+  meta = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(
+      _item_dir(workdir, step, "meta"), args=ocp.args.JsonRestore())
   if meta.get("format_version") != FORMAT_VERSION:
     raise UserError(
         f"the checkpoint at step {step} in {workdir} was written by jaxchar "
@@ -127,24 +147,40 @@ def read_meta(workdir: Path, step: int, manager: ocp.CheckpointManager | None = 
 
 
 def read_metas(workdir: Path, steps: list[int]) -> dict[int, dict]:
-  """The JSON metadata of several checkpoints, through one manager."""
-  manager = _manager(workdir, read_only=True)
-  return {step: read_meta(workdir, step, manager) for step in steps}
+  """The JSON metadata of several checkpoints."""
+  return {step: read_meta(workdir, step) for step in steps}
 
 
 def checkpoint_steps(workdir: Path) -> list[int]:
-  """Steps of the finished checkpoints in `workdir`, oldest first."""
-  if not _checkpoint_dir(workdir).is_dir():
+  """Steps of the finished checkpoints in `workdir`, oldest first.
+
+  Listed directly rather than through orbax, which reads each one's metadata and fails when a
+  running trainer deletes one meanwhile. Orbax writes <step>.orbax-checkpoint-tmp-* and renames
+  it to <step> once complete, so a folder named by a number alone is finished."""
+  try:
+    return sorted(int(p.name) for p in _checkpoint_dir(workdir).iterdir()
+                  if p.name.isdigit() and p.is_dir())
+  except FileNotFoundError:
     return []
-  return sorted(_manager(workdir, read_only=True).all_steps())
+
+
+def has_step(workdir: Path, step: int) -> bool:
+  """Whether the checkpoint at `step` still exists (a live run's --keep deletes old ones)."""
+  return (_checkpoint_dir(workdir) / str(step)).is_dir()
+
+
+def unfinished_checkpoints(workdir: Path) -> list[Path]:
+  """Checkpoints still being written (or left half-written): orbax's temporary folders."""
+  folder = _checkpoint_dir(workdir)
+  return sorted(folder.glob("*.orbax-checkpoint-tmp*")) if folder.is_dir() else []
 
 
 def restore_params(workdir: Path, step: int, params_template: Any) -> Any:
   """Only the parameters of one checkpoint (no optimizer state), as host numpy arrays."""
-  manager = _manager(workdir, read_only=True)
-  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-      item={"params": params_template}, partial_restore=True)))
-  return restored.state["params"]
+  restored = ocp.Checkpointer(ocp.PyTreeCheckpointHandler()).restore(
+      _item_dir(workdir, step, "state"),
+      args=ocp.args.PyTreeRestore(item={"params": params_template}, partial_restore=True))
+  return restored["params"]
 
 
 # Settings added after format 1 began; checkpoints without them used the defaults (the reference's).

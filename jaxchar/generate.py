@@ -3,6 +3,7 @@ restoring a checkpoint into a ready-to-use Sampler."""
 
 import dataclasses
 import functools
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -214,38 +215,105 @@ class Sampler:
     return [texts[i * num_samples:(i + 1) * num_samples] for i in range(len(temperatures))]
 
 
-def best_step(metas: dict[int, dict]) -> int:
-  """The checkpoint with the lowest validation loss (the latest if none has one)."""
+LISTING_ROUNDS = 5  # times the sampler lists a live run's checkpoints before giving up
+
+
+def candidate_steps(metas: dict[int, dict]) -> list[int]:
+  """The order to try checkpoints in: the best by validation loss, the latest, then older."""
   scored = [(meta["val_loss"], step) for step, meta in metas.items()
             if meta.get("val_loss") is not None]
-  return min(scored)[1] if scored else max(metas)
+  first = [min(scored)[1]] if scored else []
+  return list(dict.fromkeys(first + sorted(metas, reverse=True)))
 
 
-def load_sampler(workdir: str | Path, step: int | None = None) -> Sampler:
-  """Restores parameters (not optimizer state) and metadata onto the default device."""
-  workdir = Path(workdir)
-  if not workdir.is_dir():
-    raise UserError(f"--workdir={workdir} does not exist; point it at a training run's folder "
-                    "(the trainer's --workdir, default ckpt/moe).")
-  steps = checkpoint.checkpoint_steps(workdir)
-  if not steps:
-    raise UserError(f"--workdir={workdir} holds no checkpoint; train first, e.g. "
-                    f"`python -m jaxchar.train --flagfile=launch/moe.flags --workdir={workdir}`.")
-  if step is None:
-    metas = checkpoint.read_metas(workdir, steps)
-    step = best_step(metas)
-    meta = metas[step]
-  elif step not in steps:
-    raise UserError(f"--step={step} has no checkpoint in {workdir}; the steps saved are "
-                    f"{', '.join(map(str, steps))}.")
-  else:
-    meta = checkpoint.read_meta(workdir, step)
+def _describe(error: Exception) -> str:
+  return f"{type(error).__name__}: {' '.join(str(error).split())[:160]}"
+
+
+def _warn(message: str) -> None:
+  print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def _restore_sampler(workdir: Path, step: int, meta: dict) -> "Sampler":
   model = CharLSTM(meta["vocab_size"], meta["hidden"], meta.get("num_layers", 1),
                    meta.get("embed_dim", 0))
   template = jax.device_get(init_params(model, jax.random.PRNGKey(0), meta["maxlen"]))
   params = jax.device_put(checkpoint.restore_params(workdir, step, template))
   return Sampler(model, params, Vocab(meta["vocab"]), meta["maxlen"], meta["lowercase"], step,
                  meta)
+
+
+def _finished_steps(workdir: Path) -> list[int]:
+  if not workdir.is_dir():
+    raise UserError(f"--workdir={workdir} does not exist; point it at a training run's folder "
+                    "(the trainer's --workdir, default ckpt/moe).")
+  steps = checkpoint.checkpoint_steps(workdir)
+  if not steps and checkpoint.unfinished_checkpoints(workdir):
+    raise UserError(f"--workdir={workdir} has no finished checkpoint yet: the first one is still "
+                    "being written (or its writer stopped midway). Wait for the trainer's first "
+                    "save (end of epoch 1, or every --save_every_steps) and retry.")
+  if not steps:
+    raise UserError(f"--workdir={workdir} holds no checkpoint; train first, e.g. "
+                    f"`python -m jaxchar.train --flagfile=launch/moe.flags --workdir={workdir}`.")
+  return steps
+
+
+def load_sampler(workdir: str | Path, step: int | None = None) -> Sampler:
+  """Restores parameters (not optimizer state) and metadata onto the default device.
+
+  Without `step`: the best checkpoint, else the latest, else older ones, skipping with a
+  warning any that vanish (a live run's --keep) or fail to restore. Never changes `workdir`.
+  """
+  workdir = Path(workdir)
+  steps = _finished_steps(workdir)
+  if step is not None:
+    if step not in steps:
+      raise UserError(f"--step={step} has no checkpoint in {workdir}; the steps saved are "
+                      f"{', '.join(map(str, steps))}.")
+    try:
+      return _restore_sampler(workdir, step, checkpoint.read_meta(workdir, step))
+    except UserError:
+      raise
+    except Exception as e:  # orbax raises many types for missing or damaged files
+      raise UserError(f"the checkpoint at step {step} in {workdir} cannot be restored "
+                      f"({_describe(e)}): it is damaged, or was deleted meanwhile by a running "
+                      "trainer's --keep. Leave out --step to use the best one that "
+                      "restores.") from None
+  failures, tried = [], set()
+  for _ in range(LISTING_ROUNDS):  # a live run may have saved new ones while we read
+    metas = {}
+    for candidate in sorted(set(steps) - tried):
+      tried.add(candidate)
+      try:
+        metas[candidate] = checkpoint.read_meta(workdir, candidate)
+      except UserError:
+        raise
+      except Exception as e:  # noqa: BLE001 - reported, and the next checkpoint is tried
+        if not checkpoint.has_step(workdir, candidate):
+          continue  # deleted since listed (a live run's --keep): as if never there
+        failures.append(f"step {candidate}: {_describe(e)}")
+        _warn(f"skipping the checkpoint at step {candidate} in {workdir}: its metadata cannot "
+              f"be read ({_describe(e)}).")
+    for candidate in candidate_steps(metas):
+      try:
+        return _restore_sampler(workdir, candidate, metas[candidate])
+      except Exception as e:  # noqa: BLE001 - reported, and the next checkpoint is tried
+        failures.append(f"step {candidate}: {_describe(e)}")
+        why = ("it was deleted while being read (the running trainer's --keep)"
+               if not checkpoint.has_step(workdir, candidate)
+               else f"it cannot be restored ({_describe(e)})")
+        _warn(f"skipping the checkpoint at step {candidate} in {workdir}: {why}; trying the "
+              "next one.")
+    steps = checkpoint.checkpoint_steps(workdir)
+    if not set(steps) - tried:
+      break
+  if not failures:
+    raise UserError(f"every checkpoint in {workdir} was deleted while being read; is a "
+                    "trainer with a small --keep saving very often there? Retry.")
+  raise UserError(f"none of the {len(tried)} checkpoints in {workdir} can be restored "
+                  f"({'; '.join(failures)[:600]}). They are damaged or were deleted while "
+                  "reading; rerun the trainer on this --workdir (it sets damaged checkpoints "
+                  "aside and resumes from the newest good one, or starts afresh).")
 
 
 def run_sampling(config: SampleConfig) -> str:
