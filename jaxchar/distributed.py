@@ -1,5 +1,7 @@
 """Many processes: jax.distributed start-up, which process writes, and agreeing on a stop."""
 
+import contextlib
+import hashlib
 import os
 import socket
 import sys
@@ -116,3 +118,48 @@ def exit_on_peer_failure(error: Exception) -> NoReturn:
   print(textwrap.fill(message, width=100, break_long_words=False, break_on_hyphens=False),
         file=sys.stderr, flush=True)
   os._exit(3)
+
+
+@contextlib.contextmanager
+def primary_holds(lock):
+  """Holds `lock` (acquire/release) on process 0 for the block; every process fails together
+  when process 0 cannot take it."""
+  error = None
+  if is_primary():
+    try:
+      lock.acquire()
+    except UserError as e:
+      error = e
+  if any_process(error is not None) and error is None:
+    raise UserError("process 0 could not lock the run's --workdir (see its error); "
+                    "another training run is using it.")
+  if error is not None:
+    raise error
+  try:
+    yield lock
+  finally:
+    if is_primary():
+      lock.release()
+
+
+def params_fingerprint(params) -> str:
+  """A short hash of the parameter bytes, to check every process holds the same model."""
+  digest = hashlib.sha256()
+  for leaf in jax.tree_util.tree_leaves(jax.device_get(params)):
+    digest.update(np.ascontiguousarray(leaf).tobytes())
+  return digest.hexdigest()[:16]
+
+
+def check_processes_agree(params) -> None:
+  """Raises UserError unless every process ended with the same parameters (says so if so)."""
+  if jax.process_count() == 1:
+    return
+  from jax.experimental import multihost_utils
+  mine = np.frombuffer(bytes.fromhex(params_fingerprint(params)), np.uint8)
+  every = np.asarray(multihost_utils.process_allgather(mine))
+  if not (every == every[0]).all():
+    raise UserError("the processes ended with different parameters; this is a bug in the "
+                    "multi-process setup, please report it with the command lines used.")
+  if is_primary():
+    print(f"parameters identical on all {jax.process_count()} processes "
+          f"(fingerprint {params_fingerprint(params)})", flush=True)

@@ -1,6 +1,9 @@
 """User-facing errors: one clear paragraph, a non-zero exit, no traceback."""
 
+import errno
 import functools
+import os
+import re
 import sys
 import textwrap
 from typing import Callable, NoReturn
@@ -32,3 +35,31 @@ def exits_on_user_error(main: Callable[..., None]) -> Callable[..., None]:
       fail(str(e))
 
   return wrapped
+
+
+def os_error_in(error: BaseException) -> OSError | None:
+  """The OSError behind `error`: itself, one it was raised from, or one that tensorstore (under
+  orbax) reports inside a ValueError as `... No space left on device [os_error_code='28']`."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    if isinstance(error, OSError):
+      return error
+    if code := re.search(r"os_error_code='(\d+)'", str(error)):
+      return OSError(int(code.group(1)), os.strerror(int(code.group(1))))
+    seen.add(id(error))
+    error = error.__cause__ or error.__context__
+  return None
+
+
+def write_failed(what: str, path, error: OSError) -> UserError:
+  """The error for a failed write: what could not be written, why, and what to free or change."""
+  if error.errno in (errno.ENOSPC, errno.EDQUOT):
+    fix = f"free space on the disk that holds {path} (see `df -h {path}`)"
+  elif error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+    fix = f"make {path} writable (it is read-only or not yours), or use another --workdir"
+  else:
+    fix = "check that disk and folder, or use another --workdir"
+  return UserError(
+      f"could not write {what} to {path} ({error.strerror or error}). To go on, {fix}, then "
+      "rerun the same command; a training run resumes from its latest checkpoint saved before "
+      "this failure, which is left intact.")

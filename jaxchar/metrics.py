@@ -4,6 +4,7 @@ On resume from step S, records after S (written after the checkpoint, before the
 dropped, so the resumed run rewrites them once: no step is duplicated or lost.
 """
 
+import contextlib
 import json
 import os
 import re
@@ -11,17 +12,31 @@ from pathlib import Path
 
 from tensorboardX import SummaryWriter
 
+from jaxchar.errors import write_failed
+
 METRICS_FILE = "metrics.jsonl"
 SAMPLES_FILE = "samples.md"
 TENSORBOARD_DIR = "tensorboard"
 
 
 def read_metrics(workdir: Path) -> list[dict]:
-  """All records of <workdir>/metrics.jsonl, in order."""
+  """All records of <workdir>/metrics.jsonl, in order; a last line cut short by a crash or a
+  full disk is left out."""
   path = Path(workdir) / METRICS_FILE
   if not path.exists():
     return []
-  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  text = path.read_text()
+  if not text.endswith("\n"):
+    text = text[:text.rfind("\n") + 1]
+  return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+@contextlib.contextmanager
+def _write_errors(what: str, path: Path):
+  try:
+    yield
+  except OSError as e:
+    raise write_failed(what, path, e) from None
 
 
 def _rewrite(path: Path, text: str) -> None:
@@ -36,6 +51,15 @@ class RunLog:
   def __init__(self, workdir: Path, resume_step: int, resume_epoch: int):
     """`resume_step`/`resume_epoch`: the checkpoint resumed from (0/0 for a fresh run)."""
     self.workdir = Path(workdir)
+    with _write_errors("the metrics", self.workdir):
+      self._drop_records_after(resume_step, resume_epoch)
+      self.metrics = open(self.workdir / METRICS_FILE, "a", encoding="utf-8")
+    # purge_step drops events a previous process wrote after the checkpoint.
+    self.writer = SummaryWriter(str(self.workdir / TENSORBOARD_DIR),
+                                purge_step=resume_step + 1 if resume_step else None,
+                                flush_secs=30)
+
+  def _drop_records_after(self, resume_step: int, resume_epoch: int) -> None:
     kept = [r for r in read_metrics(self.workdir) if r["step"] <= resume_step]
     metrics_path = self.workdir / METRICS_FILE
     if metrics_path.exists():
@@ -46,31 +70,30 @@ class RunLog:
       _rewrite(samples_path, "".join(
           s for s in sections if not s.startswith("## Epoch ")
           or int(s.split()[2]) <= resume_epoch))
-    self.metrics = open(metrics_path, "a", encoding="utf-8")
-    # purge_step drops events a previous process wrote after the checkpoint.
-    self.writer = SummaryWriter(str(self.workdir / TENSORBOARD_DIR),
-                                purge_step=resume_step + 1 if resume_step else None,
-                                flush_secs=30)
 
   def write(self, record: dict) -> None:
     """One metrics.jsonl line, and each numeric field as a TensorBoard scalar."""
-    self.metrics.write(json.dumps(record) + "\n")
-    self.metrics.flush()
+    with _write_errors("the metrics", self.workdir / METRICS_FILE):
+      self.metrics.write(json.dumps(record) + "\n")
+      self.metrics.flush()
     prefix = record["kind"]
     for key, value in record.items():
       if key not in ("kind", "step", "epoch") and isinstance(value, (int, float)):
         self.writer.add_scalar(f"{prefix}/{key}", value, record["step"])
 
   def write_samples(self, markdown: str, texts: dict[float, str], step: int) -> None:
-    with open(self.workdir / SAMPLES_FILE, "a", encoding="utf-8") as f:
+    with (_write_errors("the samples", self.workdir / SAMPLES_FILE),
+          open(self.workdir / SAMPLES_FILE, "a", encoding="utf-8") as f):
       f.write(markdown + "\n")
     for temperature, text in texts.items():
       self.writer.add_text(f"samples/temperature_{temperature}", f"```\n{text}\n```", step)
 
   def flush(self) -> None:
     """Makes every record so far durable (called with each checkpoint save)."""
-    self.metrics.flush()
-    self.writer.flush()
+    with _write_errors("the metrics", self.workdir):
+      self.metrics.flush()
+      os.fsync(self.metrics.fileno())
+      self.writer.flush()
 
   def close(self) -> None:
     self.metrics.close()

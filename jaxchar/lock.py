@@ -1,0 +1,63 @@
+"""One trainer per workdir: an OS file lock held for the whole run.
+
+`fcntl.flock` locks belong to the open file, so the OS releases them when the process ends in
+any way (kill -9 included): a lock file left by a dead run never blocks the next one.
+"""
+
+import datetime
+import fcntl
+import os
+import socket
+import sys
+from pathlib import Path
+
+from jaxchar.errors import UserError, write_failed
+
+LOCK_FILE = "train.lock"
+
+
+class WorkdirLock:
+  """Exclusive lock on <workdir>/train.lock; raises UserError naming the holder when taken."""
+
+  def __init__(self, workdir: Path):
+    self.path = Path(workdir) / LOCK_FILE
+    self._file = None
+
+  def acquire(self) -> "WorkdirLock":
+    try:
+      self.path.parent.mkdir(parents=True, exist_ok=True)
+      # Opened without truncating: the holder's description must survive a refused attempt.
+      file = open(self.path, "a+", encoding="utf-8")
+    except OSError as e:
+      raise write_failed("the run's lock file", self.path.parent, e) from None
+    try:
+      fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      file.seek(0)
+      holder = file.read().strip() or "another process"
+      file.close()
+      raise UserError(
+          f"{self.path.parent} is in use by another training run ({holder}); two trainers on "
+          "one --workdir would overwrite each other's checkpoints and records. Wait for it to "
+          "finish or stop it (Ctrl-C, or kill -TERM <pid>: it saves a checkpoint), or give this "
+          "run another --workdir.") from None
+    file.seek(0)
+    file.truncate()
+    started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    file.write(f"pid {os.getpid()} on {socket.gethostname()}, started {started}: "
+               f"{' '.join(sys.argv)}\n")
+    file.flush()
+    self._file = file
+    return self
+
+  def release(self) -> None:
+    if self._file is not None:
+      fcntl.flock(self._file, fcntl.LOCK_UN)
+      self._file.close()
+      self._file = None
+
+  def __enter__(self) -> "WorkdirLock":
+    return self.acquire()
+
+  def __exit__(self, *exc) -> None:
+    self.release()

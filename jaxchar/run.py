@@ -1,0 +1,164 @@
+"""One training run in its workdir: corpus, replicated train state, position in the schedule,
+checkpoints and records; created fresh or restored from the latest checkpoint."""
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import jax_utils
+from jax.experimental import multihost_utils
+
+from jaxchar import checkpoint, data, distributed, metrics, steps
+from jaxchar import corpus as corpus_lib
+from jaxchar.config import DEFAULT_DATA, Config
+from jaxchar.early_stopping import EarlyStopping
+from jaxchar.errors import UserError
+from jaxchar.model import CharLSTM, count_params
+
+
+def say(*args) -> None:
+  """Prints on process 0 only."""
+  if distributed.is_primary():
+    print(*args, flush=True)
+
+
+def _savable(state: steps.TrainState) -> dict:
+  return {"params": state.params, "opt_state": state.opt_state, "step": state.step}
+
+
+@dataclasses.dataclass
+class Run:
+  """What the loop works on; `p_state` is replicated over the local devices."""
+
+  config: Config
+  workdir: Path
+  corpus: data.Corpus
+  model: CharLSTM
+  learning_rate: Any  # a float or an optax schedule
+  steps_per_epoch: int
+  val_starts: Any  # the validation windows' start offsets
+  eval_batch_size: int
+  p_state: Any
+  p_ids: jax.Array
+  checkpoints: checkpoint.Checkpoints
+  log: metrics.RunLog | None  # None on processes other than 0
+  early: EarlyStopping
+  run_meta: dict
+  start_epoch: int = 1
+  start_batch: int = 0
+  epoch_losses: list = dataclasses.field(default_factory=list)
+  global_step: int = 0  # counted on the host: reading p_state.step would wait for the device
+  last_saved: int | None = None
+  elapsed_before: float = 0.0
+  started: float = dataclasses.field(default_factory=time.perf_counter)
+
+  def elapsed(self) -> float:
+    """Training seconds over every session of this run."""
+    return self.elapsed_before + time.perf_counter() - self.started
+
+  def save(self, epoch: int, batch_in_epoch: int, complete: bool,
+           val_loss: float | None = None) -> None:
+    """Checkpoints the current state and position (records written so far made durable)."""
+    if self.global_step == self.last_saved:
+      return  # this exact point is already the latest checkpoint
+    host_state = jax.device_get(_savable(jax_utils.unreplicate(self.p_state)))
+    meta = {**self.run_meta, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
+            "epoch_complete": complete, "epoch_losses": [float(x) for x in self.epoch_losses],
+            "val_loss": val_loss, "elapsed_s": self.elapsed(), **self.early.state()}
+    if self.log:
+      self.log.flush()  # records up to a checkpoint must survive a crash after it
+    self.checkpoints.save(int(host_state["step"]), host_state, meta, val_loss)
+    self.last_saved = int(host_state["step"])
+
+  def close(self, after_error: bool = False) -> None:
+    """Finishes the checkpoint being written and closes the records.
+
+    After an error in a multi-process run the checkpoint is left alone: finishing it waits on
+    every process, and one of them may be gone."""
+    try:
+      if not (after_error and jax.process_count() > 1):
+        self.checkpoints.wait()
+        self.checkpoints.close()
+    finally:
+      if self.log:
+        self.log.close()
+
+
+def _check_batch_fits(batch_size: int, num_devices: int) -> None:
+  if batch_size % num_devices:
+    raise UserError(
+        f"--batch_size={batch_size} does not split evenly over the {num_devices} devices; "
+        f"use a multiple of {num_devices}, e.g. "
+        f"--batch_size={max(1, batch_size // num_devices) * num_devices}.")
+
+
+def start_run(config: Config, workdir: Path) -> Run:
+  """Reads the corpus, builds the model and resumes from the latest checkpoint if any."""
+  text = corpus_lib.read_text(config.data, DEFAULT_DATA)
+  corpus = data.build_corpus(text, maxlen=config.maxlen, step=config.step,
+                             val_fraction=config.val_fraction, lowercase=config.lowercase)
+  del text  # the corpus keeps only its ids: host memory stays about 1 byte per character
+  num_devices = jax.device_count()  # all processes' devices share every global batch
+  _check_batch_fits(config.batch_size, num_devices)
+  if config.restart and distributed.is_primary() and (moved := checkpoint.set_aside_run(workdir)):
+    print(f"--restart: moved the previous run's outputs to {moved}", flush=True)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("jaxchar: workdir ready")
+
+  steps_per_epoch = corpus.num_train_windows // config.batch_size
+  if config.steps_per_epoch:
+    steps_per_epoch = min(steps_per_epoch, config.steps_per_epoch)
+  model = steps.model_from_config(config, corpus.vocab.size)
+  tx, learning_rate = steps.optimizer_from_config(config, steps_per_epoch)
+  state = steps.create_train_state(jax.random.PRNGKey(config.seed), model, config.maxlen, tx)
+  val_starts = data.evenly_spaced(corpus.val_starts, config.val_windows)
+  subsampled = (f" (validating on {len(val_starts):,} evenly spaced of them, --val_windows)"
+                if len(val_starts) < corpus.num_val_windows else "")
+  say(f"devices: {num_devices} x {jax.devices()[0].platform} in {jax.process_count()} "
+      f"process(es); corpus: {len(corpus.ids):,} characters, vocabulary {corpus.vocab.size}; "
+      f"{corpus.num_train_windows:,} training and {corpus.num_val_windows:,} validation "
+      f"windows{subsampled}; model: {count_params(state.params):,} parameters "
+      f"({config.lstm_impl} LSTM)")
+
+  run_meta = checkpoint.run_metadata(config, corpus)
+  checkpoints = checkpoint.Checkpoints(workdir, config.keep)
+  early = EarlyStopping(config.patience)
+  position = {}
+  restored = checkpoints.restore_latest(jax.device_get(_savable(state)), run_meta)
+  if restored:
+    saved_state, meta = restored
+    state = state.replace(**saved_state)
+    early.restore(meta)
+    complete = meta["epoch_complete"]
+    position = {"start_epoch": meta["epoch"] + complete,
+                "start_batch": 0 if complete else meta["batch_in_epoch"],
+                "epoch_losses": [] if complete else meta["epoch_losses"],
+                "elapsed_before": meta["elapsed_s"], "last_saved": int(state.step)}
+    say(f"resuming from the checkpoint at step {int(state.step)} (epoch "
+        f"{position['start_epoch']}, batch {position['start_batch']})")
+  log = (metrics.RunLog(workdir, int(state.step), position.get("start_epoch", 1) - 1)
+         if distributed.is_primary() else None)
+  return Run(config=config, workdir=workdir, corpus=corpus, model=model,
+             learning_rate=learning_rate, steps_per_epoch=steps_per_epoch,
+             val_starts=val_starts,
+             eval_batch_size=-(-config.eval_batch_size // num_devices) * num_devices,
+             p_state=jax_utils.replicate(state), p_ids=jax_utils.replicate(jnp.asarray(corpus.ids)),
+             checkpoints=checkpoints, log=log, early=early, run_meta=run_meta,
+             global_step=int(state.step), **position)
+
+
+def nothing_to_train(run: Run) -> bool:
+  """True (after saying why) when the checkpoint already finished what the flags ask for."""
+  if run.start_epoch > run.config.epochs:
+    say(f"nothing to train: the checkpoint in {run.workdir} already finished epoch "
+        f"{run.start_epoch - 1} of --epochs={run.config.epochs}; raise --epochs to train "
+        "further, or use --restart to start afresh.")
+    return True
+  if run.early.stopped and run.start_batch == 0:
+    say(f"nothing to train: this run stopped early ({run.early.describe()}); raise --patience "
+        "(or 0 = off) to train further, or use --restart to start afresh.")
+    return True
+  return False
