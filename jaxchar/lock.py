@@ -7,6 +7,7 @@ any way (kill -9 included): a lock file left by a dead run never blocks the next
 import datetime
 import fcntl
 import os
+import re
 import socket
 import sys
 from pathlib import Path
@@ -36,16 +37,18 @@ class WorkdirLock:
       file.seek(0)
       holder = file.read().strip() or "another process"
       file.close()
+      pid = re.match(r"pid (\d+)", holder)
+      stop = f"kill -TERM {pid.group(1)}" if pid else "kill -TERM with its pid"
       raise UserError(
           f"{self.path.parent} is in use by another training run ({holder}); two trainers on "
           "one --workdir would overwrite each other's checkpoints and records. Wait for it to "
-          "finish or stop it (Ctrl-C, or kill -TERM <pid>: it saves a checkpoint), or give this "
-          "run another --workdir.") from None
+          f"finish or stop it (Ctrl-C in its terminal, or `{stop}`: it saves a checkpoint), or "
+          "give this run another --workdir.") from None
     file.seek(0)
     file.truncate()
     started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     file.write(f"pid {os.getpid()} on {socket.gethostname()}, started {started}: "
-               f"{' '.join(sys.argv)}\n")
+               f"python -m jaxchar.train {' '.join(sys.argv[1:])}\n")
     file.flush()
     self._file = file
     return self
