@@ -27,7 +27,7 @@ class Config:
   batch_size: int = 128  # global: split evenly over all devices
   eval_batch_size: int = 1024  # global, validation only
   learning_rate: float = 0.01
-  epochs: int = 59
+  epochs: int = 59  # 0 = auto_epochs(training characters)
   steps_per_epoch: int = 0  # 0 = every full batch of the epoch
   seed: int = 0
   temperatures: tuple[float, ...] = (0.2, 0.5, 1.0, 1.2)
@@ -55,11 +55,14 @@ class Config:
 
   def validate(self) -> "Config":
     """Raises UserError naming the first bad value and how to fix it; returns self."""
-    for name in ("maxlen", "step", "hidden", "batch_size", "eval_batch_size", "epochs",
+    for name in ("maxlen", "step", "hidden", "batch_size", "eval_batch_size",
                  "log_every", "num_layers", "val_windows"):
       value = getattr(self, name)
       if value <= 0:
         raise UserError(f"--{name}={value} must be a positive integer; pass --{name}=N with N >= 1.")
+    if self.epochs < 0:
+      raise UserError(f"--epochs={self.epochs} must be >= 1, or 0 to choose it from the corpus "
+                      "size.")
     if self.steps_per_epoch < 0:
       raise UserError(
           f"--steps_per_epoch={self.steps_per_epoch} must be >= 0 (0 means the whole epoch).")
@@ -155,3 +158,14 @@ class SampleConfig:
     if self.unknown not in ("error", "skip"):
       raise UserError(f"--unknown={self.unknown} must be 'error' or 'skip'.")
     return self
+
+
+# --epochs=0 trains on about this many characters in all (each window step over the training
+# text counts its characters once): where the recipe's best validation loss lay on 1 MB texts.
+AUTO_TRAIN_CHARS = 3_000_000
+MAX_AUTO_EPOCHS = 30
+
+
+def auto_epochs(train_chars: int) -> int:
+  """The number of epochs --epochs=0 chooses for `train_chars` training characters."""
+  return max(1, min(MAX_AUTO_EPOCHS, round(AUTO_TRAIN_CHARS / max(train_chars, 1))))

@@ -91,6 +91,11 @@ def build_corpus(text: str, *, maxlen: int, step: int, val_fraction: float,
   if lowercase:
     text = text.lower()
   vocab = Vocab.from_text(text)
+  if vocab.size < 2:
+    raise UserError(
+        f"the text has only one distinct character ({vocab.chars!r}), so there is nothing to "
+        "predict: every next character is that one. Train on a text with at least two "
+        "different characters.")
   cut = split_index(text, val_fraction) if val_fraction > 0 else len(text)
   train_starts = window_starts(cut, maxlen, step)
   val_starts = window_starts(len(text) - cut, maxlen, 1) + cut

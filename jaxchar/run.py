@@ -13,7 +13,7 @@ from jax.experimental import multihost_utils
 
 from jaxchar import checkpoint, data, distributed, metrics, steps
 from jaxchar import corpus as corpus_lib
-from jaxchar.config import DEFAULT_DATA, Config
+from jaxchar.config import AUTO_TRAIN_CHARS, DEFAULT_DATA, MAX_AUTO_EPOCHS, Config, auto_epochs
 from jaxchar.early_stopping import EarlyStopping
 from jaxchar.errors import UserError
 from jaxchar.model import CharLSTM, count_params
@@ -108,6 +108,9 @@ def start_run(config: Config, workdir: Path) -> Run:
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices("jaxchar: workdir ready")
 
+  auto = config.epochs == 0
+  if auto:
+    config = dataclasses.replace(config, epochs=auto_epochs(corpus.cut))
   steps_per_epoch = corpus.num_train_windows // config.batch_size
   if config.steps_per_epoch:
     steps_per_epoch = min(steps_per_epoch, config.steps_per_epoch)
@@ -122,6 +125,10 @@ def start_run(config: Config, workdir: Path) -> Run:
       f"{corpus.num_train_windows:,} training and {corpus.num_val_windows:,} validation "
       f"windows{subsampled}; model: {count_params(state.params):,} parameters "
       f"({config.lstm_impl} LSTM)")
+  if auto:
+    say(f"epochs: {config.epochs}, chosen for {corpus.cut:,} training characters (--epochs=0: "
+        f"about {AUTO_TRAIN_CHARS / 1e6:g} M characters in all, {MAX_AUTO_EPOCHS} epochs at "
+        "most)")
 
   run_meta = checkpoint.run_metadata(config, corpus)
   checkpoints = checkpoint.Checkpoints(workdir, config.keep)

@@ -25,7 +25,9 @@ flags.DEFINE_integer("eval_batch_size", _DEFAULTS.eval_batch_size, "Global batch
                      "windows for validation (rounded up to a multiple of the device count).")
 flags.DEFINE_float("learning_rate", _DEFAULTS.learning_rate, "Learning rate (the peak, with a "
                    "schedule).")
-flags.DEFINE_integer("epochs", _DEFAULTS.epochs, "Passes over the training windows.")
+flags.DEFINE_integer("epochs", _DEFAULTS.epochs, "Passes over the training windows; 0 = chosen "
+                     "from the corpus size (about 4 M training characters in all, 1 to 30 "
+                     "epochs; the run's second line says how many).")
 flags.DEFINE_integer("steps_per_epoch", _DEFAULTS.steps_per_epoch, "Cap on steps per epoch "
                      "(for quick runs); 0 = every full batch.")
 flags.DEFINE_integer("seed", _DEFAULTS.seed, "Seed for initialisation, shuffling and sampling.")

