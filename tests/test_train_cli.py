@@ -51,7 +51,7 @@ def bad_input_cases(tmp_path: Path, tiny_file: Path) -> list[tuple[list[str], st
   short = tmp_path / "short.txt"
   short.write_text("moe: hi", encoding="utf-8")
   no_val = tmp_path / "noval.txt"
-  no_val.write_text("x" * 100, encoding="utf-8")
+  no_val.write_text("xy" * 50, encoding="utf-8")
   data = f"--data={tiny_file}"
   return [
       ([f"--data={tmp_path / 'missing.txt'}"], "no such file"),
@@ -63,7 +63,7 @@ def bad_input_cases(tmp_path: Path, tiny_file: Path) -> list[tuple[list[str], st
       ([data, "--maxlen=0"], "--maxlen=0 must be a positive integer"),
       ([data, "--step=-1"], "--step=-1 must be a positive integer"),
       ([data, "--batch_size=0"], "--batch_size=0 must be a positive integer"),
-      ([data, "--epochs=0"], "--epochs=0 must be a positive integer"),
+      ([data, "--epochs=-1"], "--epochs=-1 must be >= 1, or 0 to choose it from the corpus size"),
       ([data, "--hidden=-5"], "--hidden=-5 must be a positive integer"),
       ([data, "--val_fraction=1.0"], "outside [0, 1)"),
       ([data, "--val_fraction=-0.1"], "outside [0, 1)"),
