@@ -194,6 +194,7 @@ _RESUME_KEYS = ("vocab", "corpus_sha256", "lowercase", "maxlen", "hidden", "step
 def run_metadata(config: Config, corpus: Corpus) -> dict:
   """What a checkpoint must carry besides the state: enough to sample and to resume safely."""
   return {"vocab": corpus.vocab.chars, "corpus_sha256": corpus.sha256,
+          "corpus_chars": len(corpus.ids),
           "lowercase": config.lowercase, "maxlen": config.maxlen, "hidden": config.hidden,
           "vocab_size": corpus.vocab.size, "step": config.step, "batch_size": config.batch_size,
           "val_fraction": config.val_fraction, "seed": config.seed,

@@ -10,7 +10,7 @@ from absl import app, flags
 from jaxchar import host, logs
 from jaxchar.config import SampleConfig, parse_temperatures
 from jaxchar.errors import UserError, exits_on_user_error
-from jaxchar.generate import run_sampling
+from jaxchar.sampler import run_sampling
 
 flags.DEFINE_string("workdir", "ckpt/moe", "The training run's folder (the trainer's --workdir).")
 flags.DEFINE_integer("step", None, "Checkpoint step to sample from. Default: the checkpoint with "

@@ -6,7 +6,8 @@ import pytest
 from absl import flags
 
 from conftest import REPO, tiny_config
-from jaxchar import checkpoint, generate, train
+from jaxchar import checkpoint, train
+from jaxchar import sampler as sampler_lib
 from jaxchar.config import auto_epochs
 from jaxchar.errors import UserError
 
@@ -39,7 +40,7 @@ def test_any_text_recipe_runs_end_to_end_and_says_what_it_chose(tiny_file, tmp_p
   steps = checkpoint.checkpoint_steps(tmp_path / "run")
   metas = checkpoint.read_metas(tmp_path / "run", steps)
   best = min((m["val_loss"], s) for s, m in metas.items())[1]
-  assert generate.load_sampler(tmp_path / "run").step == best  # the best is kept and sampled
+  assert sampler_lib.load_sampler(tmp_path / "run").step == best  # the best is kept and sampled
   assert "Moe" not in out and "moe" not in out.split("Seed window")[0]
 
 
@@ -66,7 +67,7 @@ def test_tiny_and_huge_alphabets_train_and_sample(tmp_path, num_symbols):
   assert np.isfinite(history[0]["val_loss"])
   if num_symbols == 2:
     assert history[0]["val_loss"] < 0.5  # the period-3 pattern is learnt
-  sampler = generate.load_sampler(tmp_path / "run")
+  sampler = sampler_lib.load_sampler(tmp_path / "run")
   assert sampler.vocab.size == num_symbols
   (sample,), = sampler.sample(symbols[0], [1.0], 50)
   assert len(sample) == 50 and set(sample) <= set(symbols)

@@ -10,6 +10,7 @@ from flax import jax_utils
 
 from conftest import tiny_config
 from jaxchar import checkpoint, data, generate, loop, steps, train
+from jaxchar import sampler as sampler_lib
 from jaxchar.errors import UserError
 from jaxchar.model import CharLSTM, count_params, init_params
 from test_checkpoint import StopAfterPolls, assert_same_run
@@ -113,7 +114,7 @@ def test_every_option_trains_and_the_loss_falls(tiny_file, tmp_path):
                                      tmp_path / "run")
   losses = [h["val_loss"] for h in history]
   assert losses == sorted(losses, reverse=True) and losses[-1] < losses[0] - 0.3, losses
-  sampler = generate.load_sampler(tmp_path / "run")
+  sampler = sampler_lib.load_sampler(tmp_path / "run")
   assert sampler.model.num_layers == 2 and sampler.model.embed_dim == 6
   text = sampler.sample("moe: ", [0.2], 30, mode="window")[0][0]
   assert len(text) == 30
@@ -159,7 +160,7 @@ def test_patience_stops_early_and_keeps_the_best_checkpoint(tiny_file, tmp_path,
   best = int(np.argmin(losses))
   assert len(history) == best + 3 < 40  # stopped after 2 epochs without a new best
   assert "early stopping: no better validation loss for 2 epochs" in capsys.readouterr().out
-  sampler = generate.load_sampler(tmp_path / "run")
+  sampler = sampler_lib.load_sampler(tmp_path / "run")
   assert sampler.meta["epoch"] == best + 1 and sampler.meta["val_loss"] == losses[best]
   assert train.train_and_evaluate(config, tmp_path / "run") == []
   assert "stopped early" in capsys.readouterr().out

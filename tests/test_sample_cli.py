@@ -12,6 +12,7 @@ import pytest
 
 from conftest import REPO, tiny_config, write_tiny_text
 from jaxchar import checkpoint, generate, train
+from jaxchar import sampler as sampler_lib
 from jaxchar.config import SampleConfig
 from jaxchar.errors import UserError
 from jaxchar.model import CharLSTM
@@ -42,7 +43,7 @@ def test_checkpoint_from_4_devices_samples_on_1(trained_workdir):
   assert len(blocks) == 4
   assert all(b.split("\n", 1)[1].startswith("Moe: ") for b in blocks)
   # The same samples in this 4-device process, from the same checkpoint: device-independent.
-  in_process = generate.run_sampling(SampleConfig(workdir=str(trained_workdir), prime="Moe: ",
+  in_process = sampler_lib.run_sampling(SampleConfig(workdir=str(trained_workdir), prime="Moe: ",
                                        temperatures=(0.5, 1.0), num_samples=2, length=50, seed=3))
   assert in_process.strip() == result.stdout.strip()
 
@@ -51,12 +52,12 @@ def test_default_step_is_the_best_by_validation_loss(trained_workdir):
   steps = checkpoint.checkpoint_steps(trained_workdir)
   scored = {s: checkpoint.read_meta(trained_workdir, s)["val_loss"] for s in steps}
   best = min((v, s) for s, v in scored.items() if v is not None)[1]
-  assert generate.load_sampler(trained_workdir).step == best
-  assert generate.load_sampler(trained_workdir, steps[0]).step == steps[0]
+  assert sampler_lib.load_sampler(trained_workdir).step == best
+  assert sampler_lib.load_sampler(trained_workdir, steps[0]).step == steps[0]
 
 
 def test_top_k_1_equals_argmax(trained_workdir):
-  sampler = generate.load_sampler(trained_workdir)
+  sampler = sampler_lib.load_sampler(trained_workdir)
   top1 = sampler.sample("moe: ", [1.0], 40, num_samples=3, seed=1, top_k=1)[0]
   assert [len(t) for t in top1] == [40, 40, 40]
   assert len(set(top1)) == 1  # deterministic whatever the seed
@@ -76,7 +77,7 @@ def test_top_k_1_equals_argmax(trained_workdir):
 
 
 def test_primes_of_any_length(trained_workdir):
-  sampler = generate.load_sampler(trained_workdir)
+  sampler = sampler_lib.load_sampler(trained_workdir)
   window, filled = sampler.encode_prime("")
   assert filled == 1 and sampler.vocab.decode(window[:1]) == "\n"
   long_prime = "homer: hi moe.\nmoe: no.\n" * 3
@@ -91,7 +92,7 @@ def test_primes_of_any_length(trained_workdir):
 
 def test_sampling_function_is_usable_from_python(trained_workdir):
   """The README's few lines: restore, then call the pure jitted generate_window."""
-  sampler = generate.load_sampler(trained_workdir)
+  sampler = sampler_lib.load_sampler(trained_workdir)
   context = jnp.asarray(sampler.vocab.encode("homer: h"))[None, :]
   ids = generate.generate_window(sampler.model, sampler.params, context, jnp.array([0.5]),
                                  jax.random.PRNGKey(0), 20)
@@ -129,11 +130,11 @@ def test_every_bad_input_is_one_clear_error(trained_workdir, tmp_path):
 def test_incompatible_checkpoint_version_is_refused(trained_workdir, monkeypatch):
   monkeypatch.setattr(checkpoint, "FORMAT_VERSION", checkpoint.FORMAT_VERSION + 1)
   with pytest.raises(UserError, match="checkpoint format 1; this jaxchar .* reads format 2"):
-    generate.load_sampler(trained_workdir)
+    sampler_lib.load_sampler(trained_workdir)
 
 
 def test_stateful_mode_equals_window_mode_until_the_window_is_full(trained_workdir):
-  sampler = generate.load_sampler(trained_workdir)
+  sampler = sampler_lib.load_sampler(trained_workdir)
   window = sampler.sample("mo", [1e-4], 6, mode="window")[0][0]
   stateful = sampler.sample("mo", [1e-4], 6, mode="stateful")[0][0]
   assert window == stateful  # 2 + 6 = maxlen characters: the same sequence either way
@@ -146,7 +147,7 @@ def test_stateful_mode_equals_window_mode_until_the_window_is_full(trained_workd
 def test_fast_window_sampling_equals_rerunning_the_window(trained_workdir, prime):
   """The staggered generate_window against the reference rerun-per-character algorithm, for a
   short prime (growing window) and a full one; greedy and at T=1 with the same key."""
-  sampler = generate.load_sampler(trained_workdir)
+  sampler = sampler_lib.load_sampler(trained_workdir)
   window, filled = sampler.encode_prime(prime)
   context = jnp.asarray(np.broadcast_to(window, (3, sampler.maxlen)))
   temps = jnp.array([1e-4, 1.0, 1.3])

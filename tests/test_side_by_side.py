@@ -16,6 +16,7 @@ import pytest
 
 from conftest import REPO, tiny_config
 from jaxchar import checkpoint, generate, lock, metrics, train
+from jaxchar import sampler as sampler_lib
 from jaxchar.config import SampleConfig
 from jaxchar.errors import UserError
 
@@ -122,12 +123,12 @@ def test_sampler_skips_a_damaged_checkpoint_and_changes_nothing(three_checkpoint
   workdir = tmp_path / "run"
   shutil.copytree(three_checkpoints, workdir)
   steps = checkpoint.checkpoint_steps(workdir)
-  best = generate.candidate_steps(checkpoint.read_metas(workdir, steps))[0]
+  best = sampler_lib.candidate_steps(checkpoint.read_metas(workdir, steps))[0]
   assert best == steps[-1] == 90  # validation improved in epoch 2: the newest is the best
   damage_checkpoint(workdir / "checkpoints" / str(best), kind)
   before = snapshot(workdir)
   capsys.readouterr()
-  sampler = generate.load_sampler(workdir)
+  sampler = sampler_lib.load_sampler(workdir)
   assert sampler.step == steps[-2]  # the latest good one
   assert sampler.sample("moe: ", [0.5], 10)[0][0]
   err = capsys.readouterr().err
@@ -135,7 +136,7 @@ def test_sampler_skips_a_damaged_checkpoint_and_changes_nothing(three_checkpoint
   assert "Traceback" not in err
   assert snapshot(workdir) == before  # the sampler never changes a run's folder
   with pytest.raises(UserError, match="step 90 .* cannot be restored"):
-    generate.load_sampler(workdir, step=90)
+    sampler_lib.load_sampler(workdir, step=90)
 
 
 def test_sampler_with_no_restorable_checkpoint_or_only_a_partial_one(three_checkpoints,
@@ -167,7 +168,7 @@ def test_sampling_while_the_trainer_saves_and_deletes_checkpoints(tiny_file, tmp
     config = SampleConfig(workdir=str(workdir), length=20, temperatures=(0.5,)).validate()
     calls, steps_seen = 0, set()
     while trainer.poll() is None:
-      text = generate.run_sampling(config)  # raises on any failure
+      text = sampler_lib.run_sampling(config)  # raises on any failure
       steps_seen.add(int(text.split()[3]))
       calls += 1
   finally:

@@ -1,0 +1,222 @@
+"""A trained model restored from a checkpoint, ready to sample: prime handling, the checkpoint
+choice (best, latest, older ones when one fails), and one batched generation call for many rows.
+Used by `jaxchar.sample` and `jaxchar.serve`."""
+
+import dataclasses
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxchar import checkpoint
+from jaxchar.config import SampleConfig
+from jaxchar.data import Vocab
+from jaxchar.errors import UserError
+from jaxchar.generate import GENERATORS
+from jaxchar.model import CharLSTM, init_params
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampler:
+  """A restored model, ready to sample: parameters plus the checkpoint's metadata."""
+
+  model: CharLSTM
+  params: Any
+  vocab: Vocab
+  maxlen: int
+  lowercase: bool
+  step: int
+  meta: dict
+
+  def clean_prime(self, prime: str, unknown: str = "error") -> str:
+    """The prime as the model sees it: lowercased if it was trained so, characters it never
+    saw an error (`unknown="error"`) or dropped ("skip")."""
+    if self.lowercase:
+      prime = prime.lower()
+    missing = self.vocab.unknown(prime)
+    if missing and unknown == "error":
+      raise UserError(
+          f"the prime has characters the model never saw in training: "
+          f"{', '.join(repr(c) for c in missing)}. Remove them, or pass --unknown=skip to drop "
+          "them.")
+    return "".join(c for c in prime if c not in missing)
+
+  def encode_prime(self, prime: str, unknown: str = "error") -> tuple[np.ndarray, int]:
+    """The context window [maxlen] (left-aligned) and how many of its ids are real."""
+    prime = self.clean_prime(prime, unknown)
+    if not prime:  # start as from a line break, or the first symbol if the text has none
+      prime = "\n" if "\n" in self.vocab.chars else self.vocab.chars[0]
+    ids = self.vocab.encode(prime[-self.maxlen:])
+    window = np.zeros(self.maxlen, np.int32)
+    window[:len(ids)] = ids
+    return window, len(ids)
+
+  def sample(self, prime: str, temperatures: Sequence[float], length: int, num_samples: int = 1,
+             seed: int = 0, top_k: int = 0, unknown: str = "error",
+             mode: str = "window") -> list[list[str]]:
+    """`num_samples` continuations of `prime` per temperature: result[t][n]."""
+    if top_k > self.vocab.size:
+      raise UserError(f"--top_k={top_k} is larger than the vocabulary ({self.vocab.size} "
+                      f"characters); use 0 (off) to {self.vocab.size}.")
+    window, filled = self.encode_prime(prime, unknown)
+    temps = np.repeat(np.asarray(temperatures, np.float32), num_samples)
+    context = np.broadcast_to(window, (len(temps), self.maxlen))
+    out = np.asarray(GENERATORS[mode](self.model, self.params, jnp.asarray(context),
+                                      jnp.asarray(temps), jax.random.PRNGKey(seed), length,
+                                      top_k, filled))
+    texts = [self.vocab.decode(row) for row in out]
+    return [texts[i * num_samples:(i + 1) * num_samples] for i in range(len(temperatures))]
+
+
+  def row(self, prime: str, temperature: float, top_k: int, key: np.ndarray,
+          unknown: str = "error") -> "Row":
+    """One row for `generate_rows` with its own PRNG key, so its text does not depend on the
+    other rows it is batched with."""
+    window, filled = self.encode_prime(prime, unknown)
+    return Row(window, filled, temperature, top_k, np.asarray(key))
+
+  def generate_rows(self, rows: Sequence["Row"], length: int, mode: str = "window",
+                    pad_to: int | None = None) -> np.ndarray:
+    """Ids [len(rows), length]: every row in one jitted call, padded with copies of the first
+    row to `pad_to` rows (so a few batch shapes serve every request count)."""
+    padded = list(rows) + [rows[0]] * ((pad_to or len(rows)) - len(rows))
+    out = GENERATORS[mode](
+        self.model, self.params, jnp.asarray(np.stack([r.window for r in padded])),
+        jnp.asarray([r.temperature for r in padded], jnp.float32),
+        jnp.asarray(np.stack([r.key for r in padded])), length,
+        jnp.asarray([r.top_k for r in padded], jnp.int32),
+        jnp.asarray([r.filled for r in padded], jnp.int32))
+    return np.asarray(out)[:len(rows)]
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+  """One sequence to generate: its context window (left-aligned) and how much of it is real,
+  its temperature, top-k (0 = off) and PRNG key."""
+
+  window: np.ndarray
+  filled: int
+  temperature: float
+  top_k: int
+  key: np.ndarray
+
+
+LISTING_ROUNDS = 5  # times the sampler lists a live run's checkpoints before giving up
+
+
+def candidate_steps(metas: dict[int, dict]) -> list[int]:
+  """The order to try checkpoints in: the best by validation loss, the latest, then older."""
+  scored = [(meta["val_loss"], step) for step, meta in metas.items()
+            if meta.get("val_loss") is not None]
+  first = [min(scored)[1]] if scored else []
+  return list(dict.fromkeys(first + sorted(metas, reverse=True)))
+
+
+def _describe(error: Exception) -> str:
+  return f"{type(error).__name__}: {' '.join(str(error).split())[:160]}"
+
+
+def _warn(message: str) -> None:
+  print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def _restore_sampler(workdir: Path, step: int, meta: dict) -> "Sampler":
+  model = CharLSTM(meta["vocab_size"], meta["hidden"], meta.get("num_layers", 1),
+                   meta.get("embed_dim", 0))
+  template = jax.device_get(init_params(model, jax.random.PRNGKey(0), meta["maxlen"]))
+  params = jax.device_put(checkpoint.restore_params(workdir, step, template))
+  return Sampler(model, params, Vocab(meta["vocab"]), meta["maxlen"], meta["lowercase"], step,
+                 meta)
+
+
+def _finished_steps(workdir: Path) -> list[int]:
+  if not workdir.is_dir():
+    raise UserError(f"--workdir={workdir} does not exist; point it at a training run's folder "
+                    "(the trainer's --workdir, default ckpt/moe).")
+  steps = checkpoint.checkpoint_steps(workdir)
+  if not steps and checkpoint.unfinished_checkpoints(workdir):
+    raise UserError(f"--workdir={workdir} has no finished checkpoint yet: the first one is still "
+                    "being written (or its writer stopped midway). Wait for the trainer's first "
+                    "save (end of epoch 1, or every --save_every_steps) and retry.")
+  if not steps:
+    raise UserError(f"--workdir={workdir} holds no checkpoint; train first, e.g. "
+                    f"`python -m jaxchar.train --flagfile=launch/moe.flags --workdir={workdir}`.")
+  return steps
+
+
+def load_sampler(workdir: str | Path, step: int | None = None) -> Sampler:
+  """Restores parameters (not optimizer state) and metadata onto the default device.
+
+  Without `step`: the best checkpoint, else the latest, else older ones, skipping with a
+  warning any that vanish (a live run's --keep) or fail to restore. Never changes `workdir`.
+  """
+  workdir = Path(workdir)
+  steps = _finished_steps(workdir)
+  if step is not None:
+    if step not in steps:
+      raise UserError(f"--step={step} has no checkpoint in {workdir}; the steps saved are "
+                      f"{', '.join(map(str, steps))}.")
+    try:
+      return _restore_sampler(workdir, step, checkpoint.read_meta(workdir, step))
+    except UserError:
+      raise
+    except Exception as e:  # orbax raises many types for missing or damaged files
+      raise UserError(f"the checkpoint at step {step} in {workdir} cannot be restored "
+                      f"({_describe(e)}): it is damaged, or was deleted meanwhile by a running "
+                      "trainer's --keep. Leave out --step to use the best one that "
+                      "restores.") from None
+  failures, tried = [], set()
+  for _ in range(LISTING_ROUNDS):  # a live run may have saved new ones while we read
+    metas = {}
+    for candidate in sorted(set(steps) - tried):
+      tried.add(candidate)
+      try:
+        metas[candidate] = checkpoint.read_meta(workdir, candidate)
+      except UserError:
+        raise
+      except Exception as e:  # noqa: BLE001 - reported, and the next checkpoint is tried
+        if not checkpoint.has_step(workdir, candidate):
+          continue  # deleted since listed (a live run's --keep): as if never there
+        failures.append(f"step {candidate}: {_describe(e)}")
+        _warn(f"skipping the checkpoint at step {candidate} in {workdir}: its metadata cannot "
+              f"be read ({_describe(e)}).")
+    for candidate in candidate_steps(metas):
+      try:
+        return _restore_sampler(workdir, candidate, metas[candidate])
+      except Exception as e:  # noqa: BLE001 - reported, and the next checkpoint is tried
+        failures.append(f"step {candidate}: {_describe(e)}")
+        why = ("it was deleted while being read (the running trainer's --keep)"
+               if not checkpoint.has_step(workdir, candidate)
+               else f"it cannot be restored ({_describe(e)})")
+        _warn(f"skipping the checkpoint at step {candidate} in {workdir}: {why}; trying the "
+              "next one.")
+    steps = checkpoint.checkpoint_steps(workdir)
+    if not set(steps) - tried:
+      break
+  if not failures:
+    raise UserError(f"every checkpoint in {workdir} was deleted while being read; is a "
+                    "trainer with a small --keep saving very often there? Retry.")
+  raise UserError(f"none of the {len(tried)} checkpoints in {workdir} can be restored "
+                  f"({'; '.join(failures)[:600]}). They are damaged or were deleted while "
+                  "reading; rerun the trainer on this --workdir (it sets damaged checkpoints "
+                  "aside and resumes from the newest good one, or starts afresh).")
+
+
+def run_sampling(config: SampleConfig) -> str:
+  """Restores the checkpoint and returns the samples as printable text."""
+  sampler = load_sampler(config.workdir, config.step)
+  samples = sampler.sample(config.prime, config.temperatures, config.length, config.num_samples,
+                           config.seed, config.top_k, config.unknown, config.mode)
+  val = sampler.meta.get("val_loss")
+  lines = [f"# checkpoint step {sampler.step} (epoch {sampler.meta['epoch']}"
+           + (f", validation loss {val:.4f} nats)" if val is not None else ")")]
+  for temperature, texts in zip(config.temperatures, samples):
+    for n, text in enumerate(texts, 1):
+      lines.append(f"----- temperature {temperature}, sample {n}\n{config.prime}{text}")
+  return "\n".join(lines)
+
+
