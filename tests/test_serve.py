@@ -1,0 +1,231 @@
+"""`python -m jaxchar.serve`: API round trips, the SSE stream, every bad request, batching, and
+the page in a real headless browser."""
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import jax
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from conftest import REPO, tiny_config, write_tiny_text
+from jaxchar import train
+from jaxchar import sampler as sampler_lib
+from jaxchar.batcher import Batcher, batch_buckets, length_buckets
+from jaxchar.serve_app import create_app
+from jaxchar.serve_requests import Limits
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+  root = tmp_path_factory.mktemp("serve")
+  train.train_and_evaluate(tiny_config(write_tiny_text(root), epochs=2), root / "run")
+  return root / "run"
+
+
+@pytest.fixture(scope="module")
+def served(workdir):
+  """(client, batcher, sampler): the app on the tiny model; batches gather for 100 ms."""
+  sampler = sampler_lib.load_sampler(workdir)
+  batcher = Batcher(sampler, max_batch=8, max_length=500, max_wait_s=0.1)
+  app = create_app(sampler, batcher, Limits(max_length=500, max_prime=100, max_samples=8))
+  with TestClient(app) as client:
+    yield client, batcher, sampler
+  batcher.close()
+
+
+def test_buckets_keep_compiled_shapes_few():
+  assert length_buckets(5000) == [64, 128, 256, 512, 1024, 2048, 4096, 8192]
+  assert batch_buckets(64) == [1, 4, 16, 64] and batch_buckets(10) == [1, 4, 10]
+
+
+def test_generate_round_trip_matches_the_sampler(served):
+  client, _, sampler = served
+  reply = client.post("/api/generate", json={"prime": "MOE: ", "length": 40, "num_samples": 3,
+                                             "temperature": 0.7, "seed": 5})
+  assert reply.status_code == 200, reply.text
+  body = reply.json()
+  assert body["prime"] == "moe: " and body["step"] == sampler.step and body["chars_per_s"] > 0
+  assert [len(s) for s in body["samples"]] == [40, 40, 40]
+  assert len(set(body["samples"])) == 3  # each sample has its own key
+  # The same generation code as jaxchar.sample: the rows, generated directly, give the same text.
+  base = jax.random.fold_in(jax.random.PRNGKey(5), 0)
+  rows = [sampler.row("moe: ", 0.7, 0, jax.random.fold_in(base, i)) for i in range(3)]
+  direct = [sampler.vocab.decode(r) for r in sampler.generate_rows(rows, 64, "window")[:, :40]]
+  assert body["samples"] == direct
+  again = client.post("/api/generate", json={"prime": "MOE: ", "length": 40, "num_samples": 3,
+                                             "temperature": 0.7, "seed": 5}).json()
+  assert again["samples"] == body["samples"]  # a seed gives the same text whatever the batch
+
+
+def test_info_and_health(served):
+  client, _, sampler = served
+  info = client.get("/api/info").json()
+  assert info["vocab_size"] == sampler.vocab.size == 15 and info["step"] == sampler.step
+  assert info["corpus_chars"] == 1621 and info["val_loss"] > 0 and info["maxlen"] == 8
+  assert client.get("/healthz").json() == {"ok": True, "step": sampler.step}
+
+
+def read_events(text: str) -> list[tuple[str, dict]]:
+  events = []
+  for block in text.strip().split("\n\n"):
+    lines = dict(line.split(": ", 1) for line in block.splitlines())
+    events.append((lines["event"], json.loads(lines["data"])))
+  return events
+
+
+def test_stream_sends_the_prime_then_chunks_then_the_whole_text(served):
+  client, _, _ = served
+  with client.stream("GET", "/api/stream", params={"prime": "homer: ", "length": 150,
+                                                   "temperature": 0.5, "seed": 3}) as reply:
+    assert reply.status_code == 200
+    assert reply.headers["content-type"].startswith("text/event-stream")
+    events = read_events("".join(reply.iter_text()))
+  kinds = [kind for kind, _ in events]
+  assert kinds == ["prime", "chunk", "chunk", "chunk", "done"]  # 64 + 64 + 22 characters
+  assert events[0][1] == {"prime": "homer: "}
+  chunks = "".join(data["text"] for kind, data in events if kind == "chunk")
+  assert len(chunks) == 150 and events[-1][1]["text"] == chunks
+
+
+@pytest.mark.parametrize("body, status, message", [
+    (b"{not json", 400, "not valid JSON"),
+    (b"x" * (64 * 1024 + 1), 413, "over 64 KB"),
+    ({"length": 0}, 400, "length must be from 1 to 500"),
+    ({"length": 501}, 400, "length must be from 1 to 500"),
+    ({"temperature": 0}, 400, "temperature must be above 0"),
+    ({"temperature": "hot"}, 400, "temperature must be a number"),
+    ({"top_k": -1}, 400, "top_k must be from 0 \\(off\\) to the vocabulary size, 15"),
+    ({"top_k": 16}, 400, "top_k must be from 0"),
+    ({"prime": "m" * 101}, 400, "at most 100 are allowed"),
+    ({"prime": "moe: zebra"}, 400, "never saw in training: 'z'"),
+    ({"mode": "beam"}, 400, "mode must be one of window, stateful"),
+    ({"num_samples": 9}, 400, "num_samples must be from 1 to 8"),
+    ({"colour": "red"}, 400, "unknown field\\(s\\) colour"),
+    ([1, 2], 400, "must be a JSON object"),
+])
+def test_every_bad_request_is_a_clear_4xx_and_the_server_keeps_serving(served, body, status,
+                                                                      message):
+  client, _, _ = served
+  if isinstance(body, bytes):
+    reply = client.post("/api/generate", content=body,
+                        headers={"Content-Type": "application/json"})
+  else:
+    reply = client.post("/api/generate", json=body)
+  assert reply.status_code == status, reply.text
+  assert re.search(message, reply.json()["error"]), reply.json()
+  assert client.post("/api/generate", json={"length": 5}).status_code == 200
+
+
+def test_bad_streams_and_unknown_routes(served):
+  client, _, _ = served
+  reply = client.get("/api/stream", params={"length": "many"})
+  assert reply.status_code == 400 and "length must be a number" in reply.json()["error"]
+  reply = client.get("/api/stream", params={"prime": "zz"})
+  assert reply.status_code == 400 and "never saw" in reply.json()["error"]
+  reply = client.get("/etc/passwd")
+  assert reply.status_code == 404 and "no route GET /etc/passwd" in reply.json()["error"]
+  assert client.get("/api/generate").status_code == 405
+  assert client.get("/healthz").status_code == 200
+
+
+def test_requests_that_arrive_together_share_one_generation_call(served):
+  client, batcher, _ = served
+  client.post("/api/generate", json={"length": 30})  # nothing else waiting: one call alone
+  before = batcher.calls
+  replies = []
+
+  def post(prime):
+    replies.append(client.post("/api/generate", json={"prime": prime, "length": 30}))
+
+  threads = [threading.Thread(target=post, args=(p,)) for p in ("moe: ", "homer: hi")]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  assert [r.status_code for r in replies] == [200, 200]
+  assert batcher.calls == before + 1  # both rows in one jitted call
+
+
+def test_rows_with_different_primes_in_one_batch_equal_each_alone(workdir):
+  sampler = sampler_lib.load_sampler(workdir)
+  rows = [sampler.row(p, t, k, jax.random.PRNGKey(i))
+          for i, (p, t, k) in enumerate([("moe: hey", 0.5, 0), ("", 1.0, 3),
+                                         ("barney: beer! homer", 0.8, 0)])]
+  for mode in ("window", "stateful"):
+    together = sampler.generate_rows(rows, 40, mode, pad_to=4)
+    for i, row in enumerate(rows):
+      np.testing.assert_array_equal(together[i], sampler.generate_rows([row], 40, mode)[0])
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def browser_paths() -> tuple[str, str] | None:
+  chrome = shutil.which("chromium") or shutil.which("chromium-browser")
+  driver = shutil.which("chromedriver")
+  return (chrome, driver) if chrome and driver else None
+
+
+def test_the_page_generates_in_a_real_headless_browser(workdir, tmp_path):
+  paths = browser_paths()
+  if paths is None:
+    if os.environ.get("CI"):
+      pytest.fail("CI must install Debian's chromium and chromium-driver (.ci/run does)")
+    pytest.skip("needs Debian's chromium and chromium-driver: apt install chromium "
+                "chromium-driver (CI installs them)")
+  from selenium import webdriver
+  from selenium.webdriver.common.by import By
+  from selenium.webdriver.support.ui import WebDriverWait
+
+  port = free_port()
+  env = {**os.environ, "JAX_PLATFORMS": "cpu",
+         "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+  server = subprocess.Popen([sys.executable, "-m", "jaxchar.serve", f"--workdir={workdir}",
+                             f"--port={port}"], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+  options = webdriver.ChromeOptions()
+  options.binary_location = paths[0]
+  for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1100,900"):
+    options.add_argument(arg)
+  browser = None
+  try:
+    line = server.stdout.readline()
+    deadline = time.monotonic() + 120
+    while "open http://" not in line and time.monotonic() < deadline:
+      assert server.poll() is None, line
+      line = server.stdout.readline()
+    time.sleep(0.5)  # uvicorn binds right after the line
+    browser = webdriver.Chrome(options=options,
+                               service=webdriver.ChromeService(executable_path=paths[1]))
+    browser.get(f"http://127.0.0.1:{port}/")
+    WebDriverWait(browser, 30).until(
+        lambda b: "vocabulary 15" in b.find_element(By.ID, "model").text)
+    browser.find_element(By.ID, "prime").send_keys("moe: ")
+    browser.find_element(By.ID, "length").clear()
+    browser.find_element(By.ID, "length").send_keys("200")
+    browser.find_element(By.ID, "generate").click()
+    WebDriverWait(browser, 60).until(
+        lambda b: "characters/s" in b.find_element(By.ID, "status").text)
+    prime = browser.find_element(By.CSS_SELECTOR, "#samples .prime").text
+    generated = browser.find_element(By.CSS_SELECTOR, "#samples .generated").text
+    assert prime == "moe:" or prime == "moe: "  # shown apart from the generated text
+    assert len(generated.replace("\n", "")) >= 150, generated
+    if os.environ.get("JAXCHAR_SCREENSHOT"):
+      browser.save_screenshot(os.environ["JAXCHAR_SCREENSHOT"])
+  finally:
+    if browser is not None:
+      browser.quit()
+    server.terminate()
+    server.wait(timeout=30)
