@@ -1,8 +1,9 @@
 """Many users on one accelerator: requests that arrive together share one jitted generation call,
 each a row with its own prime, temperature, top-k and key.
 
-A worker thread takes the first waiting job, gathers whatever else arrives within `max_wait_s`
-(up to `max_batch` rows), and runs one call per (mode, length bucket). Lengths round up to a
+A worker thread takes the first waiting job, gathers the jobs that follow it each within
+`max_wait_s` of the last (up to 4 x max_wait_s and `max_batch` rows), and runs one call per
+(mode, length bucket). Lengths round up to a
 power of two (from 64) and batches to 1, 4, 16, 64, ... rows, so few shapes are ever compiled:
 len(length_buckets) x len(batch_buckets) per mode.
 """
@@ -13,11 +14,10 @@ import queue
 import threading
 import time
 
-import numpy as np
-
 from jaxchar.sampler import Row, Sampler
 
 MIN_LENGTH_BUCKET = 64
+MAX_WAIT_FACTOR = 4  # a burst of requests is gathered for at most 4 x max_wait_s
 
 
 def length_buckets(max_length: int) -> list[int]:
@@ -75,7 +75,7 @@ class Batcher:
 
   def warm_up(self, mode: str, length: int) -> None:
     """Compiles `mode` at `length`'s bucket for every batch bucket (start-up, not first use)."""
-    row = self.sampler.row("", 1.0, 0, np.zeros(2, np.uint32))
+    row = self.sampler.row("", 1.0)
     for size in self.batch_buckets:
       self.sampler.generate_rows([row], _bucket(length, self.length_buckets), mode, pad_to=size)
 
@@ -84,11 +84,14 @@ class Batcher:
     self._thread.join(timeout=10)
 
   def _gather(self, first: Job) -> list[Job]:
+    """`first` and the jobs that follow it closely: each new one extends the wait by
+    max_wait_s, up to MAX_WAIT_FACTOR times max_wait_s in all, or until max_batch rows."""
     jobs, rows = [first], len(first.rows)
-    deadline = time.monotonic() + self.max_wait_s
+    start = time.monotonic()
     while rows < self.max_batch:
+      timeout = min(self.max_wait_s, start + MAX_WAIT_FACTOR * self.max_wait_s - time.monotonic())
       try:
-        job = self._queue.get(timeout=max(deadline - time.monotonic(), 0))
+        job = self._queue.get(timeout=max(timeout, 0))
       except queue.Empty:
         break
       if job is None:  # closing: finish what was gathered first

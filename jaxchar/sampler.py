@@ -72,37 +72,48 @@ class Sampler:
     return [texts[i * num_samples:(i + 1) * num_samples] for i in range(len(temperatures))]
 
 
-  def row(self, prime: str, temperature: float, top_k: int, key: np.ndarray,
-          unknown: str = "error") -> "Row":
-    """One row for `generate_rows` with its own PRNG key, so its text does not depend on the
-    other rows it is batched with."""
+  def row(self, prime: str, temperature: float, top_k: int = 0, seed: int = 0, index: int = 0,
+          chunk: int = 0, unknown: str = "error") -> "Row":
+    """One row for `generate_rows`. Its key comes from (seed, chunk, index) alone, so its text
+    does not depend on the other rows it is batched with."""
     window, filled = self.encode_prime(prime, unknown)
-    return Row(window, filled, temperature, top_k, np.asarray(key))
+    return Row(window, filled, temperature, top_k, seed, chunk, index)
 
   def generate_rows(self, rows: Sequence["Row"], length: int, mode: str = "window",
                     pad_to: int | None = None) -> np.ndarray:
     """Ids [len(rows), length]: every row in one jitted call, padded with copies of the first
     row to `pad_to` rows (so a few batch shapes serve every request count)."""
     padded = list(rows) + [rows[0]] * ((pad_to or len(rows)) - len(rows))
+    keys = row_keys(*(jnp.asarray([getattr(r, f) for r in padded], jnp.uint32)
+                      for f in ("seed", "chunk", "index")))
     out = GENERATORS[mode](
         self.model, self.params, jnp.asarray(np.stack([r.window for r in padded])),
-        jnp.asarray([r.temperature for r in padded], jnp.float32),
-        jnp.asarray(np.stack([r.key for r in padded])), length,
+        jnp.asarray([r.temperature for r in padded], jnp.float32), keys, length,
         jnp.asarray([r.top_k for r in padded], jnp.int32),
         jnp.asarray([r.filled for r in padded], jnp.int32))
     return np.asarray(out)[:len(rows)]
 
 
+@jax.jit
+def row_keys(seeds: jnp.ndarray, chunks: jnp.ndarray, indices: jnp.ndarray) -> jax.Array:
+  """Each row's PRNG key [B, 2]: PRNGKey(seed), folded with the chunk, then the row index."""
+  def key(seed, chunk, index):
+    return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), chunk), index)
+  return jax.vmap(key)(seeds, chunks, indices)
+
+
 @dataclasses.dataclass(frozen=True)
 class Row:
   """One sequence to generate: its context window (left-aligned) and how much of it is real,
-  its temperature, top-k (0 = off) and PRNG key."""
+  its temperature and top-k (0 = off), and what its key derives from."""
 
   window: np.ndarray
   filled: int
   temperature: float
   top_k: int
-  key: np.ndarray
+  seed: int
+  chunk: int
+  index: int
 
 
 LISTING_ROUNDS = 5  # times the sampler lists a live run's checkpoints before giving up

@@ -9,8 +9,6 @@ import json
 import time
 from importlib import resources
 
-import jax
-import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
@@ -22,12 +20,6 @@ from jaxchar.serve_requests import MAX_BODY_BYTES, BadRequest, GenerationRequest
 
 STREAM_CHUNK = 64  # characters per streamed event (one batched call each)
 ROUTES = "GET /, POST /api/generate, GET /api/stream, GET /api/info, GET /healthz"
-
-
-def _keys(seed: int, count: int, chunk: int = 0) -> list[np.ndarray]:
-  """Sample i's key for stream chunk `chunk`: a function of (seed, i, chunk) only."""
-  base = jax.random.fold_in(jax.random.PRNGKey(seed), chunk)
-  return [np.asarray(jax.random.fold_in(base, i)) for i in range(count)]
 
 
 def model_info(sampler: Sampler, batcher: Batcher) -> dict:
@@ -52,8 +44,8 @@ def create_app(sampler: Sampler, batcher: Batcher, limits: Limits) -> FastAPI:
   async def generate(request: GenerationRequest, length: int, chunk: int = 0,
                      context: str | None = None) -> list[str]:
     prime = request.prime if context is None else context
-    rows = [sampler.row(prime, request.temperature, request.top_k, key, "skip")
-            for key in _keys(request.seed, request.num_samples, chunk)]
+    rows = [sampler.row(prime, request.temperature, request.top_k, request.seed, index, chunk,
+                        "skip") for index in range(request.num_samples)]
     ids = await asyncio.wrap_future(batcher.submit(rows, length, request.mode))
     return [sampler.vocab.decode(row) for row in ids]
 
