@@ -11,7 +11,6 @@ import sys
 import threading
 import time
 
-import jax
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient

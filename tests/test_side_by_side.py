@@ -15,7 +15,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from conftest import REPO, tiny_config
-from jaxchar import checkpoint, generate, lock, metrics, train
+from jaxchar import checkpoint, lock, metrics, train
 from jaxchar import sampler as sampler_lib
 from jaxchar.config import SampleConfig
 from jaxchar.errors import UserError
