@@ -5,7 +5,6 @@ validation loss are kept. A checkpoint that fails to restore is moved to
 <workdir>/corrupt_checkpoints/ (never deleted) and the next older one is used.
 """
 
-import contextlib
 import datetime
 import shutil
 from dataclasses import asdict
@@ -20,7 +19,7 @@ from orbax.checkpoint import checkpoint_managers as policies
 import jaxchar
 from jaxchar.config import Config
 from jaxchar.data import Corpus
-from jaxchar.errors import UserError, os_error_in, write_failed
+from jaxchar.errors import UserError, writing
 
 FORMAT_VERSION = 1  # bump when the saved layout changes incompatibly
 
@@ -52,23 +51,14 @@ class Checkpoints:
     A failed write (this one, or the previous one still in the background) raises UserError."""
     meta = {**meta, "format_version": FORMAT_VERSION, "jaxchar_version": jaxchar.__version__}
     metrics = {"val_loss": val_loss} if val_loss is not None else None
-    with self._write_errors("a checkpoint"):
+    with writing("a checkpoint", _checkpoint_dir(self.workdir)):
       self.manager.save(step, args=ocp.args.Composite(
           state=ocp.args.PyTreeSave(state), meta=ocp.args.JsonSave(meta)), metrics=metrics)
 
   def wait(self) -> None:
     """Waits for the save in progress; raises UserError if its write failed."""
-    with self._write_errors("a checkpoint"):
+    with writing("a checkpoint", _checkpoint_dir(self.workdir)):
       self.manager.wait_until_finished()
-
-  @contextlib.contextmanager
-  def _write_errors(self, what: str):
-    try:
-      yield
-    except Exception as e:  # orbax re-raises background write errors, sometimes wrapped
-      if (os_error := os_error_in(e)) is None:
-        raise
-      raise write_failed(what, _checkpoint_dir(self.workdir), os_error) from None
 
   def close(self) -> None:
     self.manager.close()

@@ -1,5 +1,6 @@
 """User-facing errors: one clear paragraph, a non-zero exit, no traceback."""
 
+import contextlib
 import errno
 import functools
 import os
@@ -63,3 +64,15 @@ def write_failed(what: str, path, error: OSError) -> UserError:
       f"could not write {what} to {path} ({error.strerror or error}). To go on, {fix}, then "
       "rerun the same command; a training run resumes from its latest checkpoint saved before "
       "this failure, which is left intact.")
+
+
+@contextlib.contextmanager
+def writing(what: str, path):
+  """Turns a failed write inside the block (an OSError, possibly wrapped, as orbax's background
+  saves re-raise them) into write_failed's UserError; other errors pass through."""
+  try:
+    yield
+  except Exception as e:
+    if (os_error := os_error_in(e)) is None:
+      raise
+    raise write_failed(what, path, os_error) from None

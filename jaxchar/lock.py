@@ -12,7 +12,7 @@ import socket
 import sys
 from pathlib import Path
 
-from jaxchar.errors import UserError, write_failed
+from jaxchar.errors import UserError, writing
 
 LOCK_FILE = "train.lock"
 
@@ -25,12 +25,10 @@ class WorkdirLock:
     self._file = None
 
   def acquire(self) -> "WorkdirLock":
-    try:
+    with writing("the run's lock file", self.path.parent):
       self.path.parent.mkdir(parents=True, exist_ok=True)
       # Opened without truncating: the holder's description must survive a refused attempt.
       file = open(self.path, "a+", encoding="utf-8")
-    except OSError as e:
-      raise write_failed("the run's lock file", self.path.parent, e) from None
     try:
       fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -4,7 +4,6 @@ On resume from step S, records after S (written after the checkpoint, before the
 dropped, so the resumed run rewrites them once: no step is duplicated or lost.
 """
 
-import contextlib
 import json
 import os
 import re
@@ -12,7 +11,7 @@ from pathlib import Path
 
 from tensorboardX import SummaryWriter
 
-from jaxchar.errors import write_failed
+from jaxchar.errors import writing
 
 METRICS_FILE = "metrics.jsonl"
 SAMPLES_FILE = "samples.md"
@@ -31,14 +30,6 @@ def read_metrics(workdir: Path) -> list[dict]:
   return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-@contextlib.contextmanager
-def _write_errors(what: str, path: Path):
-  try:
-    yield
-  except OSError as e:
-    raise write_failed(what, path, e) from None
-
-
 def _rewrite(path: Path, text: str) -> None:
   partial = path.with_suffix(path.suffix + ".partial")
   partial.write_text(text, encoding="utf-8")
@@ -51,7 +42,7 @@ class RunLog:
   def __init__(self, workdir: Path, resume_step: int, resume_epoch: int):
     """`resume_step`/`resume_epoch`: the checkpoint resumed from (0/0 for a fresh run)."""
     self.workdir = Path(workdir)
-    with _write_errors("the metrics", self.workdir):
+    with writing("the metrics", self.workdir):
       self._drop_records_after(resume_step, resume_epoch)
       self.metrics = open(self.workdir / METRICS_FILE, "a", encoding="utf-8")
     # purge_step drops events a previous process wrote after the checkpoint.
@@ -73,7 +64,7 @@ class RunLog:
 
   def write(self, record: dict) -> None:
     """One metrics.jsonl line, and each numeric field as a TensorBoard scalar."""
-    with _write_errors("the metrics", self.workdir / METRICS_FILE):
+    with writing("the metrics", self.workdir / METRICS_FILE):
       self.metrics.write(json.dumps(record) + "\n")
       self.metrics.flush()
     prefix = record["kind"]
@@ -82,7 +73,7 @@ class RunLog:
         self.writer.add_scalar(f"{prefix}/{key}", value, record["step"])
 
   def write_samples(self, markdown: str, texts: dict[float, str], step: int) -> None:
-    with (_write_errors("the samples", self.workdir / SAMPLES_FILE),
+    with (writing("the samples", self.workdir / SAMPLES_FILE),
           open(self.workdir / SAMPLES_FILE, "a", encoding="utf-8") as f):
       f.write(markdown + "\n")
     for temperature, text in texts.items():
@@ -90,7 +81,7 @@ class RunLog:
 
   def flush(self) -> None:
     """Makes every record so far durable (called with each checkpoint save)."""
-    with _write_errors("the metrics", self.workdir):
+    with writing("the metrics", self.workdir):
       self.metrics.flush()
       os.fsync(self.metrics.fileno())
       self.writer.flush()

@@ -8,7 +8,7 @@ from pathlib import Path
 from absl import app, flags
 
 from jaxchar import logs
-from jaxchar.errors import UserError, exits_on_user_error, write_failed
+from jaxchar.errors import UserError, exits_on_user_error, writing
 from jaxchar.metrics import METRICS_FILE, read_metrics
 
 PLOT_FILE = "loss.png"
@@ -50,9 +50,8 @@ def write_loss_plot(workdir: str | Path, quiet_if_unavailable: bool = True) -> P
   fig.tight_layout()
   path = workdir / PLOT_FILE
   try:
-    fig.savefig(path)
-  except OSError as e:
-    raise write_failed("the loss plot", path, e) from None
+    with writing("the loss plot", path):
+      fig.savefig(path)
   finally:
     plt.close(fig)
   return path
