@@ -1,7 +1,5 @@
 """Model shape, initialisation, optimizer and the pure train/eval steps."""
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
