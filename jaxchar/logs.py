@@ -28,13 +28,17 @@ def _without_traceback(record: logging.LogRecord) -> bool:
 
 def _hide_closed_event_loop_errors() -> None:
   """Drops 'Event loop is closed' errors that tensorstore's callbacks raise after orbax gave up
-  on a damaged checkpoint (a traceback each, printed after the error was already handled)."""
-  default_hook = sys.unraisablehook
+  on a damaged checkpoint (a traceback each, printed after the error was already handled).
+  Installed once per process, however often an entry point runs in it (tests)."""
+  if getattr(sys.unraisablehook, "hides_closed_event_loop", False):
+    return
+  previous = sys.unraisablehook
 
   def hook(unraisable) -> None:
     value = unraisable.exc_value
     if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
       return
-    default_hook(unraisable)
+    previous(unraisable)
 
+  hook.hides_closed_event_loop = True
   sys.unraisablehook = hook

@@ -11,7 +11,9 @@ import time
 from absl import app, flags
 
 from jaxchar import host, logs
+from jaxchar.batcher import Batcher
 from jaxchar.errors import UserError, exits_on_user_error
+from jaxchar.sampler import load_sampler
 from jaxchar.serve_requests import DEFAULTS, Limits
 
 flags.DEFINE_string("workdir", "ckpt/moe", "The training run's folder (the trainer's --workdir).")
@@ -71,8 +73,6 @@ def main(argv: list[str]) -> None:
   _check_port()
   uvicorn, serve_app = _imports()
   host.keep_freed_memory()
-  from jaxchar.batcher import Batcher
-  from jaxchar.sampler import load_sampler
 
   start = time.perf_counter()
   sampler = load_sampler(FLAGS.workdir, FLAGS.step)
