@@ -7,6 +7,7 @@ configurations take turns, `--repeats` times, and the median of each is reported
 patch of a shared machine hits all of them. Speed is never asserted by tests.
 """
 
+import dataclasses
 import json
 import platform
 import resource
@@ -20,7 +21,8 @@ from pathlib import Path
 from absl import app, flags
 
 import jaxchar
-from jaxchar import logs
+from jaxchar import logs, options
+from jaxchar.options import option
 
 HIDDEN, MAXLEN, BATCH = 128, 60, 128
 CHUNK = 10  # steps dispatched before waiting for the last, as the trainer's loop does
@@ -35,17 +37,25 @@ ROLES = {
     "large_vocab": f"trainer (fused) at {LARGE_VOCAB:,} symbols; validating {VAL_WINDOWS:,} windows",
 }
 
-flags.DEFINE_string("json", None, "Also write the results to this JSON file.")
-flags.DEFINE_float("seconds", 5.0, "Approximate timing budget per measurement.")
-flags.DEFINE_integer("repeats", 3, "Turns each training configuration takes (median reported).")
-flags.DEFINE_integer("train_batch", BATCH, "Global training batch size.")
-flags.DEFINE_integer("memory_mb", 100, "Size of the generated corpus for the memory probe; 0 "
-                     "skips it.")
-flags.DEFINE_bool("large_vocab_flax", True, f"Also time --lstm_impl=flax at {LARGE_VOCAB:,} "
-                  "symbols once (slow: the one-hot path).")
-flags.DEFINE_string("role", None, "Internal: measure one configuration and print its JSON.")
-flags.DEFINE_string("memory_probe", None, "Internal: train a few steps on this file and print "
-                    "the peak RSS.")
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchConfig:
+  """What `python -m jaxchar.bench` measures."""
+
+  json: str | None = option(None, "Also write the results to this JSON file.")
+  seconds: float = option(5.0, "Approximate timing budget per measurement.")
+  repeats: int = option(3, "Turns each training configuration takes (median reported).")
+  train_batch: int = option(BATCH, "Global training batch size.")
+  memory_mb: int = option(100, "Size of the generated corpus for the memory probe; 0 skips it.")
+  large_vocab_flax: bool = option(True, f"Also time --lstm_impl=flax at {LARGE_VOCAB:,} symbols "
+                                  "once (slow: the one-hot path).")
+  role: str | None = option(None, "Internal: measure one configuration and print its JSON.")
+  memory_probe: str | None = option(None, "Internal: train a few steps on this file and print "
+                                    "the peak RSS.")
+
+
+options.define_flags(BenchConfig)
 FLAGS = flags.FLAGS
 
 
@@ -63,8 +73,8 @@ def timed(fn, budget_s: float) -> float:
 def baseline_rate(batch: int, vocab: int, budget_s: float) -> dict:
   """The straightforward step: one-hot input, OptimizedLSTMCell in nn.RNN, jit, one device."""
   import jax
-  from jaxchar import steps
-  from jaxchar.model import CharLSTM
+  from jaxchar.training import steps
+  from jaxchar.core.model import CharLSTM
   model = CharLSTM(vocab, HIDDEN, lstm_impl="flax")
   state = steps.create_train_state(jax.random.PRNGKey(0), model, MAXLEN, steps.make_optimizer(0.01))
 
@@ -92,8 +102,8 @@ def _trainer_setup(vocab: int, impl: str):
   import jax.numpy as jnp
   import numpy as np
   from flax import jax_utils
-  from jaxchar import loop, steps
-  from jaxchar.model import CharLSTM
+  from jaxchar.training import loop, steps
+  from jaxchar.core.model import CharLSTM
   ids = np.random.default_rng(0).integers(0, vocab, 400_000).astype(
       np.uint8 if vocab <= 256 else np.int32)
   state = steps.create_train_state(jax.random.PRNGKey(0), CharLSTM(vocab, HIDDEN, lstm_impl=impl),
@@ -106,7 +116,7 @@ def _trainer_setup(vocab: int, impl: str):
 def trainer_rate(batch: int, vocab: int, impl: str, budget_s: float) -> dict:
   """The trainer's own pmapped step over all local devices, windows gathered on device."""
   import jax
-  from jaxchar import data
+  from jaxchar.core import data
   p_state, p_ids, starts, (p_train_step, _) = _trainer_setup(vocab, impl)
   batches = data.train_batches(starts[::3], data.epoch_order(len(starts[::3]), 0, 1), batch,
                                jax.local_device_count())
@@ -127,8 +137,8 @@ def trainer_rate(batch: int, vocab: int, impl: str, budget_s: float) -> dict:
 def validation_seconds(vocab: int, windows: int) -> float:
   """Seconds for the trainer's validation pass over `windows` windows (compiled beforehand)."""
   import jax
-  from jaxchar import loop
-  from jaxchar.config import Config
+  from jaxchar.training import loop
+  from jaxchar.training.config import Config
   p_state, p_ids, starts, (_, p_eval_step) = _trainer_setup(vocab, "fused")
   batch = -(-Config.eval_batch_size // jax.device_count()) * jax.device_count()
   loop.evaluate(p_eval_step, p_state, p_ids, starts[:batch], batch)  # compiles
@@ -141,8 +151,9 @@ def sampling_rates(budget_s: float) -> dict:
   """Characters per second for 400 characters per row, one device (as the sampler runs)."""
   import jax
   import jax.numpy as jnp
-  from jaxchar import generate, steps
-  from jaxchar.model import CharLSTM
+  from jaxchar.sampling import generate
+  from jaxchar.training import steps
+  from jaxchar.core.model import CharLSTM
   model = CharLSTM(65, HIDDEN)
   params = steps.create_train_state(jax.random.PRNGKey(0), model, MAXLEN,
                                     steps.make_optimizer(0.01)).params
@@ -183,11 +194,11 @@ def run_role(role: str, batch: int, budget_s: float) -> dict:
   return {**out, "backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind)}
 
 
-def measure(role: str) -> dict:
+def measure(role: str, config: BenchConfig) -> dict:
   """Runs `role` in a fresh process of this module and returns its JSON."""
   result = subprocess.run(
-      [sys.executable, "-m", "jaxchar.bench", f"--role={role}", f"--seconds={FLAGS.seconds}",
-       f"--train_batch={FLAGS.train_batch}"], capture_output=True, text=True)
+      [sys.executable, "-m", "jaxchar.bench", f"--role={role}", f"--seconds={config.seconds}",
+       f"--train_batch={config.train_batch}"], capture_output=True, text=True)
   if result.returncode:
     raise RuntimeError(f"benchmark role {role} failed:\n{result.stderr[-3000:]}")
   return json.loads(result.stdout.split("RESULT=")[1])
@@ -207,8 +218,9 @@ def write_generated_corpus(path: Path, megabytes: int) -> None:
 def memory_probe(path: str) -> None:
   """Trains a few steps on `path`; prints this process's peak RSS in MB (run as a subprocess,
   so the figure is the trainer's alone)."""
-  from jaxchar import host, loop
-  from jaxchar.config import Config
+  from jaxchar import host
+  from jaxchar.training import loop
+  from jaxchar.training.config import Config
   host.keep_freed_memory()
   config = Config(data=path, epochs=1, steps_per_epoch=5, val_fraction=0.0002, sample_len=0,
                   eval_batch_size=4096)
@@ -231,35 +243,36 @@ def run_memory_probe(megabytes: int) -> tuple[float, float]:
 def main(argv) -> None:
   del argv
   logs.quiet_library_logs()
-  if FLAGS.memory_probe:
-    return memory_probe(FLAGS.memory_probe)
-  if FLAGS.role:
-    print("RESULT=" + json.dumps(run_role(FLAGS.role, FLAGS.train_batch, FLAGS.seconds)))
+  config = options.from_flags(BenchConfig, FLAGS)
+  if config.memory_probe:
+    return memory_probe(config.memory_probe)
+  if config.role:
+    print("RESULT=" + json.dumps(run_role(config.role, config.train_batch, config.seconds)))
     return
   from jaxchar import host
   runs = {role: [] for role in ROLES}
-  for turn in range(FLAGS.repeats):
+  for turn in range(config.repeats):
     for role in ROLES:
-      runs[role].append(measure(role))
-      print(f"turn {turn + 1}/{FLAGS.repeats} {role}: "
+      runs[role].append(measure(role, config))
+      print(f"turn {turn + 1}/{config.repeats} {role}: "
             f"{runs[role][-1]['windows_per_s']:,.0f} windows/s", file=sys.stderr, flush=True)
   results = {"jaxchar": jaxchar.__version__, "date": time.strftime("%Y-%m-%d"),
              "machine": platform.processor() or platform.machine(), "cores": host.num_cores(),
-             "batch_size": FLAGS.train_batch, "repeats": FLAGS.repeats, "runs": runs,
+             "batch_size": config.train_batch, "repeats": config.repeats, "runs": runs,
              "median": {role: statistics.median(r["windows_per_s"] for r in rs)
                         for role, rs in runs.items()}}
   results["validation_s"] = statistics.median(r["validation_s"] for r in runs["large_vocab"])
   results["backend"], results["device"] = runs["trainer"][0]["backend"], runs["trainer"][0]["device"]
   results["devices"] = runs["trainer"][0]["devices"]
-  if FLAGS.large_vocab_flax:
-    results["large_vocab_flax"] = measure("large_vocab_flax")["windows_per_s"]
-  results["sampling_chars_per_s"] = measure("sampling")
-  if FLAGS.memory_mb:
-    corpus_mb, peak_mb = run_memory_probe(FLAGS.memory_mb)
+  if config.large_vocab_flax:
+    results["large_vocab_flax"] = measure("large_vocab_flax", config)["windows_per_s"]
+  results["sampling_chars_per_s"] = measure("sampling", config)
+  if config.memory_mb:
+    corpus_mb, peak_mb = run_memory_probe(config.memory_mb)
     results["memory_probe"] = {"corpus_mb": corpus_mb, "peak_rss_mb": peak_mb}
   print(format_table(results))
-  if FLAGS.json:
-    Path(FLAGS.json).write_text(json.dumps(results, indent=2))
+  if config.json:
+    Path(config.json).write_text(json.dumps(results, indent=2))
 
 
 def format_table(r: dict) -> str:

@@ -10,9 +10,8 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from jaxchar import corpus  # noqa: E402
-
-REPO = Path(__file__).resolve().parent.parent
+from helpers import TINY_TEXT, write_tiny_text  # noqa: E402
+from jaxchar.core import corpus  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -22,28 +21,9 @@ def moes_text(tmp_path_factory) -> str:
   return corpus.read_text(path)
 
 
-_TINY_LINES = ["moe: hey homer.", "homer: hi moe.", "barney: beer!", "moe: no."] * 30
-# A small, learnable text: a few repeated lines with a paragraph break near the end.
-TINY_TEXT = "\n".join(_TINY_LINES[:100]) + "\n\n" + "\n".join(_TINY_LINES[100:]) + "\n"
-
-
-def write_tiny_text(folder: Path) -> Path:
-  path = folder / "tiny.txt"
-  path.write_text(TINY_TEXT, encoding="utf-8")
-  return path
-
-
 @pytest.fixture
 def tiny_text() -> str:
   return TINY_TEXT
-
-
-def tiny_config(data: Path, **overrides):
-  """A config that trains in seconds: hidden 16, window 8, batch 16, no samples."""
-  from jaxchar.config import Config
-  fields = dict(data=str(data), maxlen=8, step=2, hidden=16, batch_size=16, eval_batch_size=64,
-                epochs=2, sample_len=0, temperatures=(0.5, 1.0))
-  return Config(**{**fields, **overrides}).validate()
 
 
 @pytest.fixture

@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 from absl import flags
 
-from conftest import REPO, tiny_config
-from jaxchar import checkpoint, train
-from jaxchar import sampler as sampler_lib
-from jaxchar.config import auto_epochs
+from helpers import REPO, tiny_config
+from jaxchar.core import checkpoint
+from jaxchar import train
+from jaxchar.sampling import sampler as sampler_lib
+from jaxchar.training.config import auto_epochs
 from jaxchar.errors import UserError
 
 FLAGS = flags.FLAGS
@@ -41,7 +42,7 @@ def test_any_text_recipe_runs_end_to_end_and_says_what_it_chose(tiny_file, tmp_p
   metas = checkpoint.read_metas(tmp_path / "run", steps)
   best = min((m["val_loss"], s) for s, m in metas.items())[1]
   assert sampler_lib.load_sampler(tmp_path / "run").step == best  # the best is kept and sampled
-  assert "Moe" not in out and "moe" not in out.split("Seed window")[0]
+  assert "Moe" not in out and "moe" not in out.split("samples after epoch")[0]
 
 
 def test_a_one_symbol_text_is_refused_with_the_reason(tmp_path):

@@ -12,47 +12,12 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from conftest import REPO, tiny_config
-from jaxchar import checkpoint, loop, train
+from helpers import REPO, StopAfterPolls, assert_same_run, final_checkpoint, tiny_config
+from jaxchar.core import checkpoint
+from jaxchar.training import loop
+from jaxchar import train
 from jaxchar.errors import UserError
-from jaxchar.preemption import StopRequests
-
-
-def final_checkpoint(workdir: Path) -> tuple[dict, dict]:
-  """(state as numpy, meta) of the newest checkpoint."""
-  step = checkpoint.checkpoint_steps(workdir)[-1]
-  ckpts = checkpoint.Checkpoints(workdir, keep=3)
-  state = ckpts.manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.PyTreeRestore())).state
-  ckpts.close()
-  return state, checkpoint.read_meta(workdir, step)
-
-
-def assert_same_run(a: Path, b: Path) -> None:
-  (state_a, meta_a), (state_b, meta_b) = final_checkpoint(a), final_checkpoint(b)
-  assert meta_a["epoch_losses"] == meta_b["epoch_losses"]  # bit-for-bit float losses
-  assert meta_a["val_loss"] == meta_b["val_loss"]
-  leaves_a = jax.tree_util.tree_leaves_with_path(state_a)
-  leaves_b = jax.tree_util.tree_leaves(state_b)
-  assert len(leaves_a) == len(leaves_b)
-  for (path, x), y in zip(leaves_a, leaves_b):
-    assert np.array_equal(x, y), jax.tree_util.keystr(path)
-
-
-class StopAfterPolls(StopRequests):
-  """Behaves as if SIGTERM arrived after `polls` checks (one check per training step)."""
-
-  def __init__(self, polls: int):
-    super().__init__()
-    self.remaining = polls
-
-  @property
-  def requested(self) -> bool:
-    if self.signal_name is None:
-      self.remaining -= 1
-      if self.remaining < 0:
-        self.signal_name = "SIGTERM"
-    return self.signal_name is not None
+from jaxchar.training.preemption import StopRequests
 
 
 def test_resume_mid_epoch_on_4_devices_is_bit_exact(tiny_file, tmp_path, monkeypatch, capsys):

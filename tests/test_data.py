@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxchar import data
+from jaxchar.core import data
 from jaxchar.errors import UserError
 
 

@@ -12,8 +12,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from conftest import REPO, tiny_config, write_tiny_text
-from jaxchar import checkpoint, train
+from helpers import REPO, tiny_config, write_tiny_text
+from jaxchar.core import checkpoint
+from jaxchar import train
 
 STEPS = 20
 # Float32 summation order differs with the device count (pmean of per-device means); over 20

@@ -6,9 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxchar import steps
-from jaxchar.lstm import lstm_recurrence
-from jaxchar.model import CharLSTM, init_params
+from jaxchar.training import steps
+from jaxchar.core.lstm import lstm_recurrence
+from jaxchar.core.model import CharLSTM, init_params
 
 MAXLEN = 8
 

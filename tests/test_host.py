@@ -8,7 +8,7 @@ import pytest
 
 from jaxchar import host
 
-from conftest import REPO
+from helpers import REPO
 
 TINY = ["--maxlen=8", "--step=2", "--hidden=16", "--epochs=1", "--steps_per_epoch=2",
         "--sample_len=0", "--eval_batch_size=64"]

@@ -7,10 +7,12 @@ import sys
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import REPO, tiny_config
-from jaxchar import loop, metrics, plot, train
+from helpers import REPO, tiny_config
+from jaxchar.training import loop, metrics
+from jaxchar import train
+from jaxchar.training import plots as plot
 from jaxchar.errors import UserError
-from jaxchar.preemption import StopRequests
+from jaxchar.training.preemption import StopRequests
 
 TIME_FIELDS = ("windows_per_s", "elapsed_s", "seconds")
 

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from flax import jax_utils
 
-from jaxchar import data, steps
-from jaxchar.model import CharLSTM, count_params, init_params
+from jaxchar.core import data
+from jaxchar.training import steps
+from jaxchar.core.model import CharLSTM, count_params, init_params
 
 TINY = {"vocab_size": 11, "hidden": 16}
 MAXLEN = 8

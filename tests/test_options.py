@@ -8,12 +8,15 @@ import optax
 import pytest
 from flax import jax_utils
 
-from conftest import tiny_config
-from jaxchar import checkpoint, data, generate, loop, steps, train
-from jaxchar import sampler as sampler_lib
+from helpers import tiny_config
+from jaxchar.core import checkpoint, data
+from jaxchar.sampling import generate
+from jaxchar.training import loop, steps
+from jaxchar import train
+from jaxchar.sampling import sampler as sampler_lib
 from jaxchar.errors import UserError
-from jaxchar.model import CharLSTM, count_params, init_params
-from test_checkpoint import StopAfterPolls, assert_same_run
+from jaxchar.core.model import CharLSTM, count_params, init_params
+from helpers import StopAfterPolls, assert_same_run
 
 MAXLEN = 8
 DEEP = CharLSTM(11, 16, num_layers=2, embed_dim=6, dropout=0.3)

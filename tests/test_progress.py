@@ -2,7 +2,7 @@
 
 import io
 
-from jaxchar import progress
+from jaxchar.training import progress
 
 
 def test_non_terminal_output_is_plain_lines(monkeypatch):

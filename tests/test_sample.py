@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxchar import generate
+from jaxchar.sampling import generate
 
 VOCAB = 5
 MAXLEN = 4

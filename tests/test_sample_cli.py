@@ -10,12 +10,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import REPO, tiny_config, write_tiny_text
-from jaxchar import checkpoint, generate, train
-from jaxchar import sampler as sampler_lib
-from jaxchar.config import SampleConfig
+from helpers import REPO, tiny_config, write_tiny_text
+from jaxchar.core import checkpoint
+from jaxchar.sampling import generate
+from jaxchar import train
+from jaxchar.sampling import sampler as sampler_lib
+from jaxchar.sampling.config import SampleConfig
 from jaxchar.errors import UserError
-from jaxchar.model import CharLSTM
+from jaxchar.core.model import CharLSTM
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +43,7 @@ def test_checkpoint_from_4_devices_samples_on_1(trained_workdir):
   assert result.returncode == 0, result.stderr
   blocks = result.stdout.split("----- temperature ")[1:]
   assert len(blocks) == 4
-  assert all(b.split("\n", 1)[1].startswith("Moe: ") for b in blocks)
+  assert all(b.split("\n", 1)[1].startswith("moe: ") for b in blocks)  # as the model saw it
   # The same samples in this 4-device process, from the same checkpoint: device-independent.
   in_process = sampler_lib.run_sampling(SampleConfig(workdir=str(trained_workdir), prime="Moe: ",
                                        temperatures=(0.5, 1.0), num_samples=2, length=50, seed=3))

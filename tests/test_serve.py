@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from conftest import REPO, tiny_config, write_tiny_text
+from helpers import REPO, tiny_config, write_tiny_text
 from jaxchar import train
-from jaxchar import sampler as sampler_lib
-from jaxchar.batcher import Batcher, batch_buckets, length_buckets
-from jaxchar.serve_app import create_app
-from jaxchar.serve_requests import Limits
+from jaxchar.sampling import sampler as sampler_lib
+from jaxchar.serving.batcher import Batcher, batch_buckets, length_buckets
+from jaxchar.serving.app import create_app
+from jaxchar.serving.request_checks import Limits
 
 
 @pytest.fixture(scope="module")

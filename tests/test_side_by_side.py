@@ -14,10 +14,12 @@ from pathlib import Path
 import orbax.checkpoint as ocp
 import pytest
 
-from conftest import REPO, tiny_config
-from jaxchar import checkpoint, lock, metrics, train
-from jaxchar import sampler as sampler_lib
-from jaxchar.config import SampleConfig
+from helpers import REPO, tiny_config
+from jaxchar.core import checkpoint
+from jaxchar.training import lock, metrics
+from jaxchar import train
+from jaxchar.sampling import sampler as sampler_lib
+from jaxchar.sampling.config import SampleConfig
 from jaxchar.errors import UserError
 
 TINY = ["--maxlen=8", "--step=2", "--hidden=16", "--batch_size=16", "--sample_len=0",
@@ -78,7 +80,8 @@ def test_entry_points_print_only_their_own_lines_in_a_terminal(tiny_file, tmp_pa
   code, out = in_terminal("jaxchar.train", f"--data={tiny_file}", *TINY, "--epochs=2",
                           "--sample_len=20", f"--workdir={workdir}")
   assert code == 0, out
-  assert "epoch   2 |" in out and "Temperature 0.5" in out
+  assert "epoch   2 |" in out and "----- temperature 0.5\n[" in out
+  assert "## Epoch" not in out and "```" not in out  # Markdown goes to samples.md only
   code, sampled = in_terminal("jaxchar.sample", f"--workdir={workdir}", "--length=20")
   assert code == 0 and "# checkpoint step 90" in sampled, sampled
   code, plotted = in_terminal("jaxchar.plot", f"--workdir={workdir}")
@@ -108,7 +111,7 @@ def damage_checkpoint(folder: Path, kind: str) -> None:
 @pytest.fixture(scope="module")
 def three_checkpoints(tmp_path_factory) -> Path:
   """A tiny run with checkpoints at steps 30, 45 (epoch 1, the best) ... 60, 75, 90."""
-  from conftest import write_tiny_text
+  from helpers import write_tiny_text
   root = tmp_path_factory.mktemp("damaged")
   config = tiny_config(write_tiny_text(root), epochs=2, save_every_steps=15, keep=3)
   train.train_and_evaluate(config, root / "run")

@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 from absl import flags
 
-from jaxchar import corpus, train
-from jaxchar.config import DEFAULT_DATA
+from jaxchar.core import corpus
+from jaxchar import train
+from jaxchar.training.config import DEFAULT_DATA
 
-from conftest import REPO
+from helpers import REPO
 
 FLAGS = flags.FLAGS
 TINY_ARGS = ["--maxlen=8", "--step=2", "--hidden=16", "--batch_size=16", "--epochs=2",

@@ -1,17 +1,15 @@
 """Sampling: one jitted function generates every character for a batch of rows, each with its
-own context, temperature, top-k and key; and the trainer's per-epoch samples."""
+own context, temperature, top-k and key."""
 
 import functools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from jaxchar.config import Config
-from jaxchar.data import Corpus
-from jaxchar.lstm import lstm_cell
-from jaxchar.model import CharLSTM, Carry, fused_lstm_kernels, layer_name, num_layers_of
+from jaxchar.core.lstm import lstm_cell
+from jaxchar.core.model import CharLSTM, Carry, fused_lstm_kernels, layer_name, num_layers_of
+from jaxchar.sampling.config import SAMPLE_MODES
 
 
 def scale_logits(logits: jnp.ndarray, temperatures: jnp.ndarray,
@@ -183,25 +181,6 @@ def generate_stateful(model: CharLSTM, params, context: jnp.ndarray, temperature
   return generated.T
 
 
-GENERATORS = {"window": generate_window, "stateful": generate_stateful}
+GENERATORS = dict(zip(SAMPLE_MODES, (generate_window, generate_stateful)))
 # For the benchmark: the reference algorithm (model rerun over the window per character).
 REFERENCE_GENERATORS = {"window (rerun per character)": generate_window_rerun}
-
-
-def epoch_samples(state, model: CharLSTM, corpus: Corpus, config: Config,
-                  epoch: int) -> tuple[str, dict[float, str]]:
-  """Generates from a random training window at every temperature: (markdown, {T: text})."""
-  rng = np.random.default_rng([config.seed, epoch, 1])
-  start = int(rng.integers(0, corpus.cut - config.maxlen))
-  seed_ids = corpus.ids[start:start + config.maxlen]
-  temps = jnp.asarray(config.temperatures, jnp.float32)
-  context = jnp.broadcast_to(jnp.asarray(seed_ids), (len(temps), config.maxlen))
-  key = jax.random.fold_in(jax.random.PRNGKey(config.seed), epoch)
-  generated = GENERATORS[config.sample_mode](model, state.params, context, temps, key,
-                                            config.sample_len)
-  seed_text = corpus.vocab.decode(seed_ids)
-  texts = {t: f"[{seed_text}]{corpus.vocab.decode(row)}"
-           for t, row in zip(config.temperatures, np.asarray(generated))}
-  parts = [f"## Epoch {epoch}\n\nSeed window (in brackets below): `{seed_text!r}`\n"]
-  parts += [f"### Temperature {t}\n\n```\n{text}\n```\n" for t, text in texts.items()]
-  return "\n".join(parts), texts

@@ -12,12 +12,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxchar import checkpoint
-from jaxchar.config import SampleConfig
-from jaxchar.data import Vocab
+from jaxchar.core import checkpoint
+from jaxchar.core.data import Vocab
+from jaxchar.core.model import CharLSTM, init_params
 from jaxchar.errors import UserError
-from jaxchar.generate import GENERATORS
-from jaxchar.model import CharLSTM, init_params
+from jaxchar.sampling.config import SampleConfig
+from jaxchar.sampling.generate import GENERATORS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -223,11 +223,12 @@ def run_sampling(config: SampleConfig) -> str:
   samples = sampler.sample(config.prime, config.temperatures, config.length, config.num_samples,
                            config.seed, config.top_k, config.unknown, config.mode)
   val = sampler.meta.get("val_loss")
+  shown_prime = sampler.clean_prime(config.prime, config.unknown)  # as the model saw it
   lines = [f"# checkpoint step {sampler.step} (epoch {sampler.meta['epoch']}"
            + (f", validation loss {val:.4f} nats)" if val is not None else ")")]
   for temperature, texts in zip(config.temperatures, samples):
     for n, text in enumerate(texts, 1):
-      lines.append(f"----- temperature {temperature}, sample {n}\n{config.prime}{text}")
+      lines.append(f"----- temperature {temperature}, sample {n}\n{shown_prime}{text}")
   return "\n".join(lines)
 
 

@@ -17,8 +17,7 @@ from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
 import jaxchar
-from jaxchar.config import Config
-from jaxchar.data import Corpus
+from jaxchar.core.data import Corpus
 from jaxchar.errors import UserError, writing
 
 FORMAT_VERSION = 1  # bump when the saved layout changes incompatibly
@@ -173,16 +172,19 @@ def restore_params(workdir: Path, step: int, params_template: Any) -> Any:
   return restored["params"]
 
 
-# Settings added after format 1 began; checkpoints without them used the defaults (the reference's).
-_OPTION_KEYS = ("num_layers", "embed_dim", "optimizer", "lr_schedule", "clip_norm")
-_OPTION_DEFAULTS = {key: getattr(Config(), key) for key in _OPTION_KEYS}
+# Settings added after format 1 began, with the values that checkpoints written before them
+# were trained with (the reference's): history, so not tied to today's defaults.
+_OPTION_DEFAULTS = {"num_layers": 1, "embed_dim": 0, "optimizer": "rmsprop",
+                    "lr_schedule": "constant", "clip_norm": 0.0}
+_OPTION_KEYS = tuple(_OPTION_DEFAULTS)
 # Settings that fix the meaning of a checkpoint's parameters and data position.
 _RESUME_KEYS = ("vocab", "corpus_sha256", "lowercase", "maxlen", "hidden", "step", "batch_size",
                 "val_fraction", "seed") + _OPTION_KEYS
 
 
-def run_metadata(config: Config, corpus: Corpus) -> dict:
-  """What a checkpoint must carry besides the state: enough to sample and to resume safely."""
+def run_metadata(config, corpus: Corpus) -> dict:
+  """What a checkpoint must carry besides the state (given the run's training Config): enough
+  to sample and to resume safely."""
   return {"vocab": corpus.vocab.chars, "corpus_sha256": corpus.sha256,
           "corpus_chars": len(corpus.ids),
           "lowercase": config.lowercase, "maxlen": config.maxlen, "hidden": config.hidden,

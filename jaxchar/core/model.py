@@ -16,8 +16,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from jaxchar.config import LSTM_IMPLS
-from jaxchar.lstm import Array, Carry, FusedLSTM
+from jaxchar.core.lstm import Array, Carry, FusedLSTM
+
+# The default first: fused measured faster on CPU (BENCHMARKS.md); flax is the reference.
+LSTM_IMPLS = ("fused", "flax")
 
 
 def keras_fused_glorot_uniform(key: Array, shape: tuple[int, ...], dtype=jnp.float32) -> Array:

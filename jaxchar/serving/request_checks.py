@@ -5,8 +5,8 @@ import dataclasses
 import math
 
 from jaxchar.errors import UserError
-from jaxchar.generate import GENERATORS
-from jaxchar.sampler import Sampler
+from jaxchar.sampling.config import SAMPLE_MODES, UNKNOWN_POLICIES, SampleConfig
+from jaxchar.sampling.sampler import Sampler
 
 MAX_BODY_BYTES = 64 * 1024
 
@@ -40,9 +40,11 @@ class GenerationRequest:
   unknown: str
 
 
-# The defaults of `python -m jaxchar.sample`.
-DEFAULTS = {"prime": "", "temperature": 0.5, "length": 400, "top_k": 0, "mode": "window",
-            "seed": 0, "num_samples": 1, "unknown": "error"}
+_SAMPLE = SampleConfig()
+# The defaults of `python -m jaxchar.sample`, from its definitions.
+DEFAULTS = {"prime": _SAMPLE.prime, "temperature": _SAMPLE.temperatures[0],
+            "length": _SAMPLE.length, "top_k": _SAMPLE.top_k, "mode": _SAMPLE.mode,
+            "seed": _SAMPLE.seed, "num_samples": _SAMPLE.num_samples, "unknown": _SAMPLE.unknown}
 
 
 def _number(fields: dict, name: str, kind: type):
@@ -69,7 +71,7 @@ def parse(fields: dict, sampler: Sampler, limits: Limits) -> GenerationRequest:
   if unknown_fields:
     raise BadRequest(f"unknown field(s) {', '.join(unknown_fields)}; the fields are "
                      f"{', '.join(DEFAULTS)}.")
-  prime = fields.get("prime", "")
+  prime = fields.get("prime", DEFAULTS["prime"])
   if not isinstance(prime, str):
     raise BadRequest(f"prime must be a string, got {prime!r}.")
   if len(prime) > limits.max_prime:
@@ -93,12 +95,12 @@ def parse(fields: dict, sampler: Sampler, limits: Limits) -> GenerationRequest:
   seed = _number(fields, "seed", int)
   if not 0 <= seed < 2**31:
     raise BadRequest(f"seed must be from 0 to {2**31 - 1}, got {seed}.")
-  mode = fields.get("mode", "window")
-  if mode not in GENERATORS:
-    raise BadRequest(f"mode must be one of {', '.join(GENERATORS)}, got {mode!r}.")
-  unknown = fields.get("unknown", "error")
-  if unknown not in ("error", "skip"):
-    raise BadRequest(f"unknown must be 'error' or 'skip', got {unknown!r}.")
+  mode = fields.get("mode", DEFAULTS["mode"])
+  if mode not in SAMPLE_MODES:
+    raise BadRequest(f"mode must be one of {', '.join(SAMPLE_MODES)}, got {mode!r}.")
+  unknown = fields.get("unknown", DEFAULTS["unknown"])
+  if unknown not in UNKNOWN_POLICIES:
+    raise BadRequest(f"unknown must be one of {', '.join(UNKNOWN_POLICIES)}, got {unknown!r}.")
   try:
     prime = sampler.clean_prime(prime, unknown)
   except UserError as e:

@@ -14,9 +14,11 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
 import jaxchar
-from jaxchar.batcher import Batcher
-from jaxchar.sampler import Sampler
-from jaxchar.serve_requests import MAX_BODY_BYTES, BadRequest, GenerationRequest, Limits, parse
+from jaxchar.sampling.config import SAMPLE_MODES
+from jaxchar.sampling.sampler import Sampler
+from jaxchar.serving.batcher import Batcher
+from jaxchar.serving.request_checks import (MAX_BODY_BYTES, BadRequest, GenerationRequest, Limits,
+                                            parse)
 
 STREAM_CHUNK = 64  # characters per streamed event (one batched call each)
 ROUTES = "GET /, POST /api/generate, GET /api/stream, GET /api/info, GET /healthz"
@@ -30,7 +32,7 @@ def model_info(sampler: Sampler, batcher: Batcher) -> dict:
       "val_loss": meta.get("val_loss"), "vocab_size": sampler.vocab.size,
       "corpus_chars": meta.get("corpus_chars"), "data": config.get("data"),
       "lowercase": sampler.lowercase, "maxlen": sampler.maxlen, "hidden": meta.get("hidden"),
-      "num_layers": meta.get("num_layers", 1), "modes": ["window", "stateful"],
+      "num_layers": meta.get("num_layers", 1), "modes": list(SAMPLE_MODES),
       "max_batch": batcher.max_batch, "length_buckets": batcher.length_buckets,
       "batch_buckets": batcher.batch_buckets, "generation_calls": batcher.calls,
       "rows_generated": batcher.rows_generated}
@@ -39,7 +41,7 @@ def model_info(sampler: Sampler, batcher: Batcher) -> dict:
 def create_app(sampler: Sampler, batcher: Batcher, limits: Limits) -> FastAPI:
   """The app: routes, error handlers, and the page, all bound to one restored sampler."""
   app = FastAPI(title="jaxchar", docs_url=None, redoc_url=None, openapi_url=None)
-  page = resources.files("jaxchar").joinpath("serve_page.html").read_text(encoding="utf-8")
+  page = resources.files("jaxchar.serving").joinpath("page.html").read_text(encoding="utf-8")
 
   async def generate(request: GenerationRequest, length: int, chunk: int = 0,
                      context: str | None = None) -> list[str]:

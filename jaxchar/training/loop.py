@@ -12,12 +12,15 @@ import jax.numpy as jnp
 import numpy as np
 from flax import jax_utils
 
-from jaxchar import data, distributed, generate, plot, progress, steps
-from jaxchar.config import Config
+from jaxchar.core import data
 from jaxchar.errors import UserError
-from jaxchar.lock import WorkdirLock
-from jaxchar.preemption import StopRequests
-from jaxchar.run import Run, nothing_to_train, say, start_run
+from jaxchar.training import distributed, plots, progress, steps
+from jaxchar.training.config import Config
+from jaxchar.training.distributed import say
+from jaxchar.training.lock import WorkdirLock
+from jaxchar.training.preemption import StopRequests
+from jaxchar.training.run import Run, nothing_to_train, start_run
+from jaxchar.training.samples import epoch_samples
 
 LOG_EVERY = 10  # steps between progress updates and stop checks (each is a host sync)
 
@@ -31,12 +34,14 @@ def _eval_on_starts(state, ids, starts, weights, *, maxlen: int):
   return steps.eval_step(state, {**batch, "weights": weights})
 
 
-def pmapped_steps(maxlen: int, every_position: bool = False):
-  """The loop's train and eval steps, pmapped over all local devices (the one place)."""
+def pmapped_steps(maxlen: int, every_position: bool = False, devices=None):
+  """The loop's train and eval steps, pmapped over all local devices, or `devices` (the
+  compile check's TPU topology): the one place they are wrapped."""
   p_train_step = jax.pmap(functools.partial(_train_on_starts, maxlen=maxlen,
                                             every_position=every_position),
-                          axis_name=steps.AXIS, donate_argnums=(0,))
-  p_eval_step = jax.pmap(functools.partial(_eval_on_starts, maxlen=maxlen), axis_name=steps.AXIS)
+                          axis_name=steps.AXIS, donate_argnums=(0,), devices=devices)
+  p_eval_step = jax.pmap(functools.partial(_eval_on_starts, maxlen=maxlen), axis_name=steps.AXIS,
+                         devices=devices)
   return p_train_step, p_eval_step
 
 
@@ -151,12 +156,12 @@ def end_epoch(run: Run, epoch: int, trained: tuple[int, float], p_eval_step) -> 
     run.log.write({"kind": "epoch", **summary,
                    "learning_rate": _rate_at(run.learning_rate, summary["step"])})
   if config.sample_len and primary:
-    markdown, texts = generate.epoch_samples(jax_utils.unreplicate(run.p_state), run.model,
-                                             run.corpus, config, epoch)
-    print(markdown, flush=True)
+    plain, markdown, texts = epoch_samples(jax_utils.unreplicate(run.p_state).params, run.model,
+                                           run.corpus, config, epoch)
+    print(plain, flush=True)
     run.log.write_samples(markdown, texts, summary["step"])
   if primary:
-    plot.write_loss_plot(run.workdir)
+    plots.write_loss_plot(run.workdir)
   run.early.update(epoch, val_loss)
   run.save(epoch, run.steps_per_epoch, complete=True, val_loss=val_loss)
   return summary
@@ -175,7 +180,7 @@ def train_epochs(run: Run, stop: StopRequests) -> list[dict]:
           "from it.")
       sys.exit(stop.exit_code)
     history.append(end_epoch(run, epoch, trained, p_eval_step))
-    if run.early.stopped:
+    if run.early.stopped and epoch < config.epochs:  # else it ended as planned anyway
       say(f"early stopping: {run.early.describe()}; the best checkpoint is kept in "
           f"{run.workdir}.")
       break

@@ -11,18 +11,15 @@ import jax.numpy as jnp
 from flax import jax_utils
 from jax.experimental import multihost_utils
 
-from jaxchar import checkpoint, data, distributed, metrics, steps
-from jaxchar import corpus as corpus_lib
-from jaxchar.config import AUTO_TRAIN_CHARS, DEFAULT_DATA, MAX_AUTO_EPOCHS, Config, auto_epochs
-from jaxchar.early_stopping import EarlyStopping
+from jaxchar.core import checkpoint, data
+from jaxchar.core import corpus as corpus_lib
+from jaxchar.core.model import CharLSTM, count_params
 from jaxchar.errors import UserError
-from jaxchar.model import CharLSTM, count_params
-
-
-def say(*args) -> None:
-  """Prints on process 0 only."""
-  if distributed.is_primary():
-    print(*args, flush=True)
+from jaxchar.training import distributed, metrics, steps
+from jaxchar.training.config import (AUTO_TRAIN_CHARS, DEFAULT_DATA, MAX_AUTO_EPOCHS, Config,
+                                     auto_epochs)
+from jaxchar.training.distributed import say
+from jaxchar.training.early_stopping import EarlyStopping
 
 
 def _savable(state: steps.TrainState) -> dict:
@@ -87,7 +84,8 @@ class Run:
         self.log.close()
 
 
-def _check_batch_fits(batch_size: int, num_devices: int) -> None:
+def check_batch_fits(batch_size: int, num_devices: int) -> None:
+  """UserError unless the global batch splits evenly over the devices."""
   if batch_size % num_devices:
     raise UserError(
         f"--batch_size={batch_size} does not split evenly over the {num_devices} devices; "
@@ -102,7 +100,7 @@ def start_run(config: Config, workdir: Path) -> Run:
                              val_fraction=config.val_fraction, lowercase=config.lowercase)
   del text  # the corpus keeps only its ids: host memory stays about 1 byte per character
   num_devices = jax.device_count()  # all processes' devices share every global batch
-  _check_batch_fits(config.batch_size, num_devices)
+  check_batch_fits(config.batch_size, num_devices)
   if config.restart and distributed.is_primary() and (moved := checkpoint.set_aside_run(workdir)):
     print(f"--restart: moved the previous run's outputs to {moved}", flush=True)
   if jax.process_count() > 1:

@@ -88,6 +88,12 @@ def is_primary() -> bool:
   return jax.process_index() == 0
 
 
+def say(*args) -> None:
+  """Prints on process 0 only."""
+  if is_primary():
+    print(*args, flush=True)
+
+
 def process_slice(global_rows: np.ndarray) -> np.ndarray:
   """This process's rows of a [num_global_devices, ...] array, in local-device order."""
   local = jax.local_device_count()

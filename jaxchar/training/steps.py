@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import optax
 from flax.training import train_state
 
-from jaxchar.model import CharLSTM, init_params
+from jaxchar.core.model import CharLSTM, init_params
 
 AXIS = "batch"
 

@@ -1,5 +1,5 @@
 """Benchmark of `jaxchar.serve` under concurrent clients:
-`python -m jaxchar.bench_serve --workdir=ckpt/moe_best`.
+`python -m jaxchar.serving.bench --workdir=ckpt/moe_best`.
 
 Starts the server as its own process (as a user would), then for each client count runs that
 many clients, each sending POST /api/generate back to back for --seconds, and prints
@@ -7,6 +7,7 @@ requests/s, p50/p95 latency and aggregate generated characters/s, plus how many 
 batcher put into each generation call.
 """
 
+import dataclasses
 import http.client
 import json
 import os
@@ -19,13 +20,24 @@ import time
 
 from absl import app, flags
 
-from jaxchar import logs
+from jaxchar import logs, options
+from jaxchar.options import option
+from jaxchar.sampling.config import SAMPLE_MODES
 
-flags.DEFINE_string("workdir", "ckpt/moe_best", "A trained run to serve.")
-flags.DEFINE_list("clients", ["1", "4", "16"], "Concurrent client counts to measure.")
-flags.DEFINE_float("seconds", 20.0, "Seconds of requests per client count.")
-flags.DEFINE_integer("length", 400, "Characters per request.")
-flags.DEFINE_string("mode", "window", "Generation mode of every request.")
+
+@dataclasses.dataclass(frozen=True)
+class ServeBenchConfig:
+  """What the serving benchmark measures."""
+
+  workdir: str = option("ckpt/moe_best", "A trained run to serve.")
+  clients: tuple[int, ...] = option((1, 4, 16), "Concurrent client counts to measure.",
+                                    parse=lambda values: tuple(map(int, values)))
+  seconds: float = option(20.0, "Seconds of requests per client count.")
+  length: int = option(400, "Characters per request.")
+  mode: str = option("window", "Generation mode of every request.", choices=SAMPLE_MODES)
+
+
+options.define_flags(ServeBenchConfig)
 FLAGS = flags.FLAGS
 
 
@@ -88,8 +100,9 @@ def _free_port() -> int:
 def main(argv) -> None:
   del argv
   logs.quiet_library_logs()
+  config = options.from_flags(ServeBenchConfig, FLAGS)
   port = _free_port()
-  server = subprocess.Popen([sys.executable, "-m", "jaxchar.serve", f"--workdir={FLAGS.workdir}",
+  server = subprocess.Popen([sys.executable, "-m", "jaxchar.serve", f"--workdir={config.workdir}",
                              f"--port={port}"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env={**os.environ})
   try:
@@ -105,18 +118,18 @@ def main(argv) -> None:
         break
       except OSError:
         time.sleep(0.1)
-    _post(http.client.HTTPConnection("127.0.0.1", port), {"length": FLAGS.length})  # warm
+    _post(http.client.HTTPConnection("127.0.0.1", port), {"length": config.length})  # warm
     results = []
-    for clients in map(int, FLAGS.clients):
-      results.append(run_clients(port, clients, FLAGS.seconds, FLAGS.length, FLAGS.mode))
+    for clients in config.clients:
+      results.append(run_clients(port, clients, config.seconds, config.length, config.mode))
       print(f"{clients} clients: {results[-1]['chars_per_s']:,.0f} characters/s",
             file=sys.stderr, flush=True)
   finally:
     server.terminate()
     server.wait(timeout=30)
   one = results[0]["chars_per_s"]
-  print(f"jaxchar.serve, {FLAGS.workdir}, {FLAGS.length} characters per request, {FLAGS.mode} "
-        f"mode, {FLAGS.seconds:g} s per row\n"
+  print(f"jaxchar.serve, {config.workdir}, {config.length} characters per request, {config.mode} "
+        f"mode, {config.seconds:g} s per row\n"
         "| clients | requests/s | p50 latency | p95 latency | characters/s (all clients) | "
         "vs 1 client | rows per generation call |\n|---|---|---|---|---|---|---|")
   for r in results:

@@ -14,7 +14,7 @@ import queue
 import threading
 import time
 
-from jaxchar.sampler import Row, Sampler
+from jaxchar.sampling.sampler import Row, Sampler
 
 MIN_LENGTH_BUCKET = 64
 MAX_WAIT_FACTOR = 4  # a burst of requests is gathered for at most 4 x max_wait_s

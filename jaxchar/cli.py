@@ -1,0 +1,23 @@
+"""What every entry point does around its main: library logs quietened, stray arguments
+refused, and a UserError turned into one clear paragraph and exit code 2."""
+
+import functools
+from collections.abc import Callable
+
+from jaxchar import logs
+from jaxchar.errors import UserError, exits_on_user_error
+
+
+def entry_point(main: Callable[[], None]) -> Callable[[list[str]], None]:
+  """Wraps a no-argument main into the `main(argv)` that absl's app.run calls."""
+
+  @functools.wraps(main)
+  @exits_on_user_error
+  def wrapped(argv: list[str]) -> None:
+    logs.quiet_library_logs()
+    if len(argv) > 1:
+      raise UserError(f"unexpected arguments {argv[1:]}; every setting is a --flag (see "
+                      "--help).")
+    main()
+
+  return wrapped

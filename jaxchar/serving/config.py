@@ -1,0 +1,33 @@
+"""What `python -m jaxchar.serve` takes, each option defined once."""
+
+import dataclasses
+
+from jaxchar.errors import UserError
+from jaxchar.options import option
+from jaxchar.sampling.config import CheckpointChoice
+
+
+@dataclasses.dataclass(frozen=True)
+class ServeConfig(CheckpointChoice):
+  """The server's model (chosen once, at start-up), address and limits."""
+
+  host: str = option("127.0.0.1", "Address to listen on. The default serves this machine only; "
+                     "0.0.0.0 serves every network it is on (no authentication!).")
+  port: int = option(8080, "Port to listen on.")
+  max_batch: int = option(64, "Most rows (samples of all waiting requests) generated in one "
+                          "call; also the most samples one request may ask for.")
+  max_length: int = option(5000, "Most characters one sample may ask for.")
+  max_prime: int = option(2000, "Most characters a prime may have.")
+  batch_wait_ms: float = option(5.0, "How long the batcher waits for more requests to join a "
+                                "generation call once one is waiting.")
+
+  def validate(self) -> "ServeConfig":
+    """Raises UserError for a bad value; returns self."""
+    for name in ("max_batch", "max_length", "max_prime"):
+      if getattr(self, name) < 1:
+        raise UserError(f"--{name}={getattr(self, name)} must be at least 1.")
+    if not 0 < self.port < 65536:
+      raise UserError(f"--port={self.port} must be from 1 to 65535 (e.g. 8080).")
+    if self.batch_wait_ms < 0:
+      raise UserError(f"--batch_wait_ms={self.batch_wait_ms} must be >= 0.")
+    return self

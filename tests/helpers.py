@@ -1,0 +1,68 @@
+"""Helpers shared by the tests (fixtures are in conftest.py): the tiny text and config, the
+repository root, and what the resume tests compare."""
+
+from pathlib import Path
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from jaxchar.core import checkpoint
+from jaxchar.training.config import Config
+from jaxchar.training.preemption import StopRequests
+
+REPO = Path(__file__).resolve().parent.parent
+
+_TINY_LINES = ["moe: hey homer.", "homer: hi moe.", "barney: beer!", "moe: no."] * 30
+# A small, learnable text: a few repeated lines with a paragraph break near the end.
+TINY_TEXT = "\n".join(_TINY_LINES[:100]) + "\n\n" + "\n".join(_TINY_LINES[100:]) + "\n"
+
+
+def write_tiny_text(folder: Path) -> Path:
+  path = folder / "tiny.txt"
+  path.write_text(TINY_TEXT, encoding="utf-8")
+  return path
+
+
+def tiny_config(data: Path, **overrides) -> Config:
+  """A config that trains in seconds: hidden 16, window 8, batch 16, no samples."""
+  fields = dict(data=str(data), maxlen=8, step=2, hidden=16, batch_size=16, eval_batch_size=64,
+                epochs=2, sample_len=0, temperatures=(0.5, 1.0))
+  return Config(**{**fields, **overrides}).validate()
+
+
+def final_checkpoint(workdir: Path) -> tuple[dict, dict]:
+  """(state as numpy, meta) of the newest checkpoint."""
+  step = checkpoint.checkpoint_steps(workdir)[-1]
+  ckpts = checkpoint.Checkpoints(workdir, keep=3)
+  state = ckpts.manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.PyTreeRestore())).state
+  ckpts.close()
+  return state, checkpoint.read_meta(workdir, step)
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+  (state_a, meta_a), (state_b, meta_b) = final_checkpoint(a), final_checkpoint(b)
+  assert meta_a["epoch_losses"] == meta_b["epoch_losses"]  # bit-for-bit float losses
+  assert meta_a["val_loss"] == meta_b["val_loss"]
+  leaves_a = jax.tree_util.tree_leaves_with_path(state_a)
+  leaves_b = jax.tree_util.tree_leaves(state_b)
+  assert len(leaves_a) == len(leaves_b)
+  for (path, x), y in zip(leaves_a, leaves_b):
+    assert np.array_equal(x, y), jax.tree_util.keystr(path)
+
+
+class StopAfterPolls(StopRequests):
+  """Behaves as if SIGTERM arrived after `polls` checks (one check per training step)."""
+
+  def __init__(self, polls: int):
+    super().__init__()
+    self.remaining = polls
+
+  @property
+  def requested(self) -> bool:
+    if self.signal_name is None:
+      self.remaining -= 1
+      if self.remaining < 0:
+        self.signal_name = "SIGTERM"
+    return self.signal_name is not None

@@ -1,0 +1,118 @@
+"""The architecture the code promises: each option defined once (flags and configs built from
+that one definition), no library module importing an entry point, no test importing another;
+and what a newcomer sees (plain-text samples, the prime as the model used it, early stopping
+reported only when it stopped a run early)."""
+
+import ast
+import json
+import subprocess
+import sys
+
+import pytest
+
+from helpers import REPO, tiny_config
+from jaxchar.sampling import sampler as sampler_lib
+from jaxchar.sampling.config import SampleConfig
+from jaxchar.training.loop import train_and_evaluate
+
+ENTRY_POINTS = {  # module: the config classes its flags come from
+    "jaxchar.train": ["jaxchar.training.config:Config", "jaxchar.training.config:Launch"],
+    "jaxchar.sample": ["jaxchar.sampling.config:SampleConfig"],
+    "jaxchar.serve": ["jaxchar.serving.config:ServeConfig"],
+    "jaxchar.plot": ["jaxchar.training.plots:PlotConfig"],
+    "jaxchar.bench": ["jaxchar.bench:BenchConfig"],
+    "jaxchar.serving.bench": ["jaxchar.serving.bench:ServeBenchConfig"],
+}
+# Run in a fresh process per entry point (each defines --workdir etc. in absl's global FLAGS):
+# its own flags, and for every option the flag's default and help against the definition's.
+PROBE = """
+import dataclasses, importlib, json, sys
+from absl import flags
+from jaxchar import options
+module = importlib.import_module(sys.argv[1])
+flags.FLAGS(["probe"])
+own = {f.name for f in flags.FLAGS.get_flags_for_module(module.__name__)}
+report = {"own_flags": sorted(own), "options": []}
+for spec in sys.argv[2:]:
+  cls = getattr(importlib.import_module(spec.split(":")[0]), spec.split(":")[1])
+  report["defaults_equal"] = report.get("defaults_equal", True) and (
+      options.from_flags(cls) == cls())
+  for field in options.option_fields(cls):
+    flag = flags.FLAGS[options.flag_name(field)]
+    report["options"].append({"flag": flag.name, "field": repr(field.default),
+                              "flag_default": repr(flag.default),
+                              "same_help": flag.help.endswith(field.metadata["help"]),  # enums prefix <a|b>
+                              "from_flag": repr(getattr(options.from_flags(cls), field.name))})
+print(json.dumps(report))
+"""
+
+
+@pytest.mark.parametrize("module", sorted(ENTRY_POINTS))
+def test_every_flag_comes_from_its_one_option_definition(module):
+  result = subprocess.run([sys.executable, "-c", PROBE, module, *ENTRY_POINTS[module]],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stderr
+  report = json.loads(result.stdout.splitlines()[-1])
+  defined = sorted(o["flag"] for o in report["options"])
+  assert report["own_flags"] == defined  # no flag of the entry point outside the definitions
+  assert report["defaults_equal"]
+  for o in report["options"]:
+    assert o["from_flag"] == o["field"], o  # the flag's default is the config's default
+    assert o["same_help"], o
+
+
+def _imports(path) -> set[str]:
+  names = set()
+  for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    if isinstance(node, ast.Import):
+      names.update(alias.name for alias in node.names)
+    elif isinstance(node, ast.ImportFrom):
+      base = node.module or ""
+      names.add(base)
+      names.update(f"{base}.{alias.name}" for alias in node.names)
+  return names
+
+
+def test_flags_are_defined_only_by_the_options_module():
+  for path in sorted((REPO / "jaxchar").rglob("*.py")):
+    if path.name != "options.py":
+      assert "DEFINE_" not in path.read_text(encoding="utf-8"), path
+
+
+def test_no_library_module_imports_an_entry_point():
+  entry_modules = set(ENTRY_POINTS)
+  for path in sorted((REPO / "jaxchar").rglob("*.py")):
+    module = ".".join(path.relative_to(REPO).with_suffix("").parts)
+    if module in entry_modules:
+      continue
+    assert not _imports(path) & entry_modules, (module, _imports(path) & entry_modules)
+
+
+def test_no_test_module_imports_another():
+  for path in sorted((REPO / "tests").glob("*.py")):
+    others = {name for name in _imports(path)
+              if name.split(".")[0].startswith("test_") or name.split(".")[0] == "conftest"}
+    assert not others, (path.name, others)
+
+
+def test_samples_print_plain_text_and_early_stopping_only_when_it_stopped_early(
+    tiny_file, tmp_path, capsys):
+  # patience 1 over 2 epochs at a high rate: epoch 2 may be its first without a new best, but
+  # 2 was the last planned epoch anyway, so nothing stopped early.
+  config = tiny_config(tiny_file, epochs=2, patience=1, learning_rate=0.5, sample_len=10)
+  history = train_and_evaluate(config, tmp_path / "run")
+  out = capsys.readouterr().out
+  assert len(history) == 2
+  assert "samples after epoch 2" in out and "----- temperature 1.0\n[" in out
+  assert "## Epoch" not in out and "```" not in out
+  assert "early stopping" not in out
+  markdown = (tmp_path / "run" / "samples.md").read_text()
+  assert markdown.count("## Epoch ") == 2 and markdown.count("### Temperature 0.5") == 2
+
+
+def test_printed_prime_is_the_one_the_model_used(tiny_file, tmp_path):
+  train_and_evaluate(tiny_config(tiny_file, epochs=1), tmp_path / "run")
+  text = sampler_lib.run_sampling(SampleConfig(workdir=str(tmp_path / "run"), prime="MOE#: ",
+                                               unknown="skip", length=5))
+  sample = text.split("sample 1\n", 1)[1]
+  assert sample.startswith("moe: ") and "MOE" not in text and "#:" not in text
