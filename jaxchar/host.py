@@ -7,12 +7,15 @@ TPU runs are unaffected: the setting only shapes JAX's CPU backend.
 """
 
 import ctypes
+import glob
+import importlib.util
 import os
 import sys
 
 import jax
 
 FORCE_FLAG = "--xla_force_host_platform_device_count"
+GOOGLE_PCI_VENDOR = "0x1ae0"  # TPU chips appear on a TPU VM's PCI bus under Google's vendor id
 # Auto gives each device at least this many windows of the batch: below it the split costs more
 # than it saves (launch/moe_best.flags, batch 16: 5,294 windows/s on 1 device, 4,059 on 2).
 MIN_WINDOWS_PER_DEVICE = 16
@@ -72,3 +75,28 @@ def keep_freed_memory() -> bool:
     return False
   return all(mallopt(param, value) == 1 for param, value in (
       (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 512 << 20), (_M_TOP_PAD, 64 << 20)))
+
+
+def tpu_hardware_present() -> bool:
+  """Whether this machine has TPU chips (any PCI device of Google's vendor id)."""
+  for path in glob.glob("/sys/bus/pci/devices/*/vendor"):
+    try:
+      if open(path, encoding="ascii").read().strip() == GOOGLE_PCI_VENDOR:
+        return True
+    except OSError:
+      continue
+  return False
+
+
+def skip_absent_tpu() -> bool:
+  """With libtpu installed (jax[tpu], or the test extra, for the TPU compile check) on a machine
+  without TPUs or a GPU plugin, JAX would try the TPU first and libtpu would print notes about
+  TPU metadata it cannot find: use the CPU at once then. A platform the user chose
+  (JAX_PLATFORMS) is kept. Returns whether it chose the CPU; call before JAX's backend starts."""
+  if os.environ.get("JAX_PLATFORMS") or importlib.util.find_spec("libtpu") is None:
+    return False
+  if tpu_hardware_present() or any(importlib.util.find_spec(name) for name in (
+      "jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin")):
+    return False
+  jax.config.update("jax_platforms", "cpu")
+  return True

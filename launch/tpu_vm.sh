@@ -6,7 +6,10 @@
 # corpus download). Costs: the TPU VM is billed by the hour from `create` until `delete` (see
 # Cloud TPU pricing for $ACCELERATOR in $ZONE; spot VMs, with SPOT=1, cost far less but can be
 # preempted: rerunning this script resumes from the last checkpoint). The script deletes the VM
-# at the end unless KEEP=1. Nothing else is created.
+# at the end unless KEEP=1. Nothing else is created. Before creating anything it compiles every
+# program of the run for $ACCELERATOR on this machine (python -m jaxchar.compile_check, which needs
+# libtpu here: pip install -e '.[tpu]' in the active venv, no TPU) and stops if the run would not
+# fit in the chips' memory. Extra training flags go in $FLAGS, e.g. FLAGS="--batch_size=1024".
 #
 #   ZONE=us-central2-b ACCELERATOR=v4-8 NAME=jaxchar launch/tpu_vm.sh
 set -euo pipefail
@@ -15,6 +18,10 @@ ACCELERATOR=${ACCELERATOR:-v4-8}
 NAME=${NAME:-jaxchar}
 VERSION=${VERSION:-tpu-ubuntu2204-base}
 SPOT_FLAG=$([ "${SPOT:-0}" = 1 ] && echo --spot || true)
+FLAGS=${FLAGS:-}
+
+# Nothing is paid for until the run is known to compile and fit on $ACCELERATOR.
+python -m jaxchar.compile_check --topology="$ACCELERATOR" --flagfile=launch/tpu.flags $FLAGS
 
 if ! gcloud compute tpus tpu-vm describe "$NAME" --zone="$ZONE" >/dev/null 2>&1; then
   gcloud compute tpus tpu-vm create "$NAME" --zone="$ZONE" --accelerator-type="$ACCELERATOR" \
@@ -28,7 +35,7 @@ gcloud compute tpus tpu-vm scp /tmp/jaxchar.tgz "$NAME":~/jaxchar.tgz --zone="$Z
 ssh_all 'mkdir -p jaxchar && tar xzf jaxchar.tgz -C jaxchar && cd jaxchar &&
   python3 -m venv .venv && . .venv/bin/activate && pip install -q -e ".[tpu,plot]"'
 # Every worker runs the same command; --distributed=on lets JAX find the slice's hosts.
-ssh_all 'cd jaxchar && . .venv/bin/activate && python -m jaxchar.train --flagfile=launch/tpu.flags'
+ssh_all 'cd jaxchar && . .venv/bin/activate && python -m jaxchar.train --flagfile=launch/tpu.flags '"$FLAGS"
 # Checkpoints, metrics and samples are written by worker 0.
 gcloud compute tpus tpu-vm scp --recurse "$NAME":~/jaxchar/ckpt/moe-tpu ckpt/ --zone="$ZONE" \
   --worker=0

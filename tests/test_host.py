@@ -1,5 +1,6 @@
 """The CPU host rule: one JAX device per core by default, never one that breaks the batch."""
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -59,3 +60,21 @@ def test_a_bad_explicit_count_is_a_clear_error(tmp_path, tiny_file, count):
 
 def test_malloc_setting_is_accepted_by_glibc():
   assert host.keep_freed_memory() is sys.platform.startswith("linux")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
+                    reason="libtpu is not installed: there is no TPU attempt to skip")
+def test_with_libtpu_but_no_tpu_the_entry_points_go_straight_to_the_cpu(tmp_path, tiny_file):
+  """Without JAX_PLATFORMS, JAX would try the TPU first and libtpu would print its notes about
+  missing TPU metadata; the entry points take the CPU at once instead."""
+  assert not host.tpu_hardware_present()  # this project's machines have no TPU
+  env = {k: v for k, v in os.environ.items() if k not in ("JAX_PLATFORMS", "XLA_FLAGS")}
+  result = subprocess.run([sys.executable, "-m", "jaxchar.train", f"--data={tiny_file}",
+                           f"--workdir={tmp_path / 'run'}", *TINY, "--batch_size=16"], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.startswith("devices: 1 x cpu") and "TPU" not in result.stderr, (
+      result.stderr)
+  probe = subprocess.run([sys.executable, "-c", "import jax; print(jax.devices())"], cwd=REPO,
+                         env=env, capture_output=True, text=True, timeout=120)
+  assert "TPU_WORKER_HOSTNAMES" in probe.stderr  # what a plain JAX program prints here

@@ -22,6 +22,8 @@ ENTRY_POINTS = {  # module: the config classes its flags come from
     "jaxchar.plot": ["jaxchar.training.plots:PlotConfig"],
     "jaxchar.bench": ["jaxchar.bench:BenchConfig"],
     "jaxchar.serving.bench": ["jaxchar.serving.bench:ServeBenchConfig"],
+    "jaxchar.compile_check": ["jaxchar.training.config:Config", "jaxchar.training.config:Launch",
+                              "jaxchar.aot.check:CheckConfig"],
 }
 # Run in a fresh process per entry point (each defines --workdir etc. in absl's global FLAGS):
 # its own flags, and for every option the flag's default and help against the definition's.
@@ -41,7 +43,8 @@ for spec in sys.argv[2:]:
     flag = flags.FLAGS[options.flag_name(field)]
     report["options"].append({"flag": flag.name, "field": repr(field.default),
                               "flag_default": repr(flag.default),
-                              "same_help": flag.help.endswith(field.metadata["help"]),  # enums prefix <a|b>
+                              # enum flags put <a|b>: before the help
+                              "same_help": flag.help.endswith(field.metadata["help"]),
                               "from_flag": repr(getattr(options.from_flags(cls), field.name))})
 print(json.dumps(report))
 """

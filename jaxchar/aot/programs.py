@@ -1,0 +1,177 @@
+"""Every program a run executes, built with the run's exact shapes as abstract arguments placed
+on a topology's compile-only devices, and compiled: the pmapped train and eval steps, the
+trainer's per-epoch samples, and the server's generation calls."""
+
+import dataclasses
+import re
+import time
+
+import jax
+import numpy as np
+from jax.sharding import SingleDeviceSharding
+
+from jaxchar.aot import flops
+from jaxchar.core.model import CharLSTM, init_params
+from jaxchar.sampling.generate import GENERATORS
+from jaxchar.serving.batcher import batch_buckets, length_buckets
+from jaxchar.serving.config import ServeConfig
+from jaxchar.training import loop, steps
+from jaxchar.training.config import Config
+
+
+@dataclasses.dataclass(frozen=True)
+class Compiled:
+  """One compiled program: its memory on one chip, compile time, and FLOPs."""
+
+  name: str
+  argument_bytes: int
+  output_bytes: int
+  temp_bytes: int
+  alias_bytes: int
+  compile_s: float
+  flops: float  # analytic, every loop trip; per chip
+  xla_flops: float  # XLA's cost analysis (a loop body counted once); per chip
+  xla_bytes: float
+  out_of_memory: str | None = None  # the compiler's refusal, when it ran out of HBM
+
+  @property
+  def peak_bytes(self) -> int:
+    """Live bytes on one chip while it runs (donated arguments reuse their buffers); for a
+    program the compiler refused, at least its temporaries and arguments."""
+    return self.argument_bytes + self.output_bytes + self.temp_bytes - self.alias_bytes
+
+
+_GIGA = {"K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}  # XLA's sizes in its messages: 18.59G
+
+
+def _out_of_memory(name: str, error: Exception, lowered, seconds: float,
+                   flop_count: float) -> Compiled:
+  """The record of a program XLA refused for want of HBM: its temporaries as XLA states them."""
+  message = " ".join(str(error).split())
+  needed = re.search(r"required for [^(]*\((\d+(?:\.\d+)?)([KMGT])\)", message)
+  temp = int(float(needed.group(1)) * _GIGA[needed.group(2)]) if needed else 0
+  arguments = sum(int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize // (a.shape[0] or 1)
+                  if pmapped else int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize
+                  for a, pmapped in lowered)
+  return Compiled(name, arguments, 0, temp, 0, seconds, flop_count, 0.0, 0.0,
+                  out_of_memory=message[:300])
+
+
+def _compile(name: str, lowered_fn, flop_count: float, arguments=()) -> Compiled:
+  """Compiles; `arguments` are (abstract array, pmapped) pairs, sized if XLA runs out of HBM."""
+  start = time.perf_counter()
+  try:
+    compiled = lowered_fn().compile()
+  except jax.errors.JaxRuntimeError as e:
+    if "RESOURCE_EXHAUSTED" not in str(e):
+      raise
+    return _out_of_memory(name, e, arguments, time.perf_counter() - start, flop_count)
+  seconds = time.perf_counter() - start
+  memory = compiled.memory_analysis()
+  cost = compiled.cost_analysis()
+  cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}  # None on some backends
+  return Compiled(name, memory.argument_size_in_bytes, memory.output_size_in_bytes,
+                  memory.temp_size_in_bytes, memory.alias_size_in_bytes, seconds, flop_count,
+                  float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0)))
+
+
+def _abstract(tree, leading: int | None = None, sharding=None):
+  """ShapeDtypeStructs of `tree`'s leaves, with a leading device axis if given."""
+  def struct(x):
+    shape = (leading, *x.shape) if leading else x.shape
+    return jax.ShapeDtypeStruct(shape, x.dtype, sharding=sharding)
+  return jax.tree_util.tree_map(struct, tree)
+
+
+def _leaves(pmapped: bool, *trees) -> list[tuple]:
+  return [(leaf, pmapped) for leaf in jax.tree_util.tree_leaves(trees)]
+
+
+def model_of(config: Config, vocab: int) -> CharLSTM:
+  return steps.model_from_config(config, vocab)
+
+
+def abstract_state(config: Config, vocab: int):
+  """The train state's shapes, as `start_run` builds it (no arrays are made)."""
+  model = model_of(config, vocab)
+  tx, _ = steps.optimizer_from_config(config, steps_per_epoch=1)
+  return jax.eval_shape(lambda key: steps.create_train_state(key, model, config.maxlen, tx),
+                        jax.random.PRNGKey(0))
+
+
+def train_step(config: Config, vocab: int, corpus_chars: int, devices, batch: int) -> Compiled:
+  """The pmapped train step at global `batch` over `devices`."""
+  n = len(devices)
+  state = _abstract(abstract_state(config, vocab), n)
+  ids = jax.ShapeDtypeStruct((n, corpus_chars), np.uint8 if vocab <= 256 else np.int32)
+  starts = jax.ShapeDtypeStruct((n, batch // n), np.int32)
+  p_train, _ = loop.pmapped_steps(config.maxlen, config.objective == "every", devices=devices)
+  shape = flops.Shape.of(config, vocab)
+  return _compile(f"train step (global batch {batch})", lambda: p_train.lower(state, ids, starts),
+                  flops.train_step_flops(shape, batch) / n, _leaves(True, state, ids, starts))
+
+
+def eval_step(config: Config, vocab: int, corpus_chars: int, devices) -> Compiled:
+  """The pmapped validation step at the run's eval batch (rounded up as the run rounds it)."""
+  n = len(devices)
+  batch = -(-config.eval_batch_size // n) * n
+  state = _abstract(abstract_state(config, vocab), n)
+  ids = jax.ShapeDtypeStruct((n, corpus_chars), np.uint8 if vocab <= 256 else np.int32)
+  starts = jax.ShapeDtypeStruct((n, batch // n), np.int32)
+  weights = jax.ShapeDtypeStruct((n, batch // n), np.float32)
+  _, p_eval = loop.pmapped_steps(config.maxlen, devices=devices)
+  shape = flops.Shape.of(config, vocab)
+  return _compile(f"eval step (global batch {batch})",
+                  lambda: p_eval.lower(state, ids, starts, weights),
+                  flops.eval_step_flops(shape, batch) / n,
+                  _leaves(True, state, ids, starts, weights))
+
+
+def _generation(name: str, model: CharLSTM, params, device, rows: int, length: int, mode: str,
+                shape: flops.Shape, per_row_keys: bool) -> Compiled:
+  on = SingleDeviceSharding(device)
+  params = _abstract(params, sharding=on)
+  context = jax.ShapeDtypeStruct((rows, shape.maxlen), np.int32, sharding=on)
+  temps = jax.ShapeDtypeStruct((rows,), np.float32, sharding=on)
+  key = jax.ShapeDtypeStruct((rows, 2) if per_row_keys else (2,), np.uint32, sharding=on)
+  per_row = jax.ShapeDtypeStruct((rows,), np.int32, sharding=on)
+  args = (context, temps, key, length) + ((per_row, per_row) if per_row_keys else ())
+  arrays = tuple(a for a in args if not isinstance(a, int))
+  return _compile(name, lambda: GENERATORS[mode].lower(model, params, *args),
+                  flops.generation_flops(shape, rows, length, mode),
+                  _leaves(False, params, *arrays))
+
+
+def epoch_samples(config: Config, vocab: int, device) -> Compiled:
+  """The trainer's per-epoch samples: every temperature as one batch, on one chip."""
+  model = model_of(config, vocab)
+  params = abstract_state(config, vocab).params
+  rows = len(config.temperatures)
+  return _generation(f"epoch samples ({rows} x {config.sample_len} characters, "
+                     f"{config.sample_mode})", model, params, device, rows, config.sample_len,
+                     config.sample_mode, flops.Shape.of(config, vocab), per_row_keys=False)
+
+
+def server_generation(config: Config, vocab: int, device, mode: str,
+                      serve: ServeConfig = ServeConfig()) -> list[Compiled]:
+  """The server's largest batch at its default request's length bucket and at its longest,
+  as `jaxchar.serve` builds the model from the checkpoint (float32, fused)."""
+  model = CharLSTM(vocab, config.hidden, config.num_layers, config.embed_dim)
+  params = jax.eval_shape(lambda: init_params(model, jax.random.PRNGKey(0),
+                                                    config.maxlen))
+  shape = dataclasses.replace(flops.Shape.of(config, vocab), dtype_bytes=4)
+  rows = batch_buckets(serve.max_batch)[-1]
+  buckets = length_buckets(serve.max_length)
+  default = next(b for b in buckets if b >= 400)
+  return [_generation(f"server {mode} ({rows} rows x {length} characters)", model, params,
+                      device, rows, length, mode, shape, per_row_keys=True)
+          for length in sorted({default, buckets[-1]})]
+
+
+def analytic_check(config: Config, vocab: int, devices) -> tuple[float, float]:
+  """(XLA's FLOPs, the analytic count) of the train step on a 1-character window, where a loop
+  body runs once and XLA's count is complete: how far the analytic formula is from XLA's."""
+  one = dataclasses.replace(config, maxlen=1)
+  n = len(devices)
+  compiled = train_step(one, vocab, 64, devices, n * max(1, config.batch_size // n))
+  return compiled.xla_flops, compiled.flops

@@ -1,0 +1,175 @@
+"""TPU programs compiled on this machine, no TPU needed (libtpu's compile-only devices): every
+program of the reference run and of launch/tpu.flags for v4-8 and v5e-8, the train step across
+dtypes, LSTM implementations, layers and objectives, and an oversized run refused with the
+largest batch that fits."""
+
+import dataclasses
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+
+from helpers import REPO
+from jaxchar.aot import programs, topologies
+from jaxchar.aot.check import CheckConfig, run_check, verdict
+from jaxchar.errors import UserError
+from jaxchar.training.config import Config
+
+LIBTPU = importlib.util.find_spec("libtpu") is not None
+REASON = "libtpu is not installed (pip install -e '.[test]' brings it); TPU compile tests skipped"
+if not LIBTPU and os.environ.get("CI"):
+  raise RuntimeError(f"{REASON}: on CI these tests must run")  # fails collection, never skips
+needs_libtpu = pytest.mark.skipif(not LIBTPU, reason=REASON)
+TPU_FLAGS = Config(dtype="bfloat16", save_every_steps=500)  # launch/tpu.flags over moe.flags
+
+
+@pytest.fixture(scope="module")
+def resolved():
+  """v4-8 and v5e-8 as compile-only devices (libtpu is told which TPU to expect)."""
+  for name in ("v4-8", "v5e-8"):
+    topologies.describe_host_to_libtpu(topologies.jax_topology_name(name))
+  return {name: topologies.resolve(name) for name in ("v4-8", "v5e-8")}
+
+
+def test_topology_names_in_both_forms_and_a_clear_error_for_unknown_ones():
+  assert topologies.jax_topology_name("v5e-8") == "v5e:2x4"
+  assert topologies.jax_topology_name("v5litepod-8") == "v5e:2x4"
+  assert topologies.jax_topology_name("v4-8") == "v4:2x2x1"
+  assert topologies.jax_topology_name("v6e:4x4") == "v6e:4x4"
+  assert topologies.cloud_name("v4:2x2x1") == "v4-8"  # v4 names count TensorCores
+  with pytest.raises(UserError, match="v5x-8 is not a TPU topology.*v4-8, v4-16"):
+    topologies.jax_topology_name("v5x-8")
+
+
+def test_missing_libtpu_names_the_install_command(monkeypatch):
+  monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+  with pytest.raises(UserError, match=r"needs libtpu.*pip install 'libtpu"):
+    topologies.require_libtpu()
+
+
+@needs_libtpu
+@pytest.mark.parametrize("name", ["v4-8", "v5e-8"])
+@pytest.mark.parametrize("config", [Config(), TPU_FLAGS], ids=["reference", "tpu.flags"])
+def test_every_program_of_the_run_compiles_and_fits(resolved, name, config):
+  report = run_check(config, CheckConfig(topology=name), resolved[name])
+  kinds = [p.name.split(" (")[0] for p in report.compiled]
+  assert kinds == ["train step", "eval step", "epoch samples", "server window", "server window",
+                   "server stateful", "server stateful"]
+  assert not report.overflowing() and report.largest_batch is None
+  for program in report.compiled:
+    assert 0 < program.peak_bytes < 64 * 2**20, program  # a few MB each for this small model
+    assert program.argument_bytes > 0 and program.compile_s > 0
+  train = report.compiled[0]
+  assert train.name == "train step (global batch 128)"
+  xla, analytic = report.flops_check
+  assert 0.8 < analytic / xla < 1.25  # the analytic count agrees with XLA's on one trip
+
+
+@needs_libtpu
+@pytest.mark.parametrize("dtype,impl,layers,objective,name", [
+    ("float32", "fused", 1, "last", "v5e-8"), ("bfloat16", "fused", 2, "every", "v5e-8"),
+    ("float32", "flax", 2, "last", "v4-8"), ("bfloat16", "flax", 1, "every", "v4-8"),
+    ("float32", "fused", 2, "every", "v4-8"), ("bfloat16", "flax", 2, "last", "v5e-8")])
+def test_train_step_compiles_across_options(resolved, dtype, impl, layers, objective, name):
+  config = Config(dtype=dtype, lstm_impl=impl, num_layers=layers, objective=objective,
+                  embed_dim=16 if layers == 2 else 0)
+  topology = resolved[name]
+  compiled = programs.train_step(config, 65, 305_270, topology.devices, 128)
+  assert compiled.out_of_memory is None
+  assert 0 < compiled.peak_bytes < topology.chip.hbm_bytes
+  one_layer = programs.train_step(dataclasses.replace(config, num_layers=1, embed_dim=0), 65,
+                                  305_270, topology.devices, 128)
+  assert (compiled.flops > one_layer.flops) == (layers == 2)
+
+
+@needs_libtpu
+def test_an_oversized_run_does_not_fit_and_the_largest_batch_that_fits_does(resolved):
+  topology = resolved["v5e-8"]
+  config = Config(hidden=128, batch_size=2_097_152, sample_len=0)
+  report = run_check(config, CheckConfig(topology="v5e-8"), topology)
+  assert report.overflowing()[0] is report.compiled[0]  # the train step
+  assert report.compiled[0].peak_bytes > topology.chip.hbm_bytes
+  largest = report.largest_batch
+  assert largest and largest % 8 == 0 and largest < config.batch_size
+  fits = programs.train_step(config, 65, report.corpus_chars, topology.devices, largest)
+  assert fits.out_of_memory is None and fits.peak_bytes <= topology.chip.hbm_bytes
+  twice = programs.train_step(config, 65, report.corpus_chars, topology.devices, 2 * largest)
+  assert twice.peak_bytes > topology.chip.hbm_bytes
+  assert (f"train step (global batch 2097152) needs {report.compiled[0].peak_bytes / 2**30:.2f} "
+          "GiB per chip, more than the 16 GiB HBM of a TPU v5e; the largest global batch found "
+          f"to fit (compiled, to within 12.5%) is {largest}: --batch_size={largest}"
+          ) in verdict(report)
+
+
+def _check(*args: str) -> subprocess.CompletedProcess:
+  env = {k: v for k, v in os.environ.items() if k not in ("JAX_PLATFORMS", "XLA_FLAGS")}
+  return subprocess.run([sys.executable, "-m", "jaxchar.compile_check", *args], cwd=REPO,
+                        env=env, capture_output=True, text=True, timeout=600)
+
+
+@needs_libtpu
+def test_the_command_on_tpu_flags_prints_the_table_and_only_its_own_lines():
+  result = _check("--topology=v5e-8", "--flagfile=launch/tpu.flags")
+  assert result.returncode == 0, result.stderr
+  lines = result.stdout.splitlines()
+  assert lines[0].startswith("topology v5e-8 = v5e:2x4: 8 x TPU v5e in 1 host(s), 16.0 GiB HBM")
+  assert "bfloat16, fused LSTM" in lines[1] and "global batch 128 (16 per chip)" in lines[1]
+  assert sum(line.startswith("| train step (global batch 128) |") for line in lines) == 1
+  assert lines[-1].startswith("fits: every program compiled for v5e-8")
+  assert result.stderr == ""  # libtpu's notes about missing TPU metadata are not shown
+
+
+@needs_libtpu
+@pytest.mark.parametrize("args,message", [
+    (["--topology=v9-8"], "--topology=v9-8 is not a TPU topology this check knows; use one of"),
+    (["--topology=v5e-8", "--batch_size=100"], "--batch_size=100 does not split evenly over the "
+     "8 devices"),
+    (["--topology=v4-8", "--data=missing.txt"], "--data=missing.txt: no such file"),
+    ([], "give the TPU topology to check for"),
+])
+def test_bad_input_is_one_clear_error_with_exit_code_2(args, message):
+  result = _check("--flagfile=launch/tpu.flags", *args)
+  assert result.returncode == 2, result.stderr
+  assert message in " ".join(result.stderr.split()) and "Traceback" not in result.stderr
+
+
+@needs_libtpu
+def test_an_oversized_run_exits_2_before_anything_is_spent():
+  result = _check("--topology=v5e-8", "--flagfile=launch/tpu.flags", "--batch_size=2097152",
+                  "--sample_len=0", "--nosearch_batch")  # the search is tested above
+  assert result.returncode == 2, result.stderr
+  error = " ".join(result.stderr.split())
+  assert "the run does not fit on v5e-8: train step (global batch 2097152) needs" in error
+  assert "than the 16 GiB HBM of a TPU v5e; lower --batch_size, --hidden or --num_layers." in error
+  assert "| train step (global batch 2097152) |" in result.stdout and "| NO |" in result.stdout
+
+
+CUDA_SITE = os.environ.get("JAXCHAR_CUDA_AOT_SITE")  # .ci/run installs JAX's CUDA compiler there
+CUDA_REASON = ("JAXCHAR_CUDA_AOT_SITE is not set (a folder with jax-cuda12-plugin, "
+               "jax-cuda12-pjrt and nvidia-cuda-nvcc-cu12, as .ci/run makes); GPU compile test "
+               "skipped")
+if not CUDA_SITE and os.environ.get("CI"):
+  raise RuntimeError(f"{CUDA_REASON}: on CI it must run")
+
+
+@pytest.mark.skipif(not CUDA_SITE, reason=CUDA_REASON)
+def test_every_program_compiles_for_8_h100s_without_a_gpu():
+  env = {k: v for k, v in os.environ.items() if k not in ("JAX_PLATFORMS", "XLA_FLAGS")}
+  env["PYTHONPATH"] = os.path.abspath(CUDA_SITE)
+  result = subprocess.run([sys.executable, "-m", "jaxchar.compile_check", "--topology=h100-8",
+                           "--flagfile=launch/tpu.flags"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr
+  lines = result.stdout.splitlines()
+  assert lines[0].startswith("topology h100-8 = cuda:h100:1x1x8: 8 x NVIDIA H100 SXM 80 GB")
+  rows = [line for line in lines if line.startswith("| ") and "| yes |" in line]
+  assert len(rows) == 7 and rows[0].startswith("| train step (global batch 128) |")
+  assert lines[-1].startswith("fits: every program compiled for h100-8")
+
+
+def test_a_missing_cuda_compiler_names_the_install_command(monkeypatch):
+  monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+  with pytest.raises(UserError, match=r"CUDA compiler.*pip install 'jax-cuda12-plugin=="):
+    topologies.require_cuda_plugin()
