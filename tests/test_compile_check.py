@@ -27,10 +27,14 @@ TPU_FLAGS = Config(dtype="bfloat16", save_every_steps=500)  # launch/tpu.flags o
 
 @pytest.fixture(scope="module")
 def resolved():
-  """v4-8 and v5e-8 as compile-only devices (libtpu is told which TPU to expect)."""
-  for name in ("v4-8", "v5e-8"):
-    topologies.describe_host_to_libtpu(topologies.jax_topology_name(name))
-  return {name: topologies.resolve(name) for name in ("v4-8", "v5e-8")}
+  """v4-8 and v5e-8 as compile-only devices (libtpu is told which TPU to expect while it loads;
+  the variables are taken back afterwards, so later tests see this machine as it is)."""
+  with pytest.MonkeyPatch.context() as patch:
+    for name in ("TPU_ACCELERATOR_TYPE", "TPU_WORKER_HOSTNAMES", "ALLOW_MULTIPLE_LIBTPU_LOAD"):
+      patch.setenv(name, os.environ.get(name, ""))
+      patch.delenv(name)
+    topologies.describe_host_to_libtpu(topologies.jax_topology_name("v5e-8"))
+    yield {name: topologies.resolve(name) for name in ("v4-8", "v5e-8")}
 
 
 def test_topology_names_in_both_forms_and_a_clear_error_for_unknown_ones():

@@ -68,7 +68,8 @@ def test_with_libtpu_but_no_tpu_the_entry_points_go_straight_to_the_cpu(tmp_path
   """Without JAX_PLATFORMS, JAX would try the TPU first and libtpu would print its notes about
   missing TPU metadata; the entry points take the CPU at once instead."""
   assert not host.tpu_hardware_present()  # this project's machines have no TPU
-  env = {k: v for k, v in os.environ.items() if k not in ("JAX_PLATFORMS", "XLA_FLAGS")}
+  env = {k: v for k, v in os.environ.items() if k not in ("JAX_PLATFORMS", "XLA_FLAGS")
+         and not k.startswith("TPU_") and k != "ALLOW_MULTIPLE_LIBTPU_LOAD"}
   result = subprocess.run([sys.executable, "-m", "jaxchar.train", f"--data={tiny_file}",
                            f"--workdir={tmp_path / 'run'}", *TINY, "--batch_size=16"], cwd=REPO,
                           env=env, capture_output=True, text=True, timeout=300)
