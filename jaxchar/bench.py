@@ -102,10 +102,10 @@ def _trainer_setup(vocab: int, impl: str):
   import jax.numpy as jnp
   import numpy as np
   from flax import jax_utils
+  from jaxchar.core import data
   from jaxchar.training import loop, steps
   from jaxchar.core.model import CharLSTM
-  ids = np.random.default_rng(0).integers(0, vocab, 400_000).astype(
-      np.uint8 if vocab <= 256 else np.int32)
+  ids = np.random.default_rng(0).integers(0, vocab, 400_000).astype(data.ids_dtype(vocab))
   state = steps.create_train_state(jax.random.PRNGKey(0), CharLSTM(vocab, HIDDEN, lstm_impl=impl),
                                    MAXLEN, steps.make_optimizer(0.01))
   starts = np.arange(0, len(ids) - MAXLEN - 1, dtype=np.int32)
@@ -139,8 +139,9 @@ def validation_seconds(vocab: int, windows: int) -> float:
   import jax
   from jaxchar.training import loop
   from jaxchar.training.config import Config
+  from jaxchar.training.run import global_eval_batch
   p_state, p_ids, starts, (_, p_eval_step) = _trainer_setup(vocab, "fused")
-  batch = -(-Config.eval_batch_size // jax.device_count()) * jax.device_count()
+  batch = global_eval_batch(Config.eval_batch_size, jax.device_count())
   loop.evaluate(p_eval_step, p_state, p_ids, starts[:batch], batch)  # compiles
   start = time.perf_counter()
   loop.evaluate(p_eval_step, p_state, p_ids, starts[:windows], batch)

@@ -7,6 +7,7 @@ from jaxchar.aot import flops, programs
 from jaxchar.aot.topologies import Topology
 from jaxchar.core import corpus as corpus_lib
 from jaxchar.core.data import Vocab
+from jaxchar.core.model import count_params
 from jaxchar.errors import UserError
 from jaxchar.options import option
 from jaxchar.sampling.config import SAMPLE_MODES
@@ -125,13 +126,14 @@ def format_report(report: Report) -> str:
   t, c = report.topology, report.config
   hbm = t.chip.hbm_bytes
   shape = flops.Shape.of(c, report.vocab)
+  num_params = count_params(programs.abstract_state(c, report.vocab).params)
   corpus = f"{report.corpus_chars:,} characters" + (" (assumed, --corpus_chars)"
                                                     if report.corpus_assumed else "")
   lines = [
       f"topology {t.name} = {t.jax_name}: {len(t.devices)} x {t.chip.name} in {t.num_hosts} "
       f"host(s), {_size(hbm)} HBM per chip (published); compiled on this machine by "
       f"{'libtpu, no TPU' if t.platform == 'tpu' else 'the jax-cuda12 plugin, no GPU'} used",
-      f"run: vocabulary {report.vocab}, corpus {corpus}, {shape.params():,} parameters "
+      f"run: vocabulary {report.vocab}, corpus {corpus}, {num_params:,} parameters "
       f"(hidden {c.hidden}, {c.num_layers} layer(s), embedding {c.embed_dim or 'one-hot'}), "
       f"{c.dtype}, {c.lstm_impl} LSTM, objective {c.objective}, window {c.maxlen}, global "
       f"batch {c.batch_size} ({c.batch_size // len(t.devices)} per chip)",
@@ -145,7 +147,7 @@ def format_report(report: Report) -> str:
         f"| {_size(p.temp_bytes)} | {_size(p.peak_bytes)} | {p.peak_bytes / hbm:.1%} | "
         f"{'yes' if p.peak_bytes <= hbm else 'NO'} | {p.flops / 1e9:,.3f} | "
         + (f"{p.xla_flops / 1e9:,.3f} |" if p.xla_flops else "n/a |"))
-  step_bytes = flops.train_step_bytes(shape, c.batch_size // len(t.devices))
+  step_bytes = flops.train_step_bytes(shape, c.batch_size // len(t.devices), num_params)
   if report.flops_check:
     xla, analytic = report.flops_check
     check = (f"Check on a 1-character window (one trip, so XLA's count is whole): XLA "

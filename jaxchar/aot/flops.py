@@ -31,12 +31,6 @@ class Shape:
       return self.hidden
     return self.embed_dim or self.vocab
 
-  def params(self) -> int:
-    """Parameter count (as count_params gives it)."""
-    h = self.hidden
-    lstm = sum(4 * (self.input_width(i) * h + h * h + h) for i in range(self.num_layers))
-    return self.embed_dim * self.vocab + lstm + h * self.vocab + self.vocab
-
 
 def _one_hot_lookup(shape: Shape, layer: int) -> bool:
   """The fused first layer on one-hot inputs gathers kernel rows: no input matmul."""
@@ -77,7 +71,7 @@ def generation_flops(shape: Shape, rows: int, length: int, mode: str) -> float:
   return rows * ((length + shape.maxlen) * windows * cell + length * head)
 
 
-def train_step_bytes(shape: Shape, batch: int) -> float:
+def train_step_bytes(shape: Shape, batch: int, num_params: int) -> float:
   """A lower bound on one step's memory traffic: the recurrent kernels read at every time step
   forward and backward, each position's residuals (gates, cell and hidden state) written
   forward and read backward, and parameters, gradients and optimizer state read and written
@@ -85,5 +79,5 @@ def train_step_bytes(shape: Shape, batch: int) -> float:
   h, t = shape.hidden, shape.maxlen
   recurrent = shape.num_layers * h * 4 * h * shape.dtype_bytes * t * 3
   residuals = shape.num_layers * batch * t * 6 * h * shape.dtype_bytes * 2
-  state = shape.params() * 4 * 5  # read params, grads and RMSprop's v; write v and params
+  state = num_params * 4 * 5  # read params, grads and RMSprop's v; write v and params
   return recurrent + residuals + state

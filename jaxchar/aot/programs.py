@@ -11,12 +11,14 @@ import numpy as np
 from jax.sharding import SingleDeviceSharding
 
 from jaxchar.aot import flops
+from jaxchar.core.data import ids_dtype
 from jaxchar.core.model import CharLSTM, init_params
 from jaxchar.sampling.generate import GENERATORS
 from jaxchar.serving.batcher import batch_buckets, length_buckets
 from jaxchar.serving.config import ServeConfig
 from jaxchar.training import loop, steps
 from jaxchar.training.config import Config
+from jaxchar.training.run import global_eval_batch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,13 +89,9 @@ def _leaves(pmapped: bool, *trees) -> list[tuple]:
   return [(leaf, pmapped) for leaf in jax.tree_util.tree_leaves(trees)]
 
 
-def model_of(config: Config, vocab: int) -> CharLSTM:
-  return steps.model_from_config(config, vocab)
-
-
 def abstract_state(config: Config, vocab: int):
   """The train state's shapes, as `start_run` builds it (no arrays are made)."""
-  model = model_of(config, vocab)
+  model = steps.model_from_config(config, vocab)
   tx, _ = steps.optimizer_from_config(config, steps_per_epoch=1)
   return jax.eval_shape(lambda key: steps.create_train_state(key, model, config.maxlen, tx),
                         jax.random.PRNGKey(0))
@@ -103,7 +101,7 @@ def train_step(config: Config, vocab: int, corpus_chars: int, devices, batch: in
   """The pmapped train step at global `batch` over `devices`."""
   n = len(devices)
   state = _abstract(abstract_state(config, vocab), n)
-  ids = jax.ShapeDtypeStruct((n, corpus_chars), np.uint8 if vocab <= 256 else np.int32)
+  ids = jax.ShapeDtypeStruct((n, corpus_chars), ids_dtype(vocab))
   starts = jax.ShapeDtypeStruct((n, batch // n), np.int32)
   p_train, _ = loop.pmapped_steps(config.maxlen, config.objective == "every", devices=devices)
   shape = flops.Shape.of(config, vocab)
@@ -114,9 +112,9 @@ def train_step(config: Config, vocab: int, corpus_chars: int, devices, batch: in
 def eval_step(config: Config, vocab: int, corpus_chars: int, devices) -> Compiled:
   """The pmapped validation step at the run's eval batch (rounded up as the run rounds it)."""
   n = len(devices)
-  batch = -(-config.eval_batch_size // n) * n
+  batch = global_eval_batch(config.eval_batch_size, n)
   state = _abstract(abstract_state(config, vocab), n)
-  ids = jax.ShapeDtypeStruct((n, corpus_chars), np.uint8 if vocab <= 256 else np.int32)
+  ids = jax.ShapeDtypeStruct((n, corpus_chars), ids_dtype(vocab))
   starts = jax.ShapeDtypeStruct((n, batch // n), np.int32)
   weights = jax.ShapeDtypeStruct((n, batch // n), np.float32)
   _, p_eval = loop.pmapped_steps(config.maxlen, devices=devices)
@@ -144,7 +142,7 @@ def _generation(name: str, model: CharLSTM, params, device, rows: int, length: i
 
 def epoch_samples(config: Config, vocab: int, device) -> Compiled:
   """The trainer's per-epoch samples: every temperature as one batch, on one chip."""
-  model = model_of(config, vocab)
+  model = steps.model_from_config(config, vocab)
   params = abstract_state(config, vocab).params
   rows = len(config.temperatures)
   return _generation(f"epoch samples ({rows} x {config.sample_len} characters, "

@@ -17,6 +17,11 @@ from jaxchar.errors import UserError
 _ENCODE_CHUNK = 1 << 22  # characters per encoding chunk
 
 
+def ids_dtype(vocab_size: int) -> type:
+  """The dtype of a corpus' ids: one byte per character while the vocabulary fits in one."""
+  return np.uint8 if vocab_size <= 256 else np.int32
+
+
 @dataclasses.dataclass(frozen=True)
 class Vocab:
   """Sorted distinct characters of a text; ids are positions in `chars`."""
@@ -42,7 +47,7 @@ class Vocab:
   def encode(self, text: str) -> np.ndarray:
     """Ids of `text` (uint8 when the vocabulary fits, else int32); every character must be in
     the vocabulary. Encoded in chunks so a large corpus needs little more than its ids."""
-    ids = np.empty(len(text), np.uint8 if self.size <= 256 else np.int32)
+    ids = np.empty(len(text), ids_dtype(self.size))
     table = self._codes
     for start in range(0, len(text), _ENCODE_CHUNK):
       codes = np.frombuffer(text[start:start + _ENCODE_CHUNK].encode("utf-32-le"), np.uint32)

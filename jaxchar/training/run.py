@@ -84,6 +84,11 @@ class Run:
         self.log.close()
 
 
+def global_eval_batch(eval_batch_size: int, num_devices: int) -> int:
+  """--eval_batch_size rounded up to a multiple of the device count."""
+  return -(-eval_batch_size // num_devices) * num_devices
+
+
 def check_batch_fits(batch_size: int, num_devices: int) -> None:
   """UserError unless the global batch splits evenly over the devices."""
   if batch_size % num_devices:
@@ -149,7 +154,7 @@ def start_run(config: Config, workdir: Path) -> Run:
   return Run(config=config, workdir=workdir, corpus=corpus, model=model,
              learning_rate=learning_rate, steps_per_epoch=steps_per_epoch,
              val_starts=val_starts,
-             eval_batch_size=-(-config.eval_batch_size // num_devices) * num_devices,
+             eval_batch_size=global_eval_batch(config.eval_batch_size, num_devices),
              p_state=jax_utils.replicate(state), p_ids=jax_utils.replicate(jnp.asarray(corpus.ids)),
              checkpoints=checkpoints, log=log, early=early, run_meta=run_meta,
              global_step=int(state.step), **position)
