@@ -163,23 +163,24 @@ def test_sampler_with_no_restorable_checkpoint_or_only_a_partial_one(three_check
 
 def test_sampling_while_the_trainer_saves_and_deletes_checkpoints(tiny_file, tmp_path, capsys):
   workdir = tmp_path / "live"
-  trainer = start_trainer(f"--data={tiny_file}", *TINY, "--epochs=40", "--save_every_steps=5",
+  trainer = start_trainer(f"--data={tiny_file}", *TINY, "--epochs=1000", "--save_every_steps=5",
                           "--keep=1", f"--workdir={workdir}")
   try:
     wait_for(lambda: checkpoint.checkpoint_steps(workdir) or trainer.poll() is not None,
              what="the first checkpoint")
     config = SampleConfig(workdir=str(workdir), length=20, temperatures=(0.5,)).validate()
-    calls, steps_seen = 0, set()
-    while trainer.poll() is None:
+    steps_seen = set()
+    for _ in range(20):  # every call must succeed while checkpoints come and go
       text = sampler_lib.run_sampling(config)  # raises on any failure
       steps_seen.add(int(text.split()[3]))
-      calls += 1
+    still_training = trainer.poll() is None
   finally:
     trainer.kill()
     out, _ = trainer.communicate()
-  assert trainer.returncode == 0, out
-  assert calls >= 10 and len(steps_seen) >= 3, (calls, steps_seen)
-  assert "Traceback" not in capsys.readouterr().err
+  assert still_training, out
+  assert len(steps_seen) >= 3, steps_seen
+  err = capsys.readouterr().err
+  assert "Traceback" not in err and "skipping" not in err, err
 
 
 def test_a_second_trainer_on_a_busy_workdir_is_refused(tiny_file, tmp_path):

@@ -6,6 +6,7 @@ validation loss are kept. A checkpoint that fails to restore is moved to
 """
 
 import datetime
+import os
 import shutil
 from dataclasses import asdict
 from pathlib import Path
@@ -115,17 +116,36 @@ def _now() -> str:
   return datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
 
 
-def _item_dir(workdir: Path, step: int, item: str) -> Path:
-  return _checkpoint_dir(workdir) / str(step) / item
+def _link_or_copy(source: str, target: str) -> None:
+  try:
+    os.link(source, target)
+  except OSError:  # another file system, or links not allowed: a copy
+    shutil.copy2(source, target)
 
 
-def read_meta(workdir: Path, step: int) -> dict:
-  """The JSON metadata of one checkpoint, checked for a compatible format.
+def snapshot(workdir: Path, step: int, into: Path) -> Path:
+  """A private copy of one checkpoint's folder inside `into`, made of hard links (copies
+  across file systems): its files outlive a running trainer deleting the checkpoint, so a
+  reader cannot lose the race however often it saves. Raises OSError if the checkpoint
+  vanished while it was being linked."""
+  target = Path(into) / str(step)
+  try:
+    shutil.copytree(_checkpoint_dir(workdir) / str(step), target, copy_function=_link_or_copy)
+  except shutil.Error as e:  # some files vanished midway: the checkpoint is gone
+    raise FileNotFoundError(f"the checkpoint at step {step} changed while it was read "
+                            f"({str(e)[:200]})") from None
+  return target
+
+
+def read_meta(workdir: Path, step: int, folder: Path | None = None) -> dict:
+  """The JSON metadata of one checkpoint (read from `folder`, its snapshot, if given), checked
+  for a compatible format.
 
   Read from its own folder, not through a CheckpointManager, which would list (and read) every
   checkpoint and fail when a running trainer deletes another one meanwhile."""
+  folder = _checkpoint_dir(workdir) / str(step) if folder is None else Path(folder)
   meta = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(
-      _item_dir(workdir, step, "meta"), args=ocp.args.JsonRestore())
+      folder / "meta", args=ocp.args.JsonRestore())
   if meta.get("format_version") != FORMAT_VERSION:
     raise UserError(
         f"the checkpoint at step {step} in {workdir} was written by jaxchar "
@@ -164,10 +184,13 @@ def unfinished_checkpoints(workdir: Path) -> list[Path]:
   return sorted(folder.glob("*.orbax-checkpoint-tmp*")) if folder.is_dir() else []
 
 
-def restore_params(workdir: Path, step: int, params_template: Any) -> Any:
-  """Only the parameters of one checkpoint (no optimizer state), as host numpy arrays."""
+def restore_params(workdir: Path, step: int, params_template: Any,
+                   folder: Path | None = None) -> Any:
+  """Only the parameters of one checkpoint (read from `folder`, its snapshot, if given; no
+  optimizer state), as host numpy arrays."""
+  folder = _checkpoint_dir(workdir) / str(step) if folder is None else Path(folder)
   restored = ocp.Checkpointer(ocp.PyTreeCheckpointHandler()).restore(
-      _item_dir(workdir, step, "state"),
+      folder / "state",
       args=ocp.args.PyTreeRestore(item={"params": params_template}, partial_restore=True))
   return restored["params"]
 

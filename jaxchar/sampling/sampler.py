@@ -4,6 +4,7 @@ Used by `jaxchar.sample` and `jaxchar.serve`."""
 
 import dataclasses
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -135,11 +136,12 @@ def _warn(message: str) -> None:
   print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
-def _restore_sampler(workdir: Path, step: int, meta: dict) -> "Sampler":
+def _restore_sampler(workdir: Path, step: int, meta: dict,
+                     folder: Path | None = None) -> "Sampler":
   model = CharLSTM(meta["vocab_size"], meta["hidden"], meta.get("num_layers", 1),
                    meta.get("embed_dim", 0))
   template = jax.device_get(init_params(model, jax.random.PRNGKey(0), meta["maxlen"]))
-  params = jax.device_put(checkpoint.restore_params(workdir, step, template))
+  params = jax.device_put(checkpoint.restore_params(workdir, step, template, folder))
   return Sampler(model, params, Vocab(meta["vocab"]), meta["maxlen"], meta["lowercase"], step,
                  meta)
 
@@ -163,58 +165,66 @@ def load_sampler(workdir: str | Path, step: int | None = None) -> Sampler:
   """Restores parameters (not optimizer state) and metadata onto the default device.
 
   Without `step`: the best checkpoint, else the latest, else older ones, skipping with a
-  warning any that vanish (a live run's --keep) or fail to restore. Never changes `workdir`.
+  warning any that fail to restore. Each is read from a private snapshot of hard links
+  (checkpoint.snapshot), so a live run deleting it (--keep) cannot spoil the read; one that
+  vanishes before its snapshot is as if never there. Never changes `workdir`.
   """
   workdir = Path(workdir)
   steps = _finished_steps(workdir)
-  if step is not None:
-    if step not in steps:
-      raise UserError(f"--step={step} has no checkpoint in {workdir}; the steps saved are "
-                      f"{', '.join(map(str, steps))}.")
-    try:
-      return _restore_sampler(workdir, step, checkpoint.read_meta(workdir, step))
-    except UserError:
-      raise
-    except Exception as e:  # orbax raises many types for missing or damaged files
-      raise UserError(f"the checkpoint at step {step} in {workdir} cannot be restored "
-                      f"({_describe(e)}): it is damaged, or was deleted meanwhile by a running "
-                      "trainer's --keep. Leave out --step to use the best one that "
-                      "restores.") from None
-  failures, tried = [], set()
-  for _ in range(LISTING_ROUNDS):  # a live run may have saved new ones while we read
-    metas = {}
-    for candidate in sorted(set(steps) - tried):
-      tried.add(candidate)
-      try:
-        metas[candidate] = checkpoint.read_meta(workdir, candidate)
-      except UserError:
-        raise
-      except Exception as e:  # noqa: BLE001 - reported, and the next checkpoint is tried
-        if not checkpoint.has_step(workdir, candidate):
+  with tempfile.TemporaryDirectory(prefix="jaxchar-read-") as private:
+    if step is not None:
+      return _load_step(workdir, step, steps, Path(private))
+    failures, tried = [], set()
+    for _ in range(LISTING_ROUNDS):  # a live run may have saved new ones while we read
+      metas, folders = {}, {}
+      for candidate in sorted(set(steps) - tried):
+        tried.add(candidate)
+        try:
+          folders[candidate] = checkpoint.snapshot(workdir, candidate, Path(private))
+        except OSError:
           continue  # deleted since listed (a live run's --keep): as if never there
-        failures.append(f"step {candidate}: {_describe(e)}")
-        _warn(f"skipping the checkpoint at step {candidate} in {workdir}: its metadata cannot "
-              f"be read ({_describe(e)}).")
-    for candidate in candidate_steps(metas):
-      try:
-        return _restore_sampler(workdir, candidate, metas[candidate])
-      except Exception as e:  # noqa: BLE001 - reported, and the next checkpoint is tried
-        failures.append(f"step {candidate}: {_describe(e)}")
-        why = ("it was deleted while being read (the running trainer's --keep)"
-               if not checkpoint.has_step(workdir, candidate)
-               else f"it cannot be restored ({_describe(e)})")
-        _warn(f"skipping the checkpoint at step {candidate} in {workdir}: {why}; trying the "
-              "next one.")
-    steps = checkpoint.checkpoint_steps(workdir)
-    if not set(steps) - tried:
-      break
+        try:
+          metas[candidate] = checkpoint.read_meta(workdir, candidate, folders[candidate])
+        except UserError:
+          raise
+        except Exception as e:  # noqa: BLE001 - reported, and the next checkpoint is tried
+          failures.append(f"step {candidate}: {_describe(e)}")
+          _warn(f"skipping the checkpoint at step {candidate} in {workdir}: its metadata "
+                f"cannot be read ({_describe(e)}).")
+      for candidate in candidate_steps(metas):
+        try:
+          return _restore_sampler(workdir, candidate, metas[candidate], folders[candidate])
+        except Exception as e:  # noqa: BLE001 - reported, and the next checkpoint is tried
+          failures.append(f"step {candidate}: {_describe(e)}")
+          _warn(f"skipping the checkpoint at step {candidate} in {workdir}: it cannot be "
+                f"restored ({_describe(e)}); trying the next one.")
+      steps = checkpoint.checkpoint_steps(workdir)
+      if not set(steps) - tried:
+        break
   if not failures:
-    raise UserError(f"every checkpoint in {workdir} was deleted while being read; is a "
+    raise UserError(f"every checkpoint in {workdir} was deleted before it could be read; is a "
                     "trainer with a small --keep saving very often there? Retry.")
   raise UserError(f"none of the {len(tried)} checkpoints in {workdir} can be restored "
-                  f"({'; '.join(failures)[:600]}). They are damaged or were deleted while "
-                  "reading; rerun the trainer on this --workdir (it sets damaged checkpoints "
-                  "aside and resumes from the newest good one, or starts afresh).")
+                  f"({'; '.join(failures)[:600]}). They are damaged; rerun the trainer on this "
+                  "--workdir (it sets damaged checkpoints aside and resumes from the newest "
+                  "good one, or starts afresh).")
+
+
+def _load_step(workdir: Path, step: int, steps: list[int], private: Path) -> Sampler:
+  """The checkpoint at `step`, read from a snapshot in `private`."""
+  if step not in steps:
+    raise UserError(f"--step={step} has no checkpoint in {workdir}; the steps saved are "
+                    f"{', '.join(map(str, steps))}.")
+  try:
+    folder = checkpoint.snapshot(workdir, step, private)
+    return _restore_sampler(workdir, step, checkpoint.read_meta(workdir, step, folder), folder)
+  except UserError:
+    raise
+  except Exception as e:  # orbax raises many types for missing or damaged files
+    raise UserError(f"the checkpoint at step {step} in {workdir} cannot be restored "
+                    f"({_describe(e)}): it is damaged, or was deleted meanwhile by a running "
+                    "trainer's --keep. Leave out --step to use the best one that "
+                    "restores.") from None
 
 
 def run_sampling(config: SampleConfig) -> str:
