@@ -10,7 +10,8 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from helpers import TINY_TEXT, write_tiny_text  # noqa: E402
+from helpers import TINY_TEXT, tiny_config, write_tiny_text  # noqa: E402
+from jaxchar import train  # noqa: E402
 from jaxchar.core import corpus  # noqa: E402
 
 
@@ -29,3 +30,11 @@ def tiny_text() -> str:
 @pytest.fixture
 def tiny_file(tmp_path) -> Path:
   return write_tiny_text(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+  """A tiny model trained for 2 epochs, shared by the sampling and serving tests."""
+  root = tmp_path_factory.mktemp("tiny_run")
+  train.train_and_evaluate(tiny_config(write_tiny_text(root), epochs=2), root / "run")
+  return root / "run"

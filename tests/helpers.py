@@ -1,6 +1,11 @@
 """Helpers shared by the tests (fixtures are in conftest.py): the tiny text and config, the
-repository root, and what the resume tests compare."""
+repository root, what the resume tests compare, and a server started as a user would."""
 
+import os
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import jax
@@ -66,3 +71,32 @@ class StopAfterPolls(StopRequests):
       if self.remaining < 0:
         self.signal_name = "SIGTERM"
     return self.signal_name is not None
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def start_server(workdir: Path, log: Path, *flags: str) -> tuple[subprocess.Popen, int]:
+  """`python -m jaxchar.serve` on one CPU device, its output in `log`; (process, port) once
+  /healthz answers."""
+  port = free_port()
+  env = {**os.environ, "JAX_PLATFORMS": "cpu",
+         "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+  with open(log, "w") as out:
+    server = subprocess.Popen([sys.executable, "-m", "jaxchar.serve", f"--workdir={workdir}",
+                               f"--port={port}", *flags], cwd=REPO, env=env, stdout=out,
+                              stderr=subprocess.STDOUT, text=True)
+  deadline = time.monotonic() + 180
+  while True:
+    assert server.poll() is None, log.read_text()
+    assert time.monotonic() < deadline, log.read_text()
+    try:
+      with socket.create_connection(("127.0.0.1", port), timeout=1) as probe:
+        probe.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n" % port)
+        if b"200 OK" in probe.recv(100):
+          return server, port
+    except OSError:
+      time.sleep(0.2)

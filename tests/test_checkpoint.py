@@ -5,19 +5,15 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import jax
-import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from helpers import REPO, StopAfterPolls, assert_same_run, final_checkpoint, tiny_config
-from jaxchar.core import checkpoint
-from jaxchar.training import loop
 from jaxchar import train
+from jaxchar.core import checkpoint
 from jaxchar.errors import UserError
-from jaxchar.training.preemption import StopRequests
+from jaxchar.training import loop
 
 
 def test_resume_mid_epoch_on_4_devices_is_bit_exact(tiny_file, tmp_path, monkeypatch, capsys):

@@ -59,8 +59,8 @@ def test_missing_libtpu_names_the_install_command(monkeypatch):
 def test_every_program_of_the_run_compiles_and_fits(resolved, name, config):
   report = run_check(config, CheckConfig(topology=name), resolved[name])
   kinds = [p.name.split(" (")[0] for p in report.compiled]
-  assert kinds == ["train step", "eval step", "epoch samples", "server window", "server window",
-                   "server stateful", "server stateful"]
+  assert kinds == ["train step", "eval step", "epoch samples", "server window start",
+                   "server window chunk", "server stateful start", "server stateful chunk"]
   assert not report.overflowing() and report.largest_batch is None
   for program in report.compiled:
     assert 0 < program.peak_bytes < 64 * 2**20, program  # a few MB each for this small model

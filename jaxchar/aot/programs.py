@@ -13,8 +13,10 @@ from jax.sharding import SingleDeviceSharding
 from jaxchar.aot import flops
 from jaxchar.core.data import ids_dtype
 from jaxchar.core.model import CharLSTM, init_params
+from jaxchar.sampling import generate
 from jaxchar.sampling.generate import GENERATORS
-from jaxchar.serving.batcher import batch_buckets, length_buckets
+from jaxchar.sampling.sampler import CHUNK
+from jaxchar.serving.batcher import batch_buckets
 from jaxchar.serving.config import ServeConfig
 from jaxchar.training import loop, steps
 from jaxchar.training.config import Config
@@ -152,18 +154,32 @@ def epoch_samples(config: Config, vocab: int, device) -> Compiled:
 
 def server_generation(config: Config, vocab: int, device, mode: str,
                       serve: ServeConfig = ServeConfig()) -> list[Compiled]:
-  """The server's largest batch at its default request's length bucket and at its longest,
-  as `jaxchar.serve` builds the model from the checkpoint (float32, fused)."""
+  """The server's two calls at its largest batch: turning primes into states, and writing one
+  chunk of characters from them, as `jaxchar.serve` builds the model from the checkpoint
+  (float32, fused)."""
   model = CharLSTM(vocab, config.hidden, config.num_layers, config.embed_dim)
-  params = jax.eval_shape(lambda: init_params(model, jax.random.PRNGKey(0),
-                                                    config.maxlen))
+  params = jax.eval_shape(lambda: init_params(model, jax.random.PRNGKey(0), config.maxlen))
+  params = _abstract(params, sharding=SingleDeviceSharding(device))
   shape = dataclasses.replace(flops.Shape.of(config, vocab), dtype_bytes=4)
   rows = batch_buckets(serve.max_batch)[-1]
-  buckets = length_buckets(serve.max_length)
-  default = next(b for b in buckets if b >= 400)
-  return [_generation(f"server {mode} ({rows} rows x {length} characters)", model, params,
-                      device, rows, length, mode, shape, per_row_keys=True)
-          for length in sorted({default, buckets[-1]})]
+  on = SingleDeviceSharding(device)
+  context = jax.ShapeDtypeStruct((rows, shape.maxlen), np.int32, sharding=on)
+  per_row = jax.ShapeDtypeStruct((rows,), np.int32, sharding=on)
+  state = jax.eval_shape(lambda c, n: generate.start_rows(model, params, mode, c, n),
+                         context, per_row)
+  state = _abstract(state, sharding=on)
+  temps = jax.ShapeDtypeStruct((rows,), np.float32, sharding=on)
+  per_row_u32 = jax.ShapeDtypeStruct((rows,), np.uint32, sharding=on)
+  prime_flops = flops.generation_flops(shape, rows, 0, mode)
+  return [
+      _compile(f"server {mode} start ({rows} rows)",
+               lambda: generate.start_rows.lower(model, params, mode, context, per_row),
+               prime_flops, _leaves(False, params, context, per_row)),
+      _compile(f"server {mode} chunk ({rows} rows x {CHUNK} characters)",
+               lambda: generate.advance_rows.lower(model, params, mode, state, temps, per_row,
+                                                   per_row_u32, per_row_u32, per_row_u32, CHUNK),
+               flops.generation_flops(shape, rows, CHUNK, mode) - prime_flops,
+               _leaves(False, params, state, temps, per_row, per_row_u32))]
 
 
 def analytic_check(config: Config, vocab: int, devices) -> tuple[float, float]:

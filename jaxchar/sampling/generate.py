@@ -69,6 +69,57 @@ def _readout(params, h: jnp.ndarray) -> jnp.ndarray:
   return (h @ head["kernel"].astype(h.dtype) + head["bias"]).astype(jnp.float32)
 
 
+def _window_start(model: Any, params, context: jnp.ndarray,
+                  context_len: jnp.ndarray | int | None) -> tuple[list[Carry], jnp.ndarray]:
+  """The window states after the context, and the position of the first character to write."""
+  batch, maxlen = context.shape
+  filled = jnp.broadcast_to(jnp.asarray(maxlen if context_len is None else context_len,
+                                        jnp.int32), (batch,))
+  x_table, layers = _cell_tables(params, model.dtype)
+  hidden = layers[0][1].shape[0]
+  zeros = [(jnp.zeros((maxlen, batch, hidden), model.dtype),) * 2 for _ in layers]
+
+  def prime(slots, t):
+    fed = _consume(model, slots, context[:, t], jnp.full((batch,), t), x_table, layers)
+    real = (t < filled)[None, :, None]
+    return jax.tree_util.tree_map(lambda a, b: jnp.where(real, a, b), fed, slots), None
+
+  slots, _ = jax.lax.scan(prime, zeros, jnp.arange(maxlen))
+  return slots, filled
+
+
+def _consume(model: Any, slots: list[Carry], ids: jnp.ndarray, position: jnp.ndarray,
+             x_table: jnp.ndarray, layers: list[tuple]) -> list[Carry]:
+  """Starts each row's window at its `position` [B] and feeds ids [B] to all windows."""
+  # Per layer (c, h) [maxlen, B, H]: slot position % maxlen holds the window starting there.
+  maxlen, batch = slots[0][0].shape[:2]
+  fresh = jnp.arange(maxlen)[:, None] == (position % maxlen)[None, :]
+  keep = (~fresh).astype(model.dtype)[:, :, None]
+  slots = [(c * keep, h * keep) for c, h in slots]  # a fresh (zero) state starts here
+  x_proj = jnp.broadcast_to(x_table[ids], (maxlen, batch, x_table.shape[-1]))
+  return _stack_step(slots, x_proj, layers)
+
+
+def _window_run(model: Any, params, slots: list[Carry], position: jnp.ndarray,
+                temperatures: jnp.ndarray, top_k: jnp.ndarray | int,
+                step_keys: jax.Array) -> tuple[list[Carry], jnp.ndarray, jnp.ndarray]:
+  """Writes one character per step key: (window states, next position, ids [B, length])."""
+  maxlen, batch = slots[0][0].shape[:2]
+  x_table, layers = _cell_tables(params, model.dtype)
+  rows = jnp.arange(batch)
+
+  def next_id(state, step_key):
+    slots, position = state
+    # The logits for `position` come from the window that ends just before it.
+    logits = _readout(params, slots[-1][1][jnp.maximum(position - maxlen, 0) % maxlen, rows])
+    new = _draw(step_key, scale_logits(logits, temperatures, top_k))
+    slots = _consume(model, slots, new, position, x_table, layers)
+    return (slots, position + 1), new.astype(jnp.int32)
+
+  (slots, position), generated = jax.lax.scan(next_id, (slots, position), step_keys)
+  return slots, position, generated.T
+
+
 @functools.partial(jax.jit, static_argnames=("model", "length"))
 def generate_window(model: Any, params, context: jnp.ndarray, temperatures: jnp.ndarray,
                     key: jax.Array, length: int, top_k: jnp.ndarray | int = 0,
@@ -89,44 +140,9 @@ def generate_window(model: Any, params, context: jnp.ndarray, temperatures: jnp.
   exactly the characters it would alone, so the result is the reference's, with one cell step
   per character instead of maxlen.
   """
-  batch, maxlen = context.shape
-  filled = jnp.broadcast_to(jnp.asarray(maxlen if context_len is None else context_len,
-                                        jnp.int32), (batch,))
-  x_table, layers = _cell_tables(params, model.dtype)
-  hidden = layers[0][1].shape[0]
-  rows = jnp.arange(batch)
-
-  def consume(slots, ids, position):
-    """Starts each row's window at its `position` [B] and feeds ids [B] to all windows."""
-    # Per layer (c, h) [maxlen, B, H]: slot position % maxlen holds the window starting there.
-    fresh = jnp.arange(maxlen)[:, None] == (position % maxlen)[None, :]
-    keep = (~fresh).astype(model.dtype)[:, :, None]
-    slots = [(c * keep, h * keep) for c, h in slots]  # a fresh (zero) state starts here
-    x_proj = jnp.broadcast_to(x_table[ids], (maxlen, batch, 4 * hidden))
-    return _stack_step(slots, x_proj, layers)
-
-  def logits_at(slots, position):
-    """Logits for the character at `position` [B]: from the window ending just before it."""
-    return _readout(params, slots[-1][1][jnp.maximum(position - maxlen, 0) % maxlen, rows])
-
-  zeros = [(jnp.zeros((maxlen, batch, hidden), model.dtype),) * 2 for _ in layers]
-
-  def prime(slots, t):
-    fed = consume(slots, context[:, t], jnp.full((batch,), t))
-    real = (t < filled)[None, :, None]
-    return jax.tree_util.tree_map(lambda a, b: jnp.where(real, a, b), fed, slots), None
-
-  slots, _ = jax.lax.scan(prime, zeros, jnp.arange(maxlen))
-
-  def next_id(slots, inputs):
-    k, step_key = inputs
-    position = filled + k
-    logits = logits_at(slots, position)
-    new = _draw(step_key, scale_logits(logits, temperatures, top_k))
-    return consume(slots, new, position), new.astype(jnp.int32)
-
-  _, generated = jax.lax.scan(next_id, slots, (jnp.arange(length), _step_keys(key, length)))
-  return generated.T
+  slots, position = _window_start(model, params, context, context_len)
+  return _window_run(model, params, slots, position, temperatures, top_k,
+                     _step_keys(key, length))[2]
 
 
 @functools.partial(jax.jit, static_argnames=("model", "length"))
@@ -159,16 +175,19 @@ def generate_window_rerun(model: Any, params, context: jnp.ndarray, temperatures
   return generated.T
 
 
-@functools.partial(jax.jit, static_argnames=("model", "length"))
-def generate_stateful(model: CharLSTM, params, context: jnp.ndarray, temperatures: jnp.ndarray,
-                      key: jax.Array, length: int, top_k: jnp.ndarray | int = 0,
-                      context_len: jnp.ndarray | int | None = None) -> jnp.ndarray:
-  """Like generate_window, but runs the LSTM over the context once and then carries its state:
-  one cell step per character, so the model also sees characters beyond the last maxlen."""
+def _stateful_start(model: CharLSTM, params, context: jnp.ndarray,
+                    context_len: jnp.ndarray | int | None) -> tuple[list[Carry], jnp.ndarray]:
+  """Every layer's carry after the context, and the logits of the first character to write."""
   batch, maxlen = context.shape
   filled = jnp.broadcast_to(jnp.asarray(maxlen if context_len is None else context_len,
                                         jnp.int32), (batch,))
-  carry, logits = model.apply({"params": params}, context, filled, method=CharLSTM.encode)
+  return model.apply({"params": params}, context, filled, method=CharLSTM.encode)
+
+
+def _stateful_run(model: CharLSTM, params, carries: list[Carry], logits: jnp.ndarray,
+                  temperatures: jnp.ndarray, top_k: jnp.ndarray | int,
+                  step_keys: jax.Array) -> tuple[list[Carry], jnp.ndarray, jnp.ndarray]:
+  """Writes one character per step key: (carries, next logits, ids [B, length])."""
   x_table, layers = _cell_tables(params, model.dtype)
 
   def next_id(state, step_key):
@@ -177,8 +196,65 @@ def generate_stateful(model: CharLSTM, params, context: jnp.ndarray, temperature
     carries = _stack_step(carries, x_table[new], layers)
     return (carries, _readout(params, carries[-1][1])), new.astype(jnp.int32)
 
-  _, generated = jax.lax.scan(next_id, (carry, logits), _step_keys(key, length))
-  return generated.T
+  (carries, logits), generated = jax.lax.scan(next_id, (carries, logits), step_keys)
+  return carries, logits, generated.T
+
+
+@functools.partial(jax.jit, static_argnames=("model", "length"))
+def generate_stateful(model: CharLSTM, params, context: jnp.ndarray, temperatures: jnp.ndarray,
+                      key: jax.Array, length: int, top_k: jnp.ndarray | int = 0,
+                      context_len: jnp.ndarray | int | None = None) -> jnp.ndarray:
+  """Like generate_window, but runs the LSTM over the context once and then carries its state:
+  one cell step per character, so the model also sees characters beyond the last maxlen."""
+  carries, logits = _stateful_start(model, params, context, context_len)
+  return _stateful_run(model, params, carries, logits, temperatures, top_k,
+                       _step_keys(key, length))[2]
+
+
+# Generation in chunks, for the server: `start_rows` turns each row's context into a state, and
+# `advance_rows` writes the next `length` characters of any rows from their states, so rows can
+# join and leave a batch between chunks. A state is a tuple of arrays whose first axis is the
+# row; the text does not depend on how the rows are chunked or batched, only on each row's keys.
+_STARTS = {"window": _window_start, "stateful": _stateful_start}
+_RUNS = {"window": _window_run, "stateful": _stateful_run}
+
+
+def _flatten(mode: str, carries: list[Carry], last: jnp.ndarray) -> tuple:
+  axis = 1 if mode == "window" else 0  # window slots are [maxlen, B, H]
+  return tuple(jnp.moveaxis(a, axis, 0) for carry in carries for a in carry) + (last,)
+
+
+def _unflatten(mode: str, state: tuple) -> tuple[list[Carry], jnp.ndarray]:
+  axis = 1 if mode == "window" else 0
+  arrays = [jnp.moveaxis(a, 0, axis) for a in state[:-1]]
+  return [tuple(arrays[i:i + 2]) for i in range(0, len(arrays), 2)], state[-1]
+
+
+@functools.partial(jax.jit, static_argnames=("model", "mode"))
+def start_rows(model: CharLSTM, params, mode: str, context: jnp.ndarray,
+               context_len: jnp.ndarray) -> tuple:
+  """Each row's state after its context [B, maxlen] (the first context_len [B] ids real)."""
+  return _flatten(mode, *_STARTS[mode](model, params, context, context_len))
+
+
+def chunk_keys(seeds: jnp.ndarray, indices: jnp.ndarray, chunks: jnp.ndarray) -> jax.Array:
+  """Each row's PRNG key [B, 2] for one chunk: PRNGKey(seed), folded with the row index, then
+  the chunk number."""
+  def key(seed, index, chunk):
+    return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), index), chunk)
+  return jax.vmap(key)(seeds, indices, chunks)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "mode", "length"))
+def advance_rows(model: CharLSTM, params, mode: str, state: tuple, temperatures: jnp.ndarray,
+                 top_k: jnp.ndarray, seeds: jnp.ndarray, indices: jnp.ndarray,
+                 chunks: jnp.ndarray, length: int) -> tuple[tuple, jnp.ndarray]:
+  """(the rows' new state, their next `length` ids [B, length]); row b writes its chunk number
+  chunks[b] with chunk_keys(seeds, indices, chunks)[b] (uint32 [B] each)."""
+  carries, last = _unflatten(mode, state)
+  carries, last, ids = _RUNS[mode](model, params, carries, last, temperatures, top_k,
+                                   _step_keys(chunk_keys(seeds, indices, chunks), length))
+  return _flatten(mode, carries, last), ids
 
 
 GENERATORS = dict(zip(SAMPLE_MODES, (generate_window, generate_stateful)))

@@ -17,8 +17,11 @@ from jaxchar.core import checkpoint
 from jaxchar.core.data import Vocab
 from jaxchar.core.model import CharLSTM, init_params
 from jaxchar.errors import UserError
+from jaxchar.sampling import generate
 from jaxchar.sampling.config import SampleConfig
 from jaxchar.sampling.generate import GENERATORS
+
+CHUNK = 64  # characters a row writes per generation call in generate_rows and the server
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,47 +76,54 @@ class Sampler:
     return [texts[i * num_samples:(i + 1) * num_samples] for i in range(len(temperatures))]
 
 
-  def row(self, prime: str, temperature: float, top_k: int = 0, seed: int = 0, index: int = 0,
-          chunk: int = 0, unknown: str = "error") -> "Row":
-    """One row for `generate_rows`. Its key comes from (seed, chunk, index) alone, so its text
-    does not depend on the other rows it is batched with."""
+  def row(self, prime: str, temperature: float, top_k: int = 0, seed: int = 0,
+          index: int = 0, unknown: str = "error") -> "Row":
+    """One row for `generate_rows`. Its keys come from (seed, index) alone, so its text does
+    not depend on the other rows it is batched with."""
     window, filled = self.encode_prime(prime, unknown)
-    return Row(window, filled, temperature, top_k, seed, chunk, index)
+    return Row(window, filled, temperature, top_k, seed, index)
+
+  def start_rows(self, rows: Sequence["Row"], mode: str) -> tuple:
+    """The rows' generation state after their primes (numpy, first axis the row)."""
+    state = generate.start_rows(self.model, self.params, mode, np.stack([r.window for r in rows]),
+                                np.asarray([r.filled for r in rows], np.int32))
+    return tuple(np.asarray(a) for a in state)
+
+  def advance_rows(self, rows: Sequence["Row"], mode: str, state: tuple,
+                   chunks: Sequence[int]) -> tuple[tuple, np.ndarray]:
+    """The rows' next CHUNK ids [len(rows), CHUNK], row i writing its chunk number chunks[i],
+    and their new state."""
+    state, ids = generate.advance_rows(
+        self.model, self.params, mode, state,
+        np.asarray([r.temperature for r in rows], np.float32),
+        np.asarray([r.top_k for r in rows], np.int32),
+        *(np.asarray([getattr(r, f) for r in rows], np.uint32) for f in ("seed", "index")),
+        np.asarray(chunks, np.uint32), CHUNK)
+    return tuple(np.asarray(a) for a in state), np.asarray(ids)
 
   def generate_rows(self, rows: Sequence["Row"], length: int, mode: str = "window",
                     pad_to: int | None = None) -> np.ndarray:
-    """Ids [len(rows), length]: every row in one jitted call, padded with copies of the first
-    row to `pad_to` rows (so a few batch shapes serve every request count)."""
+    """Ids [len(rows), length], chunk by chunk as the server writes them, every row in each
+    call, padded with copies of the first row to `pad_to` rows (so a few batch shapes serve
+    every request count)."""
     padded = list(rows) + [rows[0]] * ((pad_to or len(rows)) - len(rows))
-    keys = row_keys(*(jnp.asarray([getattr(r, f) for r in padded], jnp.uint32)
-                      for f in ("seed", "chunk", "index")))
-    out = GENERATORS[mode](
-        self.model, self.params, jnp.asarray(np.stack([r.window for r in padded])),
-        jnp.asarray([r.temperature for r in padded], jnp.float32), keys, length,
-        jnp.asarray([r.top_k for r in padded], jnp.int32),
-        jnp.asarray([r.filled for r in padded], jnp.int32))
-    return np.asarray(out)[:len(rows)]
-
-
-@jax.jit
-def row_keys(seeds: jnp.ndarray, chunks: jnp.ndarray, indices: jnp.ndarray) -> jax.Array:
-  """Each row's PRNG key [B, 2]: PRNGKey(seed), folded with the chunk, then the row index."""
-  def key(seed, chunk, index):
-    return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), chunk), index)
-  return jax.vmap(key)(seeds, chunks, indices)
+    state, written = self.start_rows(padded, mode), []
+    for chunk in range(-(-length // CHUNK)):
+      state, ids = self.advance_rows(padded, mode, state, [chunk] * len(padded))
+      written.append(ids)
+    return np.concatenate(written, axis=1)[:len(rows), :length]
 
 
 @dataclasses.dataclass(frozen=True)
 class Row:
   """One sequence to generate: its context window (left-aligned) and how much of it is real,
-  its temperature and top-k (0 = off), and what its key derives from."""
+  its temperature and top-k (0 = off), and what its keys derive from."""
 
   window: np.ndarray
   filled: int
   temperature: float
   top_k: int
   seed: int
-  chunk: int
   index: int
 
 

@@ -1,30 +1,35 @@
 """The HTTP API and web page of `python -m jaxchar.serve` (FastAPI): generate, stream, info.
 
 Every request goes through the one Batcher, so concurrent users share generation calls. Bad
-requests get HTTP 4xx with {"error": "..."}; nothing a client sends is used as a file path.
+requests get HTTP 4xx with {"error": "..."}, a busy or stopping server 503 (with Retry-After)
+and a request past its deadline 504; nothing a client sends is used as a file path.
 """
 
 import asyncio
 import json
 import time
+from collections.abc import Iterable
 from importlib import resources
 
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
 import jaxchar
 from jaxchar.sampling.config import SAMPLE_MODES
-from jaxchar.sampling.sampler import Sampler
+from jaxchar.sampling.sampler import CHUNK, Sampler
+from jaxchar.serving import guards
 from jaxchar.serving.batcher import Batcher
+from jaxchar.serving.jobs import Job, Refused
 from jaxchar.serving.request_checks import (MAX_BODY_BYTES, BadRequest, GenerationRequest, Limits,
-                                            parse)
+                                            parse, parse_json)
 
-STREAM_CHUNK = 64  # characters per streamed event (one batched call each)
 ROUTES = "GET /, POST /api/generate, GET /api/stream, GET /api/info, GET /healthz"
+RETRY_AFTER_S = 1
 
 
-def model_info(sampler: Sampler, batcher: Batcher) -> dict:
+def model_info(sampler: Sampler, batcher: Batcher, limits: Limits) -> dict:
   meta = sampler.meta
   config = meta.get("config", {})
   return {
@@ -33,27 +38,42 @@ def model_info(sampler: Sampler, batcher: Batcher) -> dict:
       "corpus_chars": meta.get("corpus_chars"), "data": config.get("data"),
       "lowercase": sampler.lowercase, "maxlen": sampler.maxlen, "hidden": meta.get("hidden"),
       "num_layers": meta.get("num_layers", 1), "modes": list(SAMPLE_MODES),
-      "max_batch": batcher.max_batch, "length_buckets": batcher.length_buckets,
-      "batch_buckets": batcher.batch_buckets, "generation_calls": batcher.calls,
-      "rows_generated": batcher.rows_generated}
+      "max_batch": batcher.max_batch, "max_length": limits.max_length,
+      "max_queue": batcher.max_queue, "request_timeout_s": limits.request_timeout_s,
+      "chunk": CHUNK, "batch_buckets": batcher.batch_buckets, "generation_calls": batcher.calls,
+      "rows_generated": batcher.rows_generated, "in_flight": batcher.in_flight}
 
 
-def create_app(sampler: Sampler, batcher: Batcher, limits: Limits) -> FastAPI:
-  """The app: routes, error handlers, and the page, all bound to one restored sampler."""
+def create_app(sampler: Sampler, batcher: Batcher, limits: Limits,
+               hosts: set[str] | None = None, allow_origins: Iterable[str] = ()) -> FastAPI:
+  """The app: routes, error handlers, guards and the page, bound to one restored sampler.
+  `hosts`: the Host headers it answers (None: any); `allow_origins`: other sites' pages that
+  may use it ("*": any)."""
   app = FastAPI(title="jaxchar", docs_url=None, redoc_url=None, openapi_url=None)
+  app.add_middleware(guards.OriginGuard, hosts=hosts, allow_origins=tuple(allow_origins))
+  app.add_middleware(guards.NoTracebacks)
   page = resources.files("jaxchar.serving").joinpath("page.html").read_text(encoding="utf-8")
 
-  async def generate(request: GenerationRequest, length: int, chunk: int = 0,
-                     context: str | None = None) -> list[str]:
-    prime = request.prime if context is None else context
-    rows = [sampler.row(prime, request.temperature, request.top_k, request.seed, index, chunk,
+  def submit(request: GenerationRequest, on_chunk=None) -> Job:
+    rows = [sampler.row(request.prime, request.temperature, request.top_k, request.seed, index,
                         "skip") for index in range(request.num_samples)]
-    ids = await asyncio.wrap_future(batcher.submit(rows, length, request.mode))
-    return [sampler.vocab.decode(row) for row in ids]
+    try:
+      return batcher.submit(rows, request.length, request.mode, limits.request_timeout_s,
+                            on_chunk)
+    except Refused as e:
+      raise BadRequest(str(e), status=e.status,
+                       headers={"Retry-After": str(RETRY_AFTER_S)}) from None
+
+  def refusal(error: BaseException) -> BadRequest:
+    """What a job's failure tells its client."""
+    if isinstance(error, Refused):
+      headers = {"Retry-After": str(RETRY_AFTER_S)} if error.status == 503 else None
+      return BadRequest(str(error), status=error.status, headers=headers)
+    return BadRequest(f"generation failed ({type(error).__name__}: {error}).", status=500)
 
   @app.exception_handler(BadRequest)
   async def bad_request(_, error: BadRequest):
-    return JSONResponse({"error": str(error)}, status_code=error.status)
+    return JSONResponse({"error": str(error)}, status_code=error.status, headers=error.headers)
 
   @app.exception_handler(HTTPException)
   async def http_error(request: Request, error: HTTPException):
@@ -65,41 +85,47 @@ def create_app(sampler: Sampler, batcher: Batcher, limits: Limits) -> FastAPI:
       message = str(error.detail)
     return JSONResponse({"error": message}, status_code=error.status_code)
 
-  @app.exception_handler(Exception)
-  async def internal_error(_, error: Exception):
-    return JSONResponse({"error": f"internal error ({type(error).__name__}: {error}); the "
-                                  "server keeps running, please report this."},
-                        status_code=500)
-
   @app.get("/", response_class=HTMLResponse)
   async def index() -> str:
     return page
 
   @app.get("/healthz")
-  async def healthz() -> dict:
-    return {"ok": True, "step": sampler.step}
+  async def healthz() -> JSONResponse:
+    if batcher.failure is not None or not batcher.healthy:
+      return JSONResponse({"ok": False, "error": f"the generation worker failed "
+                                                 f"({batcher.failure})"}, status_code=503)
+    return JSONResponse({"ok": True, "step": sampler.step, "in_flight": batcher.in_flight})
 
   @app.get("/api/info")
   async def info() -> dict:
-    return model_info(sampler, batcher)
+    return model_info(sampler, batcher, limits)
 
   @app.post("/api/generate")
   async def generate_route(request: Request) -> dict:
-    if int(request.headers.get("content-length") or 0) > MAX_BODY_BYTES:
-      raise BadRequest(f"the body is over {MAX_BODY_BYTES // 1024} KB.", status=413)
-    body = await request.body()
-    if len(body) > MAX_BODY_BYTES:
-      raise BadRequest(f"the body is over {MAX_BODY_BYTES // 1024} KB.", status=413)
-    try:
-      fields = json.loads(body or b"{}")
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-      raise BadRequest(f"the body is not valid JSON ({e}); send e.g. "
-                       "{\"prime\": \"moe: \", \"length\": 200}.") from None
-    checked = parse(fields, sampler, limits)
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind != "application/json":
+      raise BadRequest(f"the body must be sent as Content-Type: application/json, not "
+                       f"{kind or 'none'!r} (curl: -H 'Content-Type: application/json').",
+                       status=415)
+    body = await guards.read_body(request, MAX_BODY_BYTES, limits.client_timeout_s,
+                                  batcher.past_stop_deadline)
+    checked = parse(parse_json(body), sampler, limits)
     start = time.perf_counter()
-    samples = await generate(checked, checked.length)
+    job = submit(checked)
+    waiter = _watched(job)
+    gone = asyncio.ensure_future(guards.wait_for_disconnect(request))
+    try:
+      await asyncio.wait({waiter, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+      job.abandon()  # a no-op once finished; stops the job if the client left or we were cancelled
+      gone.cancel()
+    if not waiter.done():
+      raise guards.ClientGone()
+    if waiter.exception() is not None:
+      raise refusal(waiter.exception())
     seconds = time.perf_counter() - start
-    return {"samples": samples, "prime": checked.prime, "step": sampler.step,
+    return {"samples": [sampler.vocab.decode(row) for row in waiter.result()],
+            "prime": checked.prime, "step": sampler.step,
             "chars_per_s": checked.length * checked.num_samples / seconds}
 
   @app.get("/api/stream")
@@ -108,22 +134,48 @@ def create_app(sampler: Sampler, batcher: Batcher, limits: Limits) -> FastAPI:
     if "num_samples" in fields:
       raise BadRequest("the stream generates one sample; use POST /api/generate for several.")
     checked = parse(fields, sampler, limits)
+    loop, chunks = asyncio.get_running_loop(), asyncio.Queue()
+
+    def on_chunk(ids: np.ndarray) -> None:  # on the batcher's thread
+      loop.call_soon_threadsafe(chunks.put_nowait, ids)
+
+    job = submit(checked, on_chunk)  # before the response starts: a refusal is a plain 503
 
     async def events():
-      start, text = time.perf_counter(), ""
-      yield f"event: prime\ndata: {json.dumps({'prime': checked.prime})}\n\n"
-      for chunk, done in enumerate(range(0, checked.length, STREAM_CHUNK)):
-        size = min(STREAM_CHUNK, checked.length - done)
-        # Each chunk re-primes from the last window: exact for window mode (which sees only
-        # that window); stateful mode carries its state within a chunk only.
-        (new,) = await generate(checked, size, chunk, checked.prime + text)
-        text += new
-        yield f"event: chunk\ndata: {json.dumps({'text': new})}\n\n"
-      seconds = time.perf_counter() - start
-      final = {"text": text, "step": sampler.step, "chars_per_s": len(text) / seconds}
-      yield f"event: done\ndata: {json.dumps(final)}\n\n"
+      waiter = _watched(job)
+      start, text, chunk = time.perf_counter(), "", None
+      try:
+        yield _event("prime", {"prime": checked.prime})
+        while len(text) < checked.length:
+          chunk = asyncio.ensure_future(chunks.get())
+          await asyncio.wait({chunk, waiter}, return_when=asyncio.FIRST_COMPLETED)
+          if not chunk.done() and waiter.exception() is not None:
+            error = refusal(waiter.exception())
+            yield _event("failed", {"error": str(error), "status": error.status})
+            return
+          new = sampler.vocab.decode((await chunk)[0])  # once finished, its last chunk is near
+          text += new
+          yield _event("chunk", {"text": new})
+        seconds = time.perf_counter() - start
+        yield _event("done", {"text": text, "step": sampler.step,
+                              "chars_per_s": len(text) / seconds})
+      finally:
+        job.abandon()  # the client left (or the stream ended): the batcher drops it
+        if chunk is not None:
+          chunk.cancel()
 
     return StreamingResponse(events(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache"})
 
   return app
+
+
+def _watched(job: Job) -> asyncio.Future:
+  """The job's future on this event loop, its error retrieved even if nobody asks for it."""
+  waiter = asyncio.wrap_future(job.future)
+  waiter.add_done_callback(lambda f: f.cancelled() or f.exception())
+  return waiter
+
+
+def _event(kind: str, data: dict) -> str:
+  return f"event: {kind}\ndata: {json.dumps(data)}\n\n"

@@ -1,6 +1,7 @@
 """What `python -m jaxchar.serve` takes, each option defined once."""
 
 import dataclasses
+import re
 
 from jaxchar.errors import UserError
 from jaxchar.options import option
@@ -20,14 +21,33 @@ class ServeConfig(CheckpointChoice):
   max_prime: int = option(2000, "Most characters a prime may have.")
   batch_wait_ms: float = option(5.0, "How long the batcher waits for more requests to join a "
                                 "generation call once one is waiting.")
+  max_queue: int = option(256, "Most requests in progress (waiting or generating); beyond "
+                          "it the server answers 503 with Retry-After.")
+  request_timeout_s: float = option(120.0, "Most seconds a request may take from arrival; "
+                                    "then it is answered 504 (a stream ends with an error).")
+  client_timeout_s: float = option(10.0, "Most seconds a client may take to send a request's "
+                                   "headers, and then its body; then the server answers 408.")
+  shutdown_timeout_s: float = option(5.0, "On SIGTERM or Ctrl-C: seconds in-flight requests "
+                                     "may take to finish before they are answered 503.")
+  allow_origin: tuple[str, ...] = option((), "Other web sites (e.g. https://example.com) whose "
+                                         "pages may use the server, comma-separated; '*' for "
+                                         "any. It also answers those sites' host names.")
 
   def validate(self) -> "ServeConfig":
     """Raises UserError for a bad value; returns self."""
-    for name in ("max_batch", "max_length", "max_prime"):
+    for name in ("max_batch", "max_length", "max_prime", "max_queue"):
       if getattr(self, name) < 1:
         raise UserError(f"--{name}={getattr(self, name)} must be at least 1.")
     if not 0 < self.port < 65536:
       raise UserError(f"--port={self.port} must be from 1 to 65535 (e.g. 8080).")
     if self.batch_wait_ms < 0:
       raise UserError(f"--batch_wait_ms={self.batch_wait_ms} must be >= 0.")
+    for name in ("request_timeout_s", "client_timeout_s", "shutdown_timeout_s"):
+      if not getattr(self, name) > 0:
+        raise UserError(f"--{name}={getattr(self, name)} must be above 0 (seconds).")
+    for origin in self.allow_origin:
+      if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
+        raise UserError(f"--allow_origin={origin} is not an origin: give a scheme and host, "
+                        "optionally a port, and no path, e.g. https://example.com or "
+                        "http://myhost:8080 (or '*' for any).")
     return self

@@ -2,21 +2,28 @@
 is allowed (the server answers it as HTTP 400 with {"error": ...})."""
 
 import dataclasses
+import json
 import math
+import re
 
 from jaxchar.errors import UserError
 from jaxchar.sampling.config import SAMPLE_MODES, UNKNOWN_POLICIES, SampleConfig
 from jaxchar.sampling.sampler import Sampler
 
 MAX_BODY_BYTES = 64 * 1024
+MAX_JSON_DEPTH = 4  # a request is a flat object; more nesting is refused before parsing
+MAX_DIGITS = 18  # integers longer than this are refused before Python converts them
+_STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_BRACKETS = re.compile(rb"[\[\]{}]")
 
 
 class BadRequest(Exception):
   """A request the server refuses; `status` is the HTTP status, the message says why."""
 
-  def __init__(self, message: str, status: int = 400):
+  def __init__(self, message: str, status: int = 400, headers: dict | None = None):
     super().__init__(message)
     self.status = status
+    self.headers = headers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,6 +31,49 @@ class Limits:
   max_length: int
   max_prime: int
   max_samples: int
+  request_timeout_s: float = 120.0
+  client_timeout_s: float = 10.0
+
+
+def _json_depth(body: bytes) -> int:
+  """How deeply `body`'s arrays and objects nest, strings aside (a linear scan)."""
+  depth = deepest = 0
+  for bracket in _BRACKETS.findall(_STRINGS.sub(b'""', body)):
+    depth += 1 if bracket in b"[{" else -1
+    deepest = max(deepest, depth)
+  return deepest
+
+
+def _bounded_int(text: str) -> int:
+  if len(text.lstrip("-")) > MAX_DIGITS:
+    raise BadRequest(f"a number in the body has {len(text.lstrip('-')):,} digits; every field "
+                     f"takes at most {MAX_DIGITS}.")
+  return int(text)
+
+
+def _finite_float(text: str) -> float:
+  value = float(text)
+  if not math.isfinite(value):
+    raise BadRequest(f"{text[:20]} is too large a number for any field.")
+  return value
+
+
+def _no_constant(name: str):
+  raise BadRequest(f"{name} is not a number JSON allows; send a finite number.")
+
+
+def parse_json(body: bytes) -> object:
+  """The request body as JSON, refusing what could make the parser raise or work hard: deep
+  nesting, huge integers, NaN, Infinity and overflowing floats."""
+  if _json_depth(body) > MAX_JSON_DEPTH:
+    raise BadRequest("the body nests arrays or objects too deeply; send one flat JSON object, "
+                     "e.g. {\"prime\": \"moe: \", \"length\": 200}.")
+  try:
+    return json.loads(body or b"{}", parse_int=_bounded_int, parse_float=_finite_float,
+                      parse_constant=_no_constant)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise BadRequest(f"the body is not valid JSON ({e}); send e.g. "
+                     "{\"prime\": \"moe: \", \"length\": 200}.") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,16 +100,19 @@ DEFAULTS = {"prime": _SAMPLE.prime, "temperature": _SAMPLE.temperatures[0],
 def _number(fields: dict, name: str, kind: type):
   value = fields.get(name, DEFAULTS[name])
   if isinstance(value, str):  # query parameters arrive as text
+    if len(value) > MAX_DIGITS + 8:
+      raise BadRequest(f"{name} must be a number of at most {MAX_DIGITS} digits, got "
+                       f"{len(value):,} characters.")
     try:
       value = kind(value)
     except ValueError:
       raise BadRequest(f"{name} must be a number, got {value!r}.") from None
   if isinstance(value, bool) or not isinstance(value, (int, float)):
     raise BadRequest(f"{name} must be a number, got {value!r}.")
-  if kind is int and value != int(value):
-    raise BadRequest(f"{name} must be a whole number, got {value!r}.")
   if isinstance(value, float) and not math.isfinite(value):
     raise BadRequest(f"{name} must be a finite number, got {value!r}.")
+  if kind is int and value != int(value):
+    raise BadRequest(f"{name} must be a whole number, got {value!r}.")
   return kind(value)
 
 

@@ -1,17 +1,25 @@
-"""Starting the server: the port checked, the checkpoint restored once, the default request's
-shapes compiled, the URL printed, then uvicorn until Ctrl-C."""
+"""Starting and stopping the server: the port checked, the checkpoint restored once, the batch
+shapes compiled, the URL printed, then uvicorn until SIGTERM or Ctrl-C, which stops taking
+requests and gives the ones in flight --shutdown_timeout_s to finish. If the generation worker
+ever fails, the server says so on /healthz and in its log, answers 503, and exits with code 1
+for its supervisor to restart it."""
 
+import contextlib
+import signal
 import socket
+import sys
 import time
 
 import uvicorn
 
 from jaxchar.errors import UserError
+from jaxchar.sampling.config import SAMPLE_MODES
 from jaxchar.sampling.sampler import load_sampler
 from jaxchar.serving import app as app_lib
+from jaxchar.serving import guards
 from jaxchar.serving.batcher import Batcher
 from jaxchar.serving.config import ServeConfig
-from jaxchar.serving.request_checks import DEFAULTS, Limits
+from jaxchar.serving.request_checks import Limits
 
 
 def check_port(host: str, port: int) -> None:
@@ -26,29 +34,73 @@ def check_port(host: str, port: int) -> None:
                       "may be using the port: pick another with --port, or check --host.") from None
 
 
+class _Server(uvicorn.Server):
+  """uvicorn's server, telling the batcher when a signal asks it to stop."""
+
+  def __init__(self, config: uvicorn.Config, batcher: Batcher, grace_s: float):
+    super().__init__(config)
+    self.batcher, self.grace_s = batcher, grace_s
+
+  @contextlib.contextmanager
+  def capture_signals(self):
+    """uvicorn's signal handlers, without raising the signal again once stopped: a graceful
+    stop exits with code 0 (and Ctrl-C prints no KeyboardInterrupt traceback)."""
+    handlers = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT,
+                                                                       signal.SIGTERM)}
+    try:
+      yield
+    finally:
+      for sig, handler in handlers.items():
+        signal.signal(sig, handler)
+
+  def handle_exit(self, sig: int, frame) -> None:
+    if not self.should_exit:
+      name = signal.Signals(sig).name
+      print(f"{name}: stopping; requests in flight have {self.grace_s:g} s to finish "
+            "(again to quit at once)", flush=True)
+      self.batcher.stop(self.grace_s)
+    super().handle_exit(sig, frame)
+
+
 def serve(config: ServeConfig) -> None:
   """Restores the model, warms the batcher up and serves until stopped."""
   start = time.perf_counter()
   sampler = load_sampler(config.workdir, config.step)
-  batcher = Batcher(sampler, config.max_batch, config.max_length, config.batch_wait_ms / 1000)
-  batcher.warm_up("window", DEFAULTS["length"])
-  batcher.warm_up("window", app_lib.STREAM_CHUNK)
-  limits = Limits(config.max_length, config.max_prime, config.max_batch)
-  application = app_lib.create_app(sampler, batcher, limits)
+  batcher = Batcher(sampler, config.max_batch, config.batch_wait_ms / 1000, config.max_queue)
+  for mode in SAMPLE_MODES:
+    batcher.warm_up(mode)
+  limits = Limits(config.max_length, config.max_prime, config.max_batch,
+                  config.request_timeout_s, config.client_timeout_s)
+  hosts = guards.allowed_hosts(config.host, config.port, config.allow_origin)
+  application = app_lib.create_app(sampler, batcher, limits, hosts, config.allow_origin)
+  guards.HEADER_TIMEOUT_S = config.client_timeout_s
+  uvicorn_config = uvicorn.Config(
+      application, host=config.host, port=config.port, http=guards.TimedHttpToolsProtocol,
+      log_level="warning", access_log=False, lifespan="off",
+      timeout_graceful_shutdown=config.shutdown_timeout_s + 0.5)  # then uvicorn cancels
+  server = _Server(uvicorn_config, batcher, config.shutdown_timeout_s)
+
+  def worker_failed(error: BaseException) -> None:
+    print(f"error: the generation worker failed ({type(error).__name__}: {error}); the server "
+          "answers 503 and exits with code 1 to be restarted.", file=sys.stderr, flush=True)
+    server.should_exit = True
+
+  batcher.on_failure = worker_failed
   val = sampler.meta.get("val_loss")
-  shapes = len(batcher.length_buckets) * len(batcher.batch_buckets) * 2
+  shapes = len(batcher.batch_buckets) * 2 * len(SAMPLE_MODES)
   print(f"serving {config.workdir} checkpoint step {sampler.step}"
         + (f" (validation loss {val:.4f} nats)" if val is not None else "")
-        + f"; ready in {time.perf_counter() - start:.1f} s (at most {shapes} generation shapes, "
-        "the default request's compiled)", flush=True)
-  if config.host in ("0.0.0.0", "::", ""):
+        + f"; ready in {time.perf_counter() - start:.1f} s ({shapes} generation shapes "
+        "compiled)", flush=True)
+  if config.host in guards.WILDCARD_HOSTS:
     print(f"warning: --host={config.host} listens on every network this machine is on, with no "
           "authentication; anyone who can reach the port can use it.", flush=True)
   shown = f"[{config.host}]" if ":" in config.host else config.host
   print(f"open http://{shown}:{config.port}/ (API: POST /api/generate, GET /api/stream, "
         "GET /api/info); Ctrl-C stops", flush=True)
   try:
-    uvicorn.run(application, host=config.host, port=config.port, log_level="warning",
-                access_log=False)
+    server.run()
   finally:
-    batcher.close()
+    batcher.close(grace_s=0)
+  if batcher.failure is not None:
+    sys.exit(1)
