@@ -1,6 +1,7 @@
 """Checkpoints: exact resume, preemption by a real signal, corrupt-checkpoint fallback."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -110,3 +111,16 @@ def test_sigterm_saves_and_the_resumed_run_matches_an_uninterrupted_one(tiny_fil
   out, _ = full.communicate(timeout=300)
   assert full.returncode == 0, out
   assert_same_run(tmp_path / "full", interrupted)
+
+
+def test_a_snapshot_is_private_and_refuses_a_checkpoint_being_deleted(tmp_path):
+  step_dir = tmp_path / "run" / "checkpoints" / "7"
+  (step_dir / "state").mkdir(parents=True)
+  (step_dir / "state" / "data").write_text("weights")
+  with pytest.raises(FileNotFoundError, match="has no meta"):  # meta already deleted
+    checkpoint.snapshot(tmp_path / "run", 7, tmp_path / "private")
+  (step_dir / "meta").mkdir()
+  copy = checkpoint.snapshot(tmp_path / "run", 7, tmp_path / "private2")
+  shutil.rmtree(step_dir)  # the trainer's --keep
+
+  assert (copy / "state" / "data").read_text() == "weights"

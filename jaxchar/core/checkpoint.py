@@ -127,13 +127,16 @@ def snapshot(workdir: Path, step: int, into: Path) -> Path:
   """A private copy of one checkpoint's folder inside `into`, made of hard links (copies
   across file systems): its files outlive a running trainer deleting the checkpoint, so a
   reader cannot lose the race however often it saves. Raises OSError if the checkpoint
-  vanished while it was being linked."""
+  vanished (or was being deleted) while it was being linked."""
   target = Path(into) / str(step)
   try:
     shutil.copytree(_checkpoint_dir(workdir) / str(step), target, copy_function=_link_or_copy)
   except shutil.Error as e:  # some files vanished midway: the checkpoint is gone
     raise FileNotFoundError(f"the checkpoint at step {step} changed while it was read "
                             f"({str(e)[:200]})") from None
+  missing = [item for item in ("state", "meta") if not (target / item).is_dir()]
+  if missing:  # the trainer's deletion had begun before the listing
+    raise FileNotFoundError(f"the checkpoint at step {step} has no {' or '.join(missing)}")
   return target
 
 

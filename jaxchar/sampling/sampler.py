@@ -198,6 +198,8 @@ def load_sampler(workdir: str | Path, step: int | None = None) -> Sampler:
         except UserError:
           raise
         except Exception as e:  # noqa: BLE001 - reported, and the next checkpoint is tried
+          if not checkpoint.has_step(workdir, candidate):
+            continue  # it was being deleted as it was linked: as if never there
           failures.append(f"step {candidate}: {_describe(e)}")
           _warn(f"skipping the checkpoint at step {candidate} in {workdir}: its metadata "
                 f"cannot be read ({_describe(e)}).")
@@ -205,6 +207,8 @@ def load_sampler(workdir: str | Path, step: int | None = None) -> Sampler:
         try:
           return _restore_sampler(workdir, candidate, metas[candidate], folders[candidate])
         except Exception as e:  # noqa: BLE001 - reported, and the next checkpoint is tried
+          if not checkpoint.has_step(workdir, candidate):
+            continue  # it was being deleted as it was linked: as if never there
           failures.append(f"step {candidate}: {_describe(e)}")
           _warn(f"skipping the checkpoint at step {candidate} in {workdir}: it cannot be "
                 f"restored ({_describe(e)}); trying the next one.")
