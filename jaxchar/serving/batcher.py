@@ -122,8 +122,9 @@ class Batcher:
           return
     except BaseException as e:  # noqa: BLE001 - reported, then every waiting job fails
       self.failure = e
-      log.error("the generation worker failed (%s: %s); failing every waiting request",
-                type(e).__name__, e)
+      if self.on_failure is None:  # else on_failure reports it
+        log.error("the generation worker failed (%s: %s); failing every waiting request",
+                  type(e).__name__, e)
       while True:
         try:
           job = self._inbox.get_nowait()

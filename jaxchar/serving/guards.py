@@ -46,7 +46,7 @@ class TimedHttpToolsProtocol(HttpToolsProtocol):
   def _headers_too_slow(self) -> None:
     if not self.transport.is_closing():
       body = json.dumps({"error": f"the request's headers did not arrive within "
-                                  f"{HEADER_TIMEOUT_S:g} s."})
+                                  f"{HEADER_TIMEOUT_S:g} s."}, separators=(",", ":"))
       self.transport.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
                            b"connection: close\r\ncontent-length: %d\r\n\r\n%s"
                            % (len(body), body.encode()))
@@ -162,7 +162,7 @@ class NoTracebacks:
 
 
 async def _send_json(send, status: int, body: dict, headers: dict | None = None) -> None:
-  data = json.dumps(body).encode()
+  data = json.dumps(body, separators=(",", ":")).encode()  # as FastAPI writes it
   extra = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
   await send({"type": "http.response.start", "status": status,
               "headers": [(b"content-type", b"application/json"),
