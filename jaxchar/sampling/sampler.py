@@ -198,20 +198,12 @@ def load_sampler(workdir: str | Path, step: int | None = None) -> Sampler:
         except UserError:
           raise
         except Exception as e:  # noqa: BLE001 - reported, and the next checkpoint is tried
-          if not checkpoint.has_step(workdir, candidate):
-            continue  # it was being deleted as it was linked: as if never there
-          failures.append(f"step {candidate}: {_describe(e)}")
-          _warn(f"skipping the checkpoint at step {candidate} in {workdir}: its metadata "
-                f"cannot be read ({_describe(e)}).")
+          _skip(workdir, candidate, e, failures, "its metadata cannot be read")
       for candidate in candidate_steps(metas):
         try:
           return _restore_sampler(workdir, candidate, metas[candidate], folders[candidate])
         except Exception as e:  # noqa: BLE001 - reported, and the next checkpoint is tried
-          if not checkpoint.has_step(workdir, candidate):
-            continue  # it was being deleted as it was linked: as if never there
-          failures.append(f"step {candidate}: {_describe(e)}")
-          _warn(f"skipping the checkpoint at step {candidate} in {workdir}: it cannot be "
-                f"restored ({_describe(e)}); trying the next one.")
+          _skip(workdir, candidate, e, failures, "it cannot be restored")
       steps = checkpoint.checkpoint_steps(workdir)
       if not set(steps) - tried:
         break
@@ -222,6 +214,16 @@ def load_sampler(workdir: str | Path, step: int | None = None) -> Sampler:
                   f"({'; '.join(failures)[:600]}). They are damaged; rerun the trainer on this "
                   "--workdir (it sets damaged checkpoints aside and resumes from the newest "
                   "good one, or starts afresh).")
+
+
+def _skip(workdir: Path, step: int, error: Exception, failures: list[str], what: str) -> None:
+  """Records and warns of a checkpoint that failed to read, unless it was being deleted as it
+  was linked (then it is as if never there)."""
+  if not checkpoint.has_step(workdir, step):
+    return
+  failures.append(f"step {step}: {_describe(error)}")
+  _warn(f"skipping the checkpoint at step {step} in {workdir}: {what} ({_describe(error)}); "
+        "trying the next one.")
 
 
 def _load_step(workdir: Path, step: int, steps: list[int], private: Path) -> Sampler:

@@ -91,7 +91,7 @@ def create_app(sampler: Sampler, batcher: Batcher, limits: Limits,
 
   @app.get("/healthz")
   async def healthz() -> JSONResponse:
-    if batcher.failure is not None or not batcher.healthy:
+    if not batcher.healthy:
       return JSONResponse({"ok": False, "error": f"the generation worker failed "
                                                  f"({batcher.failure})"}, status_code=503)
     return JSONResponse({"ok": True, "step": sampler.step, "in_flight": batcher.in_flight})

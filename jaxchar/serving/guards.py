@@ -14,7 +14,6 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from jaxchar.serving.request_checks import BadRequest
 
 log = logging.getLogger("jaxchar.serve")
-HEADER_TIMEOUT_S = 10.0  # set by server.py from --client_timeout_s
 POLL_S = 0.25  # how often a body still arriving checks for the shutdown deadline
 MAX_HEADER_BYTES = 64 * 1024
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
@@ -27,16 +26,17 @@ class ClientGone(Exception):
 
 class TimedHttpToolsProtocol(HttpToolsProtocol):
   """uvicorn's HTTP protocol, closing a connection whose request line and headers do not arrive
-  within HEADER_TIMEOUT_S of its start (uvicorn waits for them forever) or pass
+  within `header_timeout_s` of its start (uvicorn waits for them forever) or pass
   MAX_HEADER_BYTES (uvicorn answers the error raised here with a 400 and closes)."""
 
+  header_timeout_s = 10.0  # a subclass per server: see timed_protocol
   _header_timer: asyncio.TimerHandle | None = None
   _header_bytes = 0
 
   def _arm(self) -> None:
     self._disarm()
     self._header_bytes = 0
-    self._header_timer = self.loop.call_later(HEADER_TIMEOUT_S, self._headers_too_slow)
+    self._header_timer = self.loop.call_later(self.header_timeout_s, self._headers_too_slow)
 
   def _disarm(self) -> None:
     if self._header_timer is not None:
@@ -46,7 +46,7 @@ class TimedHttpToolsProtocol(HttpToolsProtocol):
   def _headers_too_slow(self) -> None:
     if not self.transport.is_closing():
       body = json.dumps({"error": f"the request's headers did not arrive within "
-                                  f"{HEADER_TIMEOUT_S:g} s."}, separators=(",", ":"))
+                                  f"{self.header_timeout_s:g} s."}, separators=(",", ":"))
       self.transport.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
                            b"connection: close\r\ncontent-length: %d\r\n\r\n%s"
                            % (len(body), body.encode()))
@@ -80,6 +80,12 @@ class TimedHttpToolsProtocol(HttpToolsProtocol):
   def connection_lost(self, exc) -> None:
     self._disarm()
     super().connection_lost(exc)
+
+
+def timed_protocol(header_timeout_s: float) -> type[TimedHttpToolsProtocol]:
+  """The protocol class for uvicorn, with this server's header time-out."""
+  return type("TimedHttpToolsProtocol", (TimedHttpToolsProtocol,),
+              {"header_timeout_s": header_timeout_s})
 
 
 def allowed_hosts(host: str, port: int, allow_origins: Iterable[str]) -> set[str] | None:

@@ -73,10 +73,9 @@ def serve(config: ServeConfig) -> None:
                   config.request_timeout_s, config.client_timeout_s)
   hosts = guards.allowed_hosts(config.host, config.port, config.allow_origin)
   application = app_lib.create_app(sampler, batcher, limits, hosts, config.allow_origin)
-  guards.HEADER_TIMEOUT_S = config.client_timeout_s
   uvicorn_config = uvicorn.Config(
-      application, host=config.host, port=config.port, http=guards.TimedHttpToolsProtocol,
-      log_level="warning", access_log=False, lifespan="off",
+      application, host=config.host, port=config.port,
+      http=guards.timed_protocol(config.client_timeout_s), log_level="warning", access_log=False, lifespan="off",
       timeout_graceful_shutdown=config.shutdown_timeout_s + 0.5)  # then uvicorn cancels
   server = _Server(uvicorn_config, batcher, config.shutdown_timeout_s)
 
