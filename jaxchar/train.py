@@ -6,7 +6,7 @@ from absl import app, flags
 from jaxchar import host, options
 from jaxchar.cli import entry_point
 from jaxchar.errors import UserError
-from jaxchar.training import distributed
+from jaxchar.training import distributed, init_from
 from jaxchar.training.config import Config, Launch
 from jaxchar.training.loop import train_and_evaluate
 
@@ -38,12 +38,22 @@ def _set_up_host(config: Config, launch: Launch) -> None:
                          launch.process_id, launch.distributed_timeout_s)
 
 
+def base_from_flags(config: Config) -> tuple[Config, init_from.Base | None]:
+  """The run --init_from names (None without it), and the config with its model shape."""
+  if not config.init_from:
+    return config, None
+  base = init_from.load_base(config.init_from)
+  given = {name for name in init_from.SHAPE_OPTIONS if FLAGS[name].present}
+  return init_from.adopt_shape(config, base, given), base
+
+
 @entry_point
 def main() -> None:
   config, launch = config_from_flags(), launch_from_flags()
   _set_up_host(config, launch)
+  config, base = base_from_flags(config)  # reads a checkpoint: after the devices are set up
   try:
-    train_and_evaluate(config, launch.workdir)
+    train_and_evaluate(config, launch.workdir, base)
   except Exception as e:  # noqa: BLE001 - only re-labelled when a peer process is gone
     if jax.process_count() > 1 and not isinstance(e, UserError):
       distributed.exit_on_peer_failure(e)

@@ -12,6 +12,9 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from absl import flags as absl_flags
+
+from jaxchar import train
 from jaxchar.core import checkpoint
 from jaxchar.training.config import Config
 from jaxchar.training.preemption import StopRequests
@@ -100,3 +103,30 @@ def start_server(workdir: Path, log: Path, *flags: str) -> tuple[subprocess.Pope
           return server, port
     except OSError:
       time.sleep(0.2)
+
+
+def damage_checkpoint(folder: Path, kind: str) -> None:
+  """Damages one saved checkpoint folder as a crash, a full disk or a bad copy would."""
+  state = folder / "state"
+  if kind == "truncated data files":
+    for p in [p for p in state.rglob("*") if p.is_file() and p.parent.name == "d"]:
+      p.write_bytes(p.read_bytes()[:p.stat().st_size // 3])
+  elif kind == "deleted state data":
+    for p in [p for p in state.rglob("*") if p.is_file() and p.parent.name == "d"]:
+      p.unlink()
+  else:  # garbage metadata
+    (state / "_METADATA").write_bytes(b"\x00garbage{{not json")
+    (folder / "meta" / "metadata").write_text("{garbage", encoding="utf-8")
+
+
+def run_main(args: list[str]) -> int:
+  """Parses `args` as the trainer's command line and runs main in-process; returns its exit code."""
+  absl_flags.FLAGS.unparse_flags()
+  argv = absl_flags.FLAGS(["jaxchar.train", *args])
+  try:
+    train.main(argv)
+  except SystemExit as e:
+    return e.code
+  finally:
+    absl_flags.FLAGS.unparse_flags()
+  return 0

@@ -14,7 +14,7 @@ from pathlib import Path
 import orbax.checkpoint as ocp
 import pytest
 
-from helpers import REPO, tiny_config
+from helpers import REPO, damage_checkpoint, tiny_config
 from jaxchar.core import checkpoint
 from jaxchar.training import lock, metrics
 from jaxchar import train
@@ -92,20 +92,6 @@ def test_entry_points_print_only_their_own_lines_in_a_terminal(tiny_file, tmp_pa
   code, verbose = in_terminal("jaxchar.sample", f"--workdir={workdir}", "--length=20",
                               "--verbosity=0")
   assert code == 0 and len(ABSL_LINE.findall(verbose)) >= 5, verbose
-
-
-def damage_checkpoint(folder: Path, kind: str) -> None:
-  """Damages one saved checkpoint folder as a crash, a full disk or a bad copy would."""
-  state = folder / "state"
-  if kind == "truncated data files":
-    for p in [p for p in state.rglob("*") if p.is_file() and p.parent.name == "d"]:
-      p.write_bytes(p.read_bytes()[:p.stat().st_size // 3])
-  elif kind == "deleted state data":
-    for p in [p for p in state.rglob("*") if p.is_file() and p.parent.name == "d"]:
-      p.unlink()
-  else:  # garbage metadata
-    (state / "_METADATA").write_bytes(b"\x00garbage{{not json")
-    (folder / "meta" / "metadata").write_text("{garbage", encoding="utf-8")
 
 
 @pytest.fixture(scope="module")

@@ -12,24 +12,11 @@ from jaxchar.core import corpus
 from jaxchar import train
 from jaxchar.training.config import DEFAULT_DATA
 
-from helpers import REPO
+from helpers import REPO, run_main
 
 FLAGS = flags.FLAGS
 TINY_ARGS = ["--maxlen=8", "--step=2", "--hidden=16", "--batch_size=16", "--epochs=2",
              "--sample_len=30", "--temperatures=0.5,1.0", "--eval_batch_size=64"]
-
-
-def run_main(args: list[str]) -> int:
-  """Parses `args` as the trainer's command line and runs main in-process; returns its exit code."""
-  FLAGS.unparse_flags()
-  argv = FLAGS(["jaxchar.train", *args])
-  try:
-    train.main(argv)
-  except SystemExit as e:
-    return e.code
-  finally:
-    FLAGS.unparse_flags()
-  return 0
 
 
 def test_tiny_run_trains_validates_and_writes_samples(tiny_file, tmp_path, capsys):

@@ -24,7 +24,8 @@ def ids_dtype(vocab_size: int) -> type:
 
 @dataclasses.dataclass(frozen=True)
 class Vocab:
-  """Sorted distinct characters of a text; ids are positions in `chars`."""
+  """Distinct characters; ids are positions in `chars`. Sorted for a new model; a fine-tuned
+  one keeps its base's order and appends the new text's other characters (`extended`)."""
 
   chars: str
 
@@ -32,9 +33,17 @@ class Vocab:
   def from_text(cls, text: str) -> "Vocab":
     return cls("".join(sorted(set(text))))
 
+  def extended(self, text: str) -> tuple["Vocab", str]:
+    """This vocabulary with the characters of `text` it lacks appended (sorted), and those."""
+    new = "".join(self.unknown(text))
+    return Vocab(self.chars + new), new
+
   @property
-  def _codes(self) -> np.ndarray:
-    return np.array([ord(c) for c in self.chars], dtype=np.uint32)  # sorted, as chars is
+  def _lookup(self) -> tuple[np.ndarray, np.ndarray]:
+    """Code points sorted, and the id of each (searchsorted needs sorted codes)."""
+    codes = np.array([ord(c) for c in self.chars], dtype=np.uint32)
+    order = np.argsort(codes, kind="stable")
+    return codes[order], order
 
   @property
   def size(self) -> int:
@@ -48,10 +57,10 @@ class Vocab:
     """Ids of `text` (uint8 when the vocabulary fits, else int32); every character must be in
     the vocabulary. Encoded in chunks so a large corpus needs little more than its ids."""
     ids = np.empty(len(text), ids_dtype(self.size))
-    table = self._codes
+    table, id_of = self._lookup
     for start in range(0, len(text), _ENCODE_CHUNK):
       codes = np.frombuffer(text[start:start + _ENCODE_CHUNK].encode("utf-32-le"), np.uint32)
-      ids[start:start + len(codes)] = np.searchsorted(table, codes)
+      ids[start:start + len(codes)] = id_of[np.searchsorted(table, codes)]
     return ids
 
   def decode(self, ids) -> str:
@@ -91,11 +100,12 @@ def window_starts(length: int, maxlen: int, step: int) -> np.ndarray:
 
 
 def build_corpus(text: str, *, maxlen: int, step: int, val_fraction: float,
-                 lowercase: bool = True) -> Corpus:
-  """Lowercases (optionally), encodes and splits `text`, as the reference notebook does."""
+                 lowercase: bool = True, vocab: Vocab | None = None) -> Corpus:
+  """Lowercases (optionally), encodes and splits `text`, as the reference notebook does; with
+  its own sorted vocabulary, or `vocab`, which must hold every character of the text."""
   if lowercase:
     text = text.lower()
-  vocab = Vocab.from_text(text)
+  vocab = Vocab.from_text(text) if vocab is None else vocab
   if vocab.size < 2:
     raise UserError(
         f"the text has only one distinct character ({vocab.chars!r}), so there is nothing to "

@@ -156,34 +156,36 @@ def _restore_sampler(workdir: Path, step: int, meta: dict,
                  meta)
 
 
-def _finished_steps(workdir: Path) -> list[int]:
+def _finished_steps(workdir: Path, flag: str) -> list[int]:
   if not workdir.is_dir():
-    raise UserError(f"--workdir={workdir} does not exist; point it at a training run's folder "
+    raise UserError(f"{flag}={workdir} does not exist; point it at a training run's folder "
                     "(the trainer's --workdir, default ckpt/moe).")
   steps = checkpoint.checkpoint_steps(workdir)
   if not steps and checkpoint.unfinished_checkpoints(workdir):
-    raise UserError(f"--workdir={workdir} has no finished checkpoint yet: the first one is still "
+    raise UserError(f"{flag}={workdir} has no finished checkpoint yet: the first one is still "
                     "being written (or its writer stopped midway). Wait for the trainer's first "
                     "save (end of epoch 1, or every --save_every_steps) and retry.")
   if not steps:
-    raise UserError(f"--workdir={workdir} holds no checkpoint; train first, e.g. "
+    raise UserError(f"{flag}={workdir} holds no checkpoint; train first, e.g. "
                     f"`python -m jaxchar.train --flagfile=launch/moe.flags --workdir={workdir}`.")
   return steps
 
 
-def load_sampler(workdir: str | Path, step: int | None = None) -> Sampler:
+def load_sampler(workdir: str | Path, step: int | None = None,
+                 flag: str = "--workdir") -> Sampler:
   """Restores parameters (not optimizer state) and metadata onto the default device.
 
   Without `step`: the best checkpoint, else the latest, else older ones, skipping with a
   warning any that fail to restore. Each is read from a private snapshot of hard links
   (checkpoint.snapshot), so a live run deleting it (--keep) cannot spoil the read; one that
-  vanishes before its snapshot is as if never there. Never changes `workdir`.
+  vanishes before its snapshot is as if never there. Never changes `workdir`. Errors name it
+  as `flag` (the trainer's --init_from reads a run this way too).
   """
   workdir = Path(workdir)
-  steps = _finished_steps(workdir)
+  steps = _finished_steps(workdir, flag)
   with tempfile.TemporaryDirectory(prefix="jaxchar-read-") as private:
     if step is not None:
-      return _load_step(workdir, step, steps, Path(private))
+      return _load_step(workdir, step, steps, Path(private), flag)
     failures, tried = [], set()
     for _ in range(LISTING_ROUNDS):  # a live run may have saved new ones while we read
       metas, folders = {}, {}
@@ -211,9 +213,9 @@ def load_sampler(workdir: str | Path, step: int | None = None) -> Sampler:
     raise UserError(f"every checkpoint in {workdir} was deleted before it could be read; is a "
                     "trainer with a small --keep saving very often there? Retry.")
   raise UserError(f"none of the {len(tried)} checkpoints in {workdir} can be restored "
-                  f"({'; '.join(failures)[:600]}). They are damaged; rerun the trainer on this "
-                  "--workdir (it sets damaged checkpoints aside and resumes from the newest "
-                  "good one, or starts afresh).")
+                  f"({'; '.join(failures)[:600]}). They are damaged; rerun the trainer with "
+                  f"--workdir={workdir} (it sets damaged checkpoints aside and resumes from the "
+                  "newest good one, or starts afresh).")
 
 
 def _skip(workdir: Path, step: int, error: Exception, failures: list[str], what: str) -> None:
@@ -226,10 +228,12 @@ def _skip(workdir: Path, step: int, error: Exception, failures: list[str], what:
         "trying the next one.")
 
 
-def _load_step(workdir: Path, step: int, steps: list[int], private: Path) -> Sampler:
+def _load_step(workdir: Path, step: int, steps: list[int], private: Path,
+               flag: str) -> Sampler:
   """The checkpoint at `step`, read from a snapshot in `private`."""
+  asked = f"--step={step}" if flag == "--workdir" else f"{flag}={workdir}:{step}"
   if step not in steps:
-    raise UserError(f"--step={step} has no checkpoint in {workdir}; the steps saved are "
+    raise UserError(f"{asked} has no checkpoint in {workdir}; the steps saved are "
                     f"{', '.join(map(str, steps))}.")
   try:
     folder = checkpoint.snapshot(workdir, step, private)
@@ -239,7 +243,7 @@ def _load_step(workdir: Path, step: int, steps: list[int], private: Path) -> Sam
   except Exception as e:  # orbax raises many types for missing or damaged files
     raise UserError(f"the checkpoint at step {step} in {workdir} cannot be restored "
                     f"({_describe(e)}): it is damaged, or was deleted meanwhile by a running "
-                    "trainer's --keep. Leave out --step to use the best one that "
+                    "trainer's --keep. Leave out the step to use the best one that "
                     "restores.") from None
 
 

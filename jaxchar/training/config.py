@@ -16,6 +16,7 @@ OPTIMIZERS = ("rmsprop", "adamw")
 LR_SCHEDULES = ("constant", "cosine", "exponential")
 DTYPES = ("float32", "bfloat16")
 DISTRIBUTED_MODES = ("auto", "on", "off")
+INIT_VOCABS = ("extend", "strict")
 # --epochs=0 trains on about this many characters in all (each window step over the training
 # text counts its characters once): where the recipe's best validation loss lay on 1 MB texts.
 AUTO_TRAIN_CHARS = 3_000_000
@@ -95,6 +96,16 @@ class Config:
   warmup_steps: int = option(0, "Steps of linear learning-rate warmup from 0; 0 = none.")
   patience: int = option(0, "Stop after this many epochs without a new best validation loss "
                          "(the best checkpoint is always kept); 0 = off.")
+  # Fine-tuning:
+  init_from: str = option("", "Start this new run from a trained run's parameters: WORKDIR (its "
+                          "best checkpoint, as the sampler chooses) or WORKDIR:STEP. The model's "
+                          "shape (hidden, layers, embedding, window, lowercasing) and vocabulary "
+                          "come from it; optimizer, schedule and step start fresh. Only for a "
+                          "fresh --workdir: rerunning the same command resumes the new run.")
+  init_vocab: str = option("extend", "With --init_from, characters of --data the base model "
+                           "never saw: extend = append them to its vocabulary (new input and "
+                           "output rows, initialised as a fresh model's); strict = stop with an "
+                           "error listing them.", choices=INIT_VOCABS)
 
   def validate(self) -> "Config":
     """Raises UserError naming the first bad value and how to fix it; returns self."""
@@ -139,7 +150,21 @@ class Config:
       raise UserError(f"--learning_rate={self.learning_rate} must be a positive number.")
     if self.sample_len:
       check_temperatures(self.temperatures, "temperatures")
+    if self.init_from:
+      parse_init_from(self.init_from)
     return self
+
+
+def parse_init_from(spec: str) -> tuple[str, int | None]:
+  """'WORKDIR' or 'WORKDIR:STEP' as (workdir, step or None); UserError for a bad step."""
+  workdir, sep, step = spec.rpartition(":")
+  if not sep or "/" in step or not workdir:
+    return spec, None
+  if not step.isdigit():
+    raise UserError(f"--init_from={spec}: the part after ':' must be a checkpoint step (a "
+                    "number), e.g. --init_from=ckpt/base:2148, or leave it out for the best "
+                    "checkpoint.")
+  return workdir, int(step)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,7 +14,7 @@ from flax import jax_utils
 
 from jaxchar.core import data
 from jaxchar.errors import UserError
-from jaxchar.training import distributed, plots, progress, steps
+from jaxchar.training import distributed, init_from, plots, progress, steps
 from jaxchar.training.config import Config
 from jaxchar.training.distributed import say
 from jaxchar.training.lock import WorkdirLock
@@ -187,13 +187,17 @@ def train_epochs(run: Run, stop: StopRequests) -> list[dict]:
   return history
 
 
-def train_and_evaluate(config: Config, workdir: str | Path) -> list[dict]:
-  """Trains (resuming from workdir's latest checkpoint); returns a summary dict per epoch run.
+def train_and_evaluate(config: Config, workdir: str | Path,
+                       base: init_from.Base | None = None) -> list[dict]:
+  """Trains (resuming from workdir's latest checkpoint, else starting from `base`, the run
+  --init_from names, if given); returns a summary dict per epoch run.
 
   Holds <workdir>/train.lock for the whole run: a second trainer on it stops at once."""
   workdir = Path(workdir)
+  if base is not None:
+    init_from.preflight(config, workdir, base)  # its errors leave a new workdir uncreated
   with distributed.primary_holds(WorkdirLock(workdir)), StopRequests() as stop:
-    run = start_run(config, workdir)
+    run = start_run(config, workdir, base)
     try:
       history = [] if nothing_to_train(run) else train_epochs(run, stop)
     except BaseException:

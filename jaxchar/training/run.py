@@ -15,7 +15,7 @@ from jaxchar.core import checkpoint, data
 from jaxchar.core import corpus as corpus_lib
 from jaxchar.core.model import CharLSTM, count_params
 from jaxchar.errors import UserError
-from jaxchar.training import distributed, metrics, steps
+from jaxchar.training import distributed, init_from, metrics, steps
 from jaxchar.training.config import (AUTO_TRAIN_CHARS, DEFAULT_DATA, MAX_AUTO_EPOCHS, Config,
                                      auto_epochs)
 from jaxchar.training.distributed import say
@@ -98,11 +98,17 @@ def check_batch_fits(batch_size: int, num_devices: int) -> None:
         f"--batch_size={max(1, batch_size // num_devices) * num_devices}.")
 
 
-def start_run(config: Config, workdir: Path) -> Run:
-  """Reads the corpus, builds the model and resumes from the latest checkpoint if any."""
+def start_run(config: Config, workdir: Path, base: init_from.Base | None = None) -> Run:
+  """Reads the corpus, builds the model and resumes from the latest checkpoint if any; else
+  starts from `base`'s parameters (--init_from), or a fresh initialisation."""
   text = corpus_lib.read_text(config.data, DEFAULT_DATA)
+  vocab = new_symbols = None
+  if base is not None:
+    vocab, new_symbols = init_from.vocabulary(base, text.lower() if config.lowercase else text,
+                                              config.init_vocab)
   corpus = data.build_corpus(text, maxlen=config.maxlen, step=config.step,
-                             val_fraction=config.val_fraction, lowercase=config.lowercase)
+                             val_fraction=config.val_fraction, lowercase=config.lowercase,
+                             vocab=vocab)
   del text  # the corpus keeps only its ids: host memory stays about 1 byte per character
   num_devices = jax.device_count()  # all processes' devices share every global batch
   check_batch_fits(config.batch_size, num_devices)
@@ -147,8 +153,17 @@ def start_run(config: Config, workdir: Path) -> Run:
                 "start_batch": 0 if complete else meta["batch_in_epoch"],
                 "epoch_losses": [] if complete else meta["epoch_losses"],
                 "elapsed_before": meta["elapsed_s"], "last_saved": int(state.step)}
+    run_meta["init_from"] = meta.get("init_from")  # where this run began, not today's base
+    began = run_meta["init_from"]
     say(f"resuming from the checkpoint at step {int(state.step)} (epoch "
-        f"{position['start_epoch']}, batch {position['start_batch']})")
+        f"{position['start_epoch']}, batch {position['start_batch']})"
+        + (f"; this run started from {began['workdir']} step {began['step']}" if began else ""))
+  elif base is not None:
+    say(init_from.describe(base, new_symbols))
+    params = jax.tree_util.tree_map(jnp.asarray, init_from.start_params(
+        jax.device_get(state.params), base.params, base.vocab.size))
+    state = state.replace(params=params, opt_state=tx.init(params))
+    run_meta["init_from"] = init_from.origin(base, new_symbols)
   log = (metrics.RunLog(workdir, int(state.step), position.get("start_epoch", 1) - 1)
          if distributed.is_primary() else None)
   return Run(config=config, workdir=workdir, corpus=corpus, model=model,
