@@ -18,6 +18,7 @@ from jaxchar.training.loop import train_and_evaluate
 ENTRY_POINTS = {  # module: the config classes its flags come from
     "jaxchar.train": ["jaxchar.training.config:Config", "jaxchar.training.config:Launch"],
     "jaxchar.sample": ["jaxchar.sampling.config:SampleConfig"],
+    "jaxchar.score": ["jaxchar.scoring.config:ScoreConfig"],
     "jaxchar.serve": ["jaxchar.serving.config:ServeConfig"],
     "jaxchar.plot": ["jaxchar.training.plots:PlotConfig"],
     "jaxchar.bench": ["jaxchar.bench:BenchConfig"],

@@ -2,17 +2,20 @@
 the page in a real headless browser."""
 
 import json
+import math
 import os
 import re
 import shutil
 import threading
 
+import jax
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
 from helpers import start_server
 from jaxchar.sampling import sampler as sampler_lib
+from jaxchar.scoring import scorer
 from jaxchar.serving.batcher import Batcher, batch_buckets
 from jaxchar.serving.app import create_app
 from jaxchar.serving.request_checks import Limits
@@ -115,6 +118,48 @@ def test_every_bad_request_is_a_clear_4xx_and_the_server_keeps_serving(served, b
   assert client.post("/api/generate", json={"length": 5}).status_code == 200
 
 
+def test_score_gives_the_scorers_figures_and_a_log_probability_per_character(served):
+  client, _, sampler = served
+  text = "MOE: hey homer.\nbarney: beer€!\n"
+  for from_start in (False, True):
+    reply = client.post("/api/score", json={"text": text, "from_start": from_start})
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    direct = scorer.score(sampler, scorer.prepare(text, sampler.vocab, True), from_start,
+                          devices=jax.local_devices()[:1])
+    assert body["nats_per_char"] == pytest.approx(direct.nats_per_char, abs=1e-5)
+    assert body["step"] == sampler.step and body["excluded"] == {"€": 1}
+    assert body["characters"] == len(text) and body["scored"] == len(direct.log_probs)
+    expected = [None] * len(text)
+    for position, log_prob in zip(direct.positions.tolist(), direct.log_probs.tolist()):
+      expected[position] = pytest.approx(log_prob, abs=1e-4)
+    assert body["log_probs"] == expected
+    assert body["log_probs"][text.index("€")] is None
+    assert (body["log_probs"][0] is None) and (body["log_probs"][1] is None) != from_start
+
+
+@pytest.mark.parametrize("body, status, message", [
+    ({"text": "moe: hey homer. barney: beer!"[:7]}, 400, "too few to score.*from_start"),
+    ({"text": "ЖЖЖЖ", "from_start": True}, 400, "no character the model knows"),
+    ({"text": ""}, 400, "text must be a non-empty string"),
+    ({"text": 5}, 400, "text must be a non-empty string"),
+    ({"text": "moe: hey", "from_start": "yes"}, 400, "from_start must be true or false"),
+    ({"text": "m" * 20_001}, 400, "at most 20,000 are scored per request"),
+    ({"text": "moe", "prime": "x"}, 400, "unknown field\\(s\\) prime"),
+    (["moe"], 400, "must be a JSON object"),
+    (b"text=moe", 415, "Content-Type: application/json"),
+])
+def test_every_bad_score_request_is_a_clear_4xx(served, body, status, message):
+  client, _, _ = served
+  if isinstance(body, bytes):
+    reply = client.post("/api/score", content=body,
+                        headers={"Content-Type": "application/x-www-form-urlencoded"})
+  else:
+    reply = client.post("/api/score", json=body)
+  assert reply.status_code == status, reply.text
+  assert re.search(message, reply.json()["error"]), reply.json()
+
+
 def test_bad_streams_and_unknown_routes(served):
   client, _, _ = served
   reply = client.get("/api/stream", params={"length": "many"})
@@ -202,6 +247,25 @@ def test_the_page_generates_in_a_real_headless_browser(workdir, tmp_path):
     WebDriverWait(browser, 60).until(
         lambda b: "2 samples" in b.find_element(By.ID, "status").text)
     assert len(browser.find_elements(By.CSS_SELECTOR, "#samples .sample")) == 2
+    # The score box shades each character by its surprise, with the server's log-probabilities.
+    text = "moe: hey homer.\nbarney: beer!\nmoe: xqz hey homer.\n"
+    browser.find_element(By.ID, "score_text").send_keys(text)
+    browser.find_element(By.ID, "score").click()
+    WebDriverWait(browser, 60).until(
+        lambda b: "nats per character" in b.find_element(By.ID, "score_status").text)
+    spans = browser.find_elements(By.CSS_SELECTOR, "#scored span")
+    assert "".join(s.get_attribute("textContent") for s in spans) == text
+    unscored = browser.find_elements(By.CSS_SELECTOR, "#scored span.unscored")
+    assert len(unscored) == 8 + 3  # the first window, and x, q, z: not in the vocabulary
+    colour = re.compile(r"rgba?\(220, 40, 40(?:, ([\d.]+))?\)")  # rgb() when solid
+    shaded = [(float(s.get_attribute("data-log-prob")),
+               float(colour.search(s.get_attribute("style")).group(1) or 1))
+              for s in spans if s.get_attribute("data-log-prob")]
+    assert len(shaded) == len(text) - 11
+    for log_prob, alpha in shaded:  # redder as it is less likely: 8 bits or more is solid
+      assert alpha == pytest.approx(min(1, -log_prob / math.log(2) / 8), abs=5e-3)  # 1/255 steps
+    assert min(a for _, a in shaded) < 0.2 < max(a for _, a in shaded)
+    assert "not in the vocabulary: x q z" in browser.find_element(By.ID, "score_status").text
     if os.environ.get("JAXCHAR_SCREENSHOT"):
       browser.save_screenshot(os.environ["JAXCHAR_SCREENSHOT"])
   finally:

@@ -7,6 +7,7 @@ and a request past its deadline 504; nothing a client sends is used as a file pa
 
 import asyncio
 import json
+import threading
 import time
 from collections.abc import Iterable
 from importlib import resources
@@ -22,11 +23,15 @@ from jaxchar.sampling.sampler import CHUNK, Sampler
 from jaxchar.serving import guards
 from jaxchar.serving.batcher import Batcher
 from jaxchar.serving.jobs import Job, Refused
+from jaxchar.errors import UserError
+from jaxchar.scoring import scorer
 from jaxchar.serving.request_checks import (MAX_BODY_BYTES, BadRequest, GenerationRequest, Limits,
-                                            parse, parse_json)
+                                            parse, parse_json, parse_score)
 
-ROUTES = "GET /, POST /api/generate, GET /api/stream, GET /api/info, GET /healthz"
+ROUTES = ("GET /, POST /api/generate, GET /api/stream, POST /api/score, GET /api/info, "
+          "GET /healthz")
 RETRY_AFTER_S = 1
+SCORE_BATCH = 256  # characters per scoring call: one compiled shape serves every text
 
 
 def model_info(sampler: Sampler, batcher: Batcher, limits: Limits) -> dict:
@@ -39,6 +44,7 @@ def model_info(sampler: Sampler, batcher: Batcher, limits: Limits) -> dict:
       "lowercase": sampler.lowercase, "maxlen": sampler.maxlen, "hidden": meta.get("hidden"),
       "num_layers": meta.get("num_layers", 1), "modes": list(SAMPLE_MODES),
       "max_batch": batcher.max_batch, "max_length": limits.max_length,
+      "max_score": limits.max_score, "init_from": meta.get("init_from"),
       "max_queue": batcher.max_queue, "request_timeout_s": limits.request_timeout_s,
       "chunk": CHUNK, "batch_buckets": batcher.batch_buckets, "generation_calls": batcher.calls,
       "rows_generated": batcher.rows_generated, "in_flight": batcher.in_flight}
@@ -100,16 +106,45 @@ def create_app(sampler: Sampler, batcher: Batcher, limits: Limits,
   async def info() -> dict:
     return model_info(sampler, batcher, limits)
 
-  @app.post("/api/generate")
-  async def generate_route(request: Request) -> dict:
+  async def json_body(request: Request, limit: int) -> object:
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind != "application/json":
       raise BadRequest(f"the body must be sent as Content-Type: application/json, not "
                        f"{kind or 'none'!r} (curl: -H 'Content-Type: application/json').",
                        status=415)
-    body = await guards.read_body(request, MAX_BODY_BYTES, limits.client_timeout_s,
-                                  batcher.past_stop_deadline)
-    checked = parse(parse_json(body), sampler, limits)
+    return parse_json(await guards.read_body(request, limit, limits.client_timeout_s,
+                                             batcher.past_stop_deadline))
+
+  scoring = threading.Lock()  # one text at a time beside generation: the cores are shared
+
+  def score_text(prepared: scorer.Prepared, from_start: bool) -> scorer.Score:
+    with scoring:
+      return scorer.score(sampler, prepared, from_start, SCORE_BATCH)
+
+  app.state.score_text = score_text  # for the server's warm-up
+
+  @app.post("/api/score")
+  async def score_route(request: Request) -> dict:
+    checked = parse_score(await json_body(request, limits.score_body_bytes), limits)
+    prepared = scorer.prepare(checked.text, sampler.vocab, sampler.lowercase)
+    try:
+      scorer.check_scorable(prepared, sampler.maxlen, checked.from_start, "the text")
+    except UserError as e:
+      raise BadRequest(str(e)) from None
+    try:
+      result = await asyncio.wait_for(asyncio.to_thread(score_text, prepared, checked.from_start),
+                                      limits.request_timeout_s)
+    except asyncio.TimeoutError:
+      raise BadRequest(f"scoring took over {limits.request_timeout_s:g} s "
+                       "(--request_timeout_s); send a shorter text.", status=504) from None
+    log_probs = [None] * len(prepared.text)
+    for position, log_prob in zip(result.positions.tolist(), result.log_probs.tolist()):
+      log_probs[position] = round(log_prob, 4)
+    return {"step": sampler.step, **result.figures(), "log_probs": log_probs}
+
+  @app.post("/api/generate")
+  async def generate_route(request: Request) -> dict:
+    checked = parse(await json_body(request, MAX_BODY_BYTES), sampler, limits)
     start = time.perf_counter()
     job = submit(checked)
     waiter = _watched(job)

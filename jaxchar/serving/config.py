@@ -19,6 +19,8 @@ class ServeConfig(CheckpointChoice):
                           "call; also the most samples one request may ask for.")
   max_length: int = option(5000, "Most characters one sample may ask for.")
   max_prime: int = option(2000, "Most characters a prime may have.")
+  max_score: int = option(20_000, "Most characters of a text POST /api/score (the page's "
+                          "score box) takes; `python -m jaxchar.score` has no limit.")
   batch_wait_ms: float = option(5.0, "How long the batcher waits for more requests to join a "
                                 "generation call once one is waiting.")
   max_queue: int = option(256, "Most requests in progress (waiting or generating); beyond "
@@ -35,7 +37,7 @@ class ServeConfig(CheckpointChoice):
 
   def validate(self) -> "ServeConfig":
     """Raises UserError for a bad value; returns self."""
-    for name in ("max_batch", "max_length", "max_prime", "max_queue"):
+    for name in ("max_batch", "max_length", "max_prime", "max_queue", "max_score"):
       if getattr(self, name) < 1:
         raise UserError(f"--{name}={getattr(self, name)} must be at least 1.")
     if not 0 < self.port < 65536:

@@ -33,6 +33,13 @@ class Limits:
   max_samples: int
   request_timeout_s: float = 120.0
   client_timeout_s: float = 10.0
+  max_score: int = 20_000  # characters of a text POST /api/score takes
+
+  @property
+  def score_body_bytes(self) -> int:
+    """A body that holds `max_score` characters however JSON escapes them (at worst 12 bytes
+    each: a character outside the BMP as a surrogate pair of \\uXXXX escapes)."""
+    return MAX_BODY_BYTES + 12 * self.max_score
 
 
 def _json_depth(body: bytes) -> int:
@@ -159,3 +166,32 @@ def parse(fields: dict, sampler: Sampler, limits: Limits) -> GenerationRequest:
   except UserError as e:
     raise BadRequest(str(e).replace("--unknown=skip", '"unknown": "skip"')) from None
   return GenerationRequest(prime, temperature, length, top_k, mode, seed, num_samples, unknown)
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreRequest:
+  """A checked POST /api/score: the text and whether its first characters count."""
+
+  text: str
+  from_start: bool
+
+
+def parse_score(fields: object, limits: Limits) -> ScoreRequest:
+  """Checks a score request's fields."""
+  if not isinstance(fields, dict):
+    raise BadRequest("the body must be a JSON object, e.g. {\"text\": \"moe: hi.\"}.")
+  unknown_fields = sorted(set(fields) - {"text", "from_start"})
+  if unknown_fields:
+    raise BadRequest(f"unknown field(s) {', '.join(unknown_fields)}; the fields are text, "
+                     "from_start.")
+  text = fields.get("text")
+  if not isinstance(text, str) or not text:
+    raise BadRequest("text must be a non-empty string: the text to score.")
+  if len(text) > limits.max_score:
+    raise BadRequest(f"text has {len(text):,} characters; at most {limits.max_score:,} are "
+                     "scored per request (--max_score); use `python -m jaxchar.score` for "
+                     "longer texts.")
+  from_start = fields.get("from_start", False)
+  if not isinstance(from_start, bool):
+    raise BadRequest(f"from_start must be true or false, got {from_start!r}.")
+  return ScoreRequest(text, from_start)

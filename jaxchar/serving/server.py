@@ -15,6 +15,7 @@ import uvicorn
 from jaxchar.errors import UserError
 from jaxchar.sampling.config import SAMPLE_MODES
 from jaxchar.sampling.sampler import load_sampler
+from jaxchar.scoring import scorer
 from jaxchar.serving import app as app_lib
 from jaxchar.serving import guards
 from jaxchar.serving.batcher import Batcher
@@ -70,9 +71,12 @@ def serve(config: ServeConfig) -> None:
   for mode in SAMPLE_MODES:
     batcher.warm_up(mode)
   limits = Limits(config.max_length, config.max_prime, config.max_batch,
-                  config.request_timeout_s, config.client_timeout_s)
+                  config.request_timeout_s, config.client_timeout_s, config.max_score)
   hosts = guards.allowed_hosts(config.host, config.port, config.allow_origin)
   application = app_lib.create_app(sampler, batcher, limits, hosts, config.allow_origin)
+  for from_start in (False, True):  # compiles scoring at start-up too
+    application.state.score_text(scorer.prepare(sampler.vocab.chars * sampler.maxlen,
+                                                sampler.vocab, False), from_start)
   uvicorn_config = uvicorn.Config(
       application, host=config.host, port=config.port,
       http=guards.timed_protocol(config.client_timeout_s), log_level="warning", access_log=False, lifespan="off",
@@ -96,7 +100,7 @@ def serve(config: ServeConfig) -> None:
           "authentication; anyone who can reach the port can use it.", flush=True)
   shown = f"[{config.host}]" if ":" in config.host else config.host
   print(f"open http://{shown}:{config.port}/ (API: POST /api/generate, GET /api/stream, "
-        "GET /api/info); Ctrl-C stops", flush=True)
+        "POST /api/score, GET /api/info); Ctrl-C stops", flush=True)
   try:
     server.run()
   finally:

@@ -70,12 +70,14 @@ class EpochProgress(_Progress):
 
 
 class ValidationProgress(_Progress):
-  """Validation batches done, with an ETA."""
+  """Validation batches done, with an ETA; `label` and `noun` name the work (scoring too)."""
 
   def __init__(self, total_batches: int, windows: int, stream: TextIO | None = None,
-               interactive: bool | None = None, enabled: bool = True):
+               interactive: bool | None = None, enabled: bool = True,
+               label: str = "validating", noun: str = "windows"):
     self.windows = windows
-    super().__init__(total_batches, f"validating {windows:,} windows", "batch", stream,
+    self.label, self.noun = label, noun
+    super().__init__(total_batches, f"{label} {windows:,} {noun}", "batch", stream,
                      interactive, enabled)
 
   def update(self, batches_done: int) -> None:
@@ -84,5 +86,5 @@ class ValidationProgress(_Progress):
       self.bar.update(batches_done - self.bar.n)
     elif self._line_due(now, batches_done) and batches_done < self.total:
       eta = (self.total - batches_done) * (now - self.start) / max(batches_done, 1)
-      print(f"validating: batch {batches_done}/{self.total} of {self.windows:,} windows "
+      print(f"{self.label}: batch {batches_done}/{self.total} of {self.windows:,} {self.noun} "
             f"| eta {eta:.0f} s", file=self.stream, flush=True)

@@ -1,0 +1,99 @@
+"""Scores a text under a trained model: `python -m jaxchar.score --workdir=ckpt/moe --data=FILE`.
+
+Mean nats and bits per character and perplexity, by default over the characters with a full
+window before them (the validation metric: a run's own validation text gives its validation
+loss); needs no training flags.
+"""
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from absl import app, flags
+
+from jaxchar import host, options
+from jaxchar.cli import entry_point
+from jaxchar.core import corpus
+from jaxchar.errors import writing
+from jaxchar.sampling.sampler import load_sampler
+from jaxchar.scoring import scorer
+from jaxchar.scoring.config import ScoreConfig
+
+options.define_flags(ScoreConfig)
+FLAGS = flags.FLAGS
+
+
+def config_from_flags() -> ScoreConfig:
+  """The frozen, validated ScoreConfig described by the parsed flags."""
+  return options.from_flags(ScoreConfig, FLAGS).validate()
+
+
+def excluded_warning(excluded: dict[str, int], data: str) -> str:
+  """One line naming the characters left out, most frequent first."""
+  shown = ", ".join(f"{c!r} x{n:,}" for c, n in list(excluded.items())[:20])
+  more = f" and {len(excluded) - 20} more" if len(excluded) > 20 else ""
+  return (f"warning: {sum(excluded.values()):,} character(s) of {data} are not in the model's "
+          f"vocabulary and were left out (neither scored nor used as context): {shown}{more}.")
+
+
+def report(figures: dict, sampler, config: ScoreConfig) -> str:
+  """The figures as a person reads them."""
+  val = sampler.meta.get("val_loss")
+  which = (f"every one but the first, the first {figures['maxlen'] - 1} with shorter contexts"
+           if figures["from_start"] else
+           f"those with a full {figures['maxlen']}-character window before them, as validation "
+           "scores; --from_start adds the first ones")
+  return "\n".join([
+      f"# checkpoint step {sampler.step} (epoch {sampler.meta.get('epoch')}"
+      + (f", validation loss {val:.4f} nats)" if val is not None else ")")
+      + f" in {config.workdir}",
+      f"{config.data}: {figures['scored']:,} of {figures['characters']:,} characters scored "
+      f"({which})",
+      f"{figures['nats_per_char']:.4f} nats per character | {figures['bits_per_char']:.4f} bits "
+      f"per character | perplexity {figures['perplexity']:.3f}"])
+
+
+def write_per_char(path: str, result: scorer.Score) -> None:
+  """The per-character TSV, written whole or not at all."""
+  target = Path(path)
+  with writing("the per-character scores", target.parent):
+    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=target.parent, delete=False,
+                                     prefix=f".{target.name}.", suffix=".tmp") as out:
+      try:
+        out.writelines(scorer.per_char_lines(result))
+      except BaseException:
+        os.unlink(out.name)
+        raise
+    os.replace(out.name, target)
+
+
+@entry_point
+def main() -> None:
+  config = config_from_flags()
+  host.keep_freed_memory()
+  host.use_cpu_devices(0, config.batch_size)  # scoring batches split over every core
+  text = corpus.read_text(config.data)
+  sampler = load_sampler(config.workdir, config.step)
+  prepared = scorer.prepare(text, sampler.vocab, sampler.lowercase)
+  del text
+  scorer.check_scorable(prepared, sampler.maxlen, config.from_start, f"--data={config.data}")
+  if prepared.excluded:
+    print(excluded_warning(prepared.excluded, config.data), file=sys.stderr, flush=True)
+  result = scorer.score(sampler, prepared, config.from_start, config.batch_size,
+                        show_progress=True)
+  if config.per_char:
+    write_per_char(config.per_char, result)
+  figures = result.figures()
+  if config.as_json:
+    print(json.dumps({"workdir": config.workdir, "step": sampler.step, "data": config.data,
+                      **figures}, ensure_ascii=False))
+  else:
+    print(report(figures, sampler, config))
+    if config.per_char:
+      print(f"wrote {figures['scored']:,} per-character log-probabilities to {config.per_char}")
+
+
+if __name__ == "__main__":
+  app.run(main)
