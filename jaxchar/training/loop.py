@@ -14,7 +14,7 @@ from flax import jax_utils
 
 from jaxchar.core import data
 from jaxchar.errors import UserError
-from jaxchar.training import distributed, init_from, plots, progress, steps
+from jaxchar.training import distributed, init_from, metrics, plots, progress, steps
 from jaxchar.training.config import Config
 from jaxchar.training.distributed import say
 from jaxchar.training.lock import WorkdirLock
@@ -167,10 +167,25 @@ def end_epoch(run: Run, epoch: int, trained: tuple[int, float], p_eval_step) -> 
   return summary
 
 
+def validate_the_start(run: Run, p_eval_step) -> None:
+  """A run started from another's parameters (--init_from) first says, and records as
+  kind "start", what those score on this text's validation windows: where fine-tuning begins."""
+  val_loss = evaluate(p_eval_step, run.p_state, run.p_ids, run.val_starts, run.eval_batch_size)
+  began = run.run_meta["init_from"]
+  say(f"before training: val loss {val_loss:.4f} nats ({val_loss / math.log(2):.3f} bits/char) "
+      f"with the parameters of {began['workdir']} step {began['step']}")
+  if run.log:
+    run.log.write({"kind": "start", "step": run.global_step, "epoch": 0, "val_loss": val_loss,
+                   "val_bpc": val_loss / math.log(2), "elapsed_s": run.elapsed()})
+
+
 def train_epochs(run: Run, stop: StopRequests) -> list[dict]:
   """Trains from the run's position to --epochs (or early stopping); a summary per epoch."""
   config, history = run.config, []
   p_train_step, p_eval_step = pmapped_steps(config.maxlen, config.objective == "every")
+  if (run.run_meta.get("init_from") and run.global_step == 0 and len(run.val_starts)
+      and not any(r["kind"] == "start" for r in metrics.read_metrics(run.workdir))):
+    validate_the_start(run, p_eval_step)
   for epoch in range(run.start_epoch, config.epochs + 1):
     trained = train_epoch(run, epoch, p_train_step, stop)
     if trained is None:

@@ -20,6 +20,9 @@ class PlotConfig:
   compare: tuple[str, ...] = option((), "Instead: run folders whose validation loss to plot "
                                     "against wall time, in one figure written to --out.")
   out: str = option("runs.png", "The --compare figure's file.")
+  time_axis: str = option("log", "The --compare figure's time axis: log (runs of very "
+                          "different lengths), or linear (from 0, where a fine-tuning run's "
+                          "starting loss is drawn).", choices=("log", "linear"))
 
 
 def write_loss_plot(workdir: str | Path, quiet_if_unavailable: bool = True) -> Path | None:
@@ -39,7 +42,8 @@ def write_loss_plot(workdir: str | Path, quiet_if_unavailable: bool = True) -> P
   ax.plot([r["epoch"] for r in epochs], [r["train_loss"] for r in epochs], "o-",
           color="tab:blue", label="train loss (epoch mean)")
   val = [r for r in epochs if r.get("val_loss") is not None]
-  ax.plot([r["epoch"] for r in val], [r["val_loss"] for r in val], "s-", color="tab:orange",
+  ax.plot([r["epoch"] for r in _start(workdir) + val],
+          [r["val_loss"] for r in _start(workdir) + val], "s-", color="tab:orange",
           label="validation loss")
   if val:
     best = min(val, key=lambda r: r["val_loss"])
@@ -65,8 +69,10 @@ def write_loss_plot(workdir: str | Path, quiet_if_unavailable: bool = True) -> P
   return path
 
 
-def write_comparison_plot(workdirs: list[str | Path], out: str | Path) -> Path:
-  """Validation loss per epoch against wall time (elapsed_s) for several runs, one line each."""
+def write_comparison_plot(workdirs: list[str | Path], out: str | Path,
+                          time_axis: str = "log") -> Path:
+  """Validation loss per epoch against wall time (elapsed_s) for several runs, one line each;
+  on a linear `time_axis`, a fine-tuning run's line starts at its starting loss."""
   plt = _pyplot(quiet_if_unavailable=False)
   fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
   for workdir in map(Path, workdirs):
@@ -75,12 +81,16 @@ def write_comparison_plot(workdirs: list[str | Path], out: str | Path) -> Path:
       raise UserError(f"{workdir / METRICS_FILE} has no validation loss to plot; train with "
                       "--val_fraction above 0 for at least one epoch.")
     best = min(val, key=lambda r: r["val_loss"])
+    if time_axis == "linear":
+      val = _start(workdir) + val
     line, = ax.plot([r["elapsed_s"] / 60 for r in val], [r["val_loss"] for r in val], "o-",
                     markersize=3, label=f"{workdir.name} (best {best['val_loss']:.4f} at "
                     f"{best['elapsed_s']:.0f} s, epoch {best['epoch']})")
     ax.plot(best["elapsed_s"] / 60, best["val_loss"], "*", markersize=12, color=line.get_color())
-  ax.set_xscale("log")
-  ax.set_xlabel("wall time since the start of training (minutes, log scale)")
+  if time_axis == "log":
+    ax.set_xscale("log")
+  ax.set_xlabel("wall time since the start of training (minutes"
+                + (", log scale)" if time_axis == "log" else ")"))
   ax.set_ylabel("validation loss (nats per character)")
   ax.set_title("validation loss against wall time")
   ax.grid(alpha=0.3, which="both")
@@ -104,6 +114,11 @@ def _pyplot(quiet_if_unavailable: bool):
       return None
     raise UserError("matplotlib is not installed; `pip install 'jaxchar[plot]'` and retry.")
   return plt
+
+
+def _start(workdir: Path) -> list[dict]:
+  """The record of a fine-tuning run's validation before training, if it has one."""
+  return [r for r in read_metrics(workdir) if r["kind"] == "start"][:1]
 
 
 def _epoch_records(workdir: Path) -> list[dict]:
