@@ -17,13 +17,16 @@ flags.disclaim_key_flags()
 
 
 def option(default: Any, help: str, *, choices: tuple[str, ...] | None = None,
-           flag: str | None = None, parse: Callable[[Any], Any] | None = None) -> Any:
+           flag: str | None = None, parse: Callable[[Any], Any] | None = None,
+           repeatable: bool = False) -> Any:
   """A dataclass field that is also a command-line flag.
 
   choices: the allowed values (an enum flag, and checked by `check_choices`); flag: the flag's
-  name when it differs from the field's; parse: turns the flag's value into the field's."""
+  name when it differs from the field's; parse: turns the flag's value into the field's;
+  repeatable: a tuple of strings given as --flag=a --flag=b (each may hold commas)."""
   return dataclasses.field(default=default, metadata={
-      "help": help, "choices": choices, "flag": flag or None, "parse": parse})
+      "help": help, "choices": choices, "flag": flag or None, "parse": parse,
+      "repeatable": repeatable})
 
 
 def option_fields(cls: type) -> list[dataclasses.Field]:
@@ -48,7 +51,9 @@ def define_flags(cls: type, flag_values: flags.FlagValues = flags.FLAGS) -> None
   for field in option_fields(cls):
     name, default, help_text = flag_name(field), field.default, field.metadata["help"]
     kind = _value_type(cls, field)
-    if field.metadata["choices"]:
+    if field.metadata.get("repeatable"):
+      flags.DEFINE_multi_string(name, list(default), help_text, flag_values=flag_values)
+    elif field.metadata["choices"]:
       flags.DEFINE_enum(name, default, list(field.metadata["choices"]), help_text,
                         flag_values=flag_values)
     elif kind is bool:

@@ -19,6 +19,8 @@ ENTRY_POINTS = {  # module: the config classes its flags come from
     "jaxchar.train": ["jaxchar.training.config:Config", "jaxchar.training.config:Launch"],
     "jaxchar.sample": ["jaxchar.sampling.config:SampleConfig"],
     "jaxchar.score": ["jaxchar.scoring.config:ScoreConfig"],
+    "jaxchar.export": ["jaxchar.exporting.config:ExportConfig"],
+    "jaxchar.exporting.bench": ["jaxchar.exporting.bench:BrowserBenchConfig"],
     "jaxchar.serve": ["jaxchar.serving.config:ServeConfig"],
     "jaxchar.plot": ["jaxchar.training.plots:PlotConfig"],
     "jaxchar.bench": ["jaxchar.bench:BenchConfig"],
@@ -44,8 +46,9 @@ for spec in sys.argv[2:]:
     flag = flags.FLAGS[options.flag_name(field)]
     report["options"].append({"flag": flag.name, "field": repr(field.default),
                               "flag_default": repr(flag.default),
-                              # enum flags put <a|b>: before the help
-                              "same_help": flag.help.endswith(field.metadata["help"]),
+                              # enum flags put <a|b>: before the help, repeatable ones
+                              # say so after it
+                              "same_help": field.metadata["help"] in flag.help,
                               "from_flag": repr(getattr(options.from_flags(cls), field.name))})
 print(json.dumps(report))
 """

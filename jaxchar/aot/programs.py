@@ -177,7 +177,8 @@ def server_generation(config: Config, vocab: int, device, mode: str,
                prime_flops, _leaves(False, params, context, per_row)),
       _compile(f"server {mode} chunk ({rows} rows x {CHUNK} characters)",
                lambda: generate.advance_rows.lower(model, params, mode, state, temps, per_row,
-                                                   per_row_u32, per_row_u32, per_row_u32, CHUNK),
+                                                   temps, per_row_u32, per_row_u32, per_row_u32,
+                                                   CHUNK),
                flops.generation_flops(shape, rows, CHUNK, mode) - prime_flops,
                _leaves(False, params, state, temps, per_row, per_row_u32))]
 

@@ -3,6 +3,7 @@ the trainer's per-epoch samples share. Everything else comes from the checkpoint
 
 import dataclasses
 import math
+import re
 from pathlib import Path
 
 from jaxchar.errors import UserError
@@ -38,6 +39,32 @@ def _parse_sample_temperatures(values: list[str]) -> tuple[float, ...]:
   return parse_temperatures(values, "temperature")
 
 
+_ESCAPES = {"n": "\n", "t": "\t", "\\": "\\"}
+
+
+def unescape_stop(text: str) -> str:
+  """A stop string as typed: \\n, \\t and \\\\ stand for a line break, a tab and a backslash."""
+  return re.sub(r"\\([nt\\])", lambda m: _ESCAPES[m.group(1)], text)
+
+
+def _parse_stops(values: list[str]) -> tuple[str, ...]:
+  return tuple(unescape_stop(v) for v in values)
+
+
+def check_top_p(top_p: float, name: str = "--top_p") -> None:
+  """UserError unless 0 < top_p <= 1."""
+  if not (math.isfinite(top_p) and 0 < top_p <= 1):
+    raise UserError(f"{name}={top_p} must be above 0 and at most 1: the share of probability "
+                    "the most likely characters must reach (e.g. 0.9; 1 = off).")
+
+
+def check_stops(stops: tuple[str, ...], name: str = "--stop") -> None:
+  """UserError for an empty stop string."""
+  if any(not stop for stop in stops):
+    raise UserError(f"{name} has an empty string, which would end every sample at once; give "
+                    "the text a sample should end after, e.g. --stop='\\n\\n' for a blank line.")
+
+
 MODE_HELP = ("window: rerun the LSTM over the last maxlen characters for each new one, as in "
              "training (default); stateful: carry the LSTM state, one step per character "
              "(faster, sees further back).")
@@ -66,6 +93,12 @@ class SampleConfig(CheckpointChoice):
   num_samples: int = option(1, "Samples per temperature.")
   seed: int = option(0, "Sampling seed.")
   top_k: int = option(0, "Draw only from the k most likely characters; 0 = off.")
+  top_p: float = option(1.0, "Draw only from the most likely characters whose probabilities "
+                        "together reach this share (nucleus sampling), after --top_k; 1 = off.")
+  stops: tuple[str, ...] = option((), "End a sample right after this text (repeatable: after "
+                                  "the first of them it writes); \\n, \\t and \\\\ stand "
+                                  "for a line break, a tab and a backslash.", flag="stop",
+                                  parse=_parse_stops, repeatable=True)
   unknown: str = option("error", "Prime characters the model never saw: stop with an error "
                         "listing them, or skip (drop) them.", choices=UNKNOWN_POLICIES)
   mode: str = option("window", MODE_HELP, choices=SAMPLE_MODES)
@@ -90,5 +123,7 @@ class SampleConfig(CheckpointChoice):
       raise UserError(f"--num_samples={self.num_samples} must be at least 1.")
     if self.top_k < 0:
       raise UserError(f"--top_k={self.top_k} must be >= 0 (0 = off).")
+    check_top_p(self.top_p)
+    check_stops(self.stops)
     check_choices(self)
     return self

@@ -1,5 +1,5 @@
 """Sampling: one jitted function generates every character for a batch of rows, each with its
-own context, temperature, top-k and key."""
+own context, temperature, top-k, top-p and key."""
 
 import functools
 from typing import Any
@@ -13,19 +13,32 @@ from jaxchar.sampling.config import SAMPLE_MODES
 
 
 def scale_logits(logits: jnp.ndarray, temperatures: jnp.ndarray,
-                 top_k: jnp.ndarray | int = 0) -> jnp.ndarray:
-  """Logits divided by per-row temperature, keeping only each row's top_k (0 = all).
+                 top_k: jnp.ndarray | int = 0, top_p: jnp.ndarray | float = 1.0) -> jnp.ndarray:
+  """Logits divided by per-row temperature, keeping only each row's top_k (0 = all), then the
+  smallest set of most likely characters whose probability reaches top_p (nucleus sampling;
+  1 = all). Ties at either cut are kept.
 
-  top_k: one value for every row, or one per row [B]."""
+  top_k, top_p: one value for every row, or one per row [B]. Each costs a sort only when some
+  row uses it."""
   top_k = jnp.broadcast_to(jnp.asarray(top_k, jnp.int32), logits.shape[:1])
+  top_p = jnp.broadcast_to(jnp.asarray(top_p, jnp.float32), logits.shape[:1])
 
   def keep_top(logits):
     descending = -jnp.sort(-logits, axis=-1)
     kth = jnp.take_along_axis(descending, jnp.maximum(top_k - 1, 0)[:, None], axis=-1)
     return jnp.where((top_k[:, None] > 0) & (logits < kth), -jnp.inf, logits)
 
+  def keep_nucleus(logits):
+    descending = -jnp.sort(-logits, axis=-1)
+    probs = jax.nn.softmax(descending, axis=-1)
+    before = jnp.cumsum(probs, axis=-1) - probs  # the mass of the likelier characters
+    kept = (before < top_p[:, None]) & jnp.isfinite(descending)
+    cut = jnp.min(jnp.where(kept, descending, jnp.inf), axis=-1, keepdims=True)
+    return jnp.where((top_p[:, None] < 1) & (logits < cut), -jnp.inf, logits)
+
   logits = jax.lax.cond(jnp.any(top_k > 0), keep_top, lambda logits: logits, logits)
-  return logits / temperatures[:, None]
+  logits = logits / temperatures[:, None]
+  return jax.lax.cond(jnp.any(top_p < 1), keep_nucleus, lambda logits: logits, logits)
 
 
 def _step_keys(key: jax.Array, length: int) -> jax.Array:
@@ -101,7 +114,7 @@ def _consume(model: Any, slots: list[Carry], ids: jnp.ndarray, position: jnp.nda
 
 
 def _window_run(model: Any, params, slots: list[Carry], position: jnp.ndarray,
-                temperatures: jnp.ndarray, top_k: jnp.ndarray | int,
+                temperatures: jnp.ndarray, top_k: jnp.ndarray | int, top_p: jnp.ndarray | float,
                 step_keys: jax.Array) -> tuple[list[Carry], jnp.ndarray, jnp.ndarray]:
   """Writes one character per step key: (window states, next position, ids [B, length])."""
   maxlen, batch = slots[0][0].shape[:2]
@@ -112,7 +125,7 @@ def _window_run(model: Any, params, slots: list[Carry], position: jnp.ndarray,
     slots, position = state
     # The logits for `position` come from the window that ends just before it.
     logits = _readout(params, slots[-1][1][jnp.maximum(position - maxlen, 0) % maxlen, rows])
-    new = _draw(step_key, scale_logits(logits, temperatures, top_k))
+    new = _draw(step_key, scale_logits(logits, temperatures, top_k, top_p))
     slots = _consume(model, slots, new, position, x_table, layers)
     return (slots, position + 1), new.astype(jnp.int32)
 
@@ -123,14 +136,15 @@ def _window_run(model: Any, params, slots: list[Carry], position: jnp.ndarray,
 @functools.partial(jax.jit, static_argnames=("model", "length"))
 def generate_window(model: Any, params, context: jnp.ndarray, temperatures: jnp.ndarray,
                     key: jax.Array, length: int, top_k: jnp.ndarray | int = 0,
-                    context_len: jnp.ndarray | int | None = None) -> jnp.ndarray:
+                    context_len: jnp.ndarray | int | None = None,
+                    top_p: jnp.ndarray | float = 1.0) -> jnp.ndarray:
   """Generates `length` ids per row, each from the model run on the last maxlen ids only.
 
   context: int32 [B, maxlen], the seed window of each row (the reference's sliding window);
   context_len: how many leading ids of it are real (default all; one value or one per row): a
   shorter prime grows the window as characters are generated, then it slides.
-  temperatures: float32 [B]; top_k: one value or one per row (0 = off); key: one key, or one
-  per row [B, 2]. Returns int32 [B, length].
+  temperatures: float32 [B]; top_k, top_p: one value or one per row (0 and 1 = off); key:
+  one key, or one per row [B, 2]. Returns int32 [B, length].
 
   The reference reruns the LSTM over the whole window for every character: maxlen sequential
   cell steps each. Here the maxlen overlapping windows are run side by side instead: window s
@@ -141,14 +155,15 @@ def generate_window(model: Any, params, context: jnp.ndarray, temperatures: jnp.
   per character instead of maxlen.
   """
   slots, position = _window_start(model, params, context, context_len)
-  return _window_run(model, params, slots, position, temperatures, top_k,
+  return _window_run(model, params, slots, position, temperatures, top_k, top_p,
                      _step_keys(key, length))[2]
 
 
 @functools.partial(jax.jit, static_argnames=("model", "length"))
 def generate_window_rerun(model: Any, params, context: jnp.ndarray, temperatures: jnp.ndarray,
-                    key: jax.Array, length: int, top_k: jnp.ndarray | int = 0,
-                    context_len: jnp.ndarray | int | None = None) -> jnp.ndarray:
+                          key: jax.Array, length: int, top_k: jnp.ndarray | int = 0,
+                          context_len: jnp.ndarray | int | None = None,
+                          top_p: jnp.ndarray | float = 1.0) -> jnp.ndarray:
   """generate_window as the reference computes it: the whole model rerun on the window for
   every character. Works with any `model.apply(variables, ids, lengths)`; kept as the
   specification the fast version is tested against, and as a benchmark baseline.
@@ -164,7 +179,7 @@ def generate_window_rerun(model: Any, params, context: jnp.ndarray, temperatures
   def next_id(carry, step_key):
     window, filled = carry
     logits = model.apply({"params": params}, window, jnp.full((batch,), filled))
-    new = _draw(step_key, scale_logits(logits, temperatures, top_k))
+    new = _draw(step_key, scale_logits(logits, temperatures, top_k, top_p))
     new = new.astype(window.dtype)
     slid = jnp.concatenate([window[:, 1:], new[:, None]], axis=1)
     grown = window.at[:, jnp.minimum(filled, maxlen - 1)].set(new)
@@ -185,14 +200,14 @@ def _stateful_start(model: CharLSTM, params, context: jnp.ndarray,
 
 
 def _stateful_run(model: CharLSTM, params, carries: list[Carry], logits: jnp.ndarray,
-                  temperatures: jnp.ndarray, top_k: jnp.ndarray | int,
+                  temperatures: jnp.ndarray, top_k: jnp.ndarray | int, top_p: jnp.ndarray | float,
                   step_keys: jax.Array) -> tuple[list[Carry], jnp.ndarray, jnp.ndarray]:
   """Writes one character per step key: (carries, next logits, ids [B, length])."""
   x_table, layers = _cell_tables(params, model.dtype)
 
   def next_id(state, step_key):
     carries, logits = state
-    new = _draw(step_key, scale_logits(logits, temperatures, top_k))
+    new = _draw(step_key, scale_logits(logits, temperatures, top_k, top_p))
     carries = _stack_step(carries, x_table[new], layers)
     return (carries, _readout(params, carries[-1][1])), new.astype(jnp.int32)
 
@@ -203,11 +218,12 @@ def _stateful_run(model: CharLSTM, params, carries: list[Carry], logits: jnp.nda
 @functools.partial(jax.jit, static_argnames=("model", "length"))
 def generate_stateful(model: CharLSTM, params, context: jnp.ndarray, temperatures: jnp.ndarray,
                       key: jax.Array, length: int, top_k: jnp.ndarray | int = 0,
-                      context_len: jnp.ndarray | int | None = None) -> jnp.ndarray:
+                      context_len: jnp.ndarray | int | None = None,
+                      top_p: jnp.ndarray | float = 1.0) -> jnp.ndarray:
   """Like generate_window, but runs the LSTM over the context once and then carries its state:
   one cell step per character, so the model also sees characters beyond the last maxlen."""
   carries, logits = _stateful_start(model, params, context, context_len)
-  return _stateful_run(model, params, carries, logits, temperatures, top_k,
+  return _stateful_run(model, params, carries, logits, temperatures, top_k, top_p,
                        _step_keys(key, length))[2]
 
 
@@ -247,12 +263,13 @@ def chunk_keys(seeds: jnp.ndarray, indices: jnp.ndarray, chunks: jnp.ndarray) ->
 
 @functools.partial(jax.jit, static_argnames=("model", "mode", "length"))
 def advance_rows(model: CharLSTM, params, mode: str, state: tuple, temperatures: jnp.ndarray,
-                 top_k: jnp.ndarray, seeds: jnp.ndarray, indices: jnp.ndarray,
-                 chunks: jnp.ndarray, length: int) -> tuple[tuple, jnp.ndarray]:
+                 top_k: jnp.ndarray, top_p: jnp.ndarray, seeds: jnp.ndarray,
+                 indices: jnp.ndarray, chunks: jnp.ndarray,
+                 length: int) -> tuple[tuple, jnp.ndarray]:
   """(the rows' new state, their next `length` ids [B, length]); row b writes its chunk number
   chunks[b] with chunk_keys(seeds, indices, chunks)[b] (uint32 [B] each)."""
   carries, last = _unflatten(mode, state)
-  carries, last, ids = _RUNS[mode](model, params, carries, last, temperatures, top_k,
+  carries, last, ids = _RUNS[mode](model, params, carries, last, temperatures, top_k, top_p,
                                    _step_keys(chunk_keys(seeds, indices, chunks), length))
   return _flatten(mode, carries, last), ids
 

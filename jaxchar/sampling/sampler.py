@@ -61,8 +61,10 @@ class Sampler:
 
   def sample(self, prime: str, temperatures: Sequence[float], length: int, num_samples: int = 1,
              seed: int = 0, top_k: int = 0, unknown: str = "error",
-             mode: str = "window") -> list[list[str]]:
-    """`num_samples` continuations of `prime` per temperature: result[t][n]."""
+             mode: str = "window", top_p: float = 1.0,
+             stops: Sequence[str] = ()) -> list[list[str]]:
+    """`num_samples` continuations of `prime` per temperature: result[t][n], each ending right
+    after the first of `stops` it writes (cut_at_stop), if any."""
     if top_k > self.vocab.size:
       raise UserError(f"--top_k={top_k} is larger than the vocabulary ({self.vocab.size} "
                       f"characters); use 0 (off) to {self.vocab.size}.")
@@ -71,17 +73,16 @@ class Sampler:
     context = np.broadcast_to(window, (len(temps), self.maxlen))
     out = np.asarray(GENERATORS[mode](self.model, self.params, jnp.asarray(context),
                                       jnp.asarray(temps), jax.random.PRNGKey(seed), length,
-                                      top_k, filled))
-    texts = [self.vocab.decode(row) for row in out]
+                                      top_k, filled, top_p))
+    texts = [cut_at_stop(self.vocab.decode(row), stops)[0] for row in out]
     return [texts[i * num_samples:(i + 1) * num_samples] for i in range(len(temperatures))]
 
-
   def row(self, prime: str, temperature: float, top_k: int = 0, seed: int = 0,
-          index: int = 0, unknown: str = "error") -> "Row":
+          index: int = 0, unknown: str = "error", top_p: float = 1.0) -> "Row":
     """One row for `generate_rows`. Its keys come from (seed, index) alone, so its text does
     not depend on the other rows it is batched with."""
     window, filled = self.encode_prime(prime, unknown)
-    return Row(window, filled, temperature, top_k, seed, index)
+    return Row(window, filled, temperature, top_k, seed, index, top_p)
 
   def start_rows(self, rows: Sequence["Row"], mode: str) -> tuple:
     """The rows' generation state after their primes (numpy, first axis the row)."""
@@ -97,6 +98,7 @@ class Sampler:
         self.model, self.params, mode, state,
         np.asarray([r.temperature for r in rows], np.float32),
         np.asarray([r.top_k for r in rows], np.int32),
+        np.asarray([r.top_p for r in rows], np.float32),
         *(np.asarray([getattr(r, f) for r in rows], np.uint32) for f in ("seed", "index")),
         np.asarray(chunks, np.uint32), CHUNK)
     return tuple(np.asarray(a) for a in state), np.asarray(ids)
@@ -117,7 +119,7 @@ class Sampler:
 @dataclasses.dataclass(frozen=True)
 class Row:
   """One sequence to generate: its context window (left-aligned) and how much of it is real,
-  its temperature and top-k (0 = off), and what its keys derive from."""
+  its temperature, top-k (0 = off) and top-p (1 = off), and what its keys derive from."""
 
   window: np.ndarray
   filled: int
@@ -125,6 +127,18 @@ class Row:
   top_k: int
   seed: int
   index: int
+  top_p: float = 1.0
+
+
+def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, str | None]:
+  """`text` up to and including the first occurrence of any of `stops` (the one that ends
+  first), and that stop; `text` and None when none occurs."""
+  ends = [(found + len(stop), i) for i, stop in enumerate(stops)
+          if (found := text.find(stop)) >= 0]
+  if not ends:
+    return text, None
+  end, i = min(ends)
+  return text[:end], stops[i]
 
 
 LISTING_ROUNDS = 5  # times the sampler lists a live run's checkpoints before giving up
@@ -251,14 +265,18 @@ def run_sampling(config: SampleConfig) -> str:
   """Restores the checkpoint and returns the samples as printable text."""
   sampler = load_sampler(config.workdir, config.step)
   samples = sampler.sample(config.prime, config.temperatures, config.length, config.num_samples,
-                           config.seed, config.top_k, config.unknown, config.mode)
+                           config.seed, config.top_k, config.unknown, config.mode, config.top_p,
+                           config.stops)
   val = sampler.meta.get("val_loss")
   shown_prime = sampler.clean_prime(config.prime, config.unknown)  # as the model saw it
   lines = [f"# checkpoint step {sampler.step} (epoch {sampler.meta['epoch']}"
            + (f", validation loss {val:.4f} nats)" if val is not None else ")")]
   for temperature, texts in zip(config.temperatures, samples):
     for n, text in enumerate(texts, 1):
-      lines.append(f"----- temperature {temperature}, sample {n}\n{shown_prime}{text}")
+      ended = ""
+      if config.stops:
+        stop = next((s for s in config.stops if text.endswith(s)), None)
+        ended = (f" (stopped after {stop!r})" if stop is not None
+                 else f" (no stop string in {config.length} characters)")
+      lines.append(f"----- temperature {temperature}, sample {n}{ended}\n{shown_prime}{text}")
   return "\n".join(lines)
-
-

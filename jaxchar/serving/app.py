@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException
 
 import jaxchar
 from jaxchar.sampling.config import SAMPLE_MODES
-from jaxchar.sampling.sampler import CHUNK, Sampler
+from jaxchar.sampling.sampler import CHUNK, Sampler, cut_at_stop
 from jaxchar.serving import guards
 from jaxchar.serving.batcher import Batcher
 from jaxchar.serving.jobs import Job, Refused
@@ -62,10 +62,10 @@ def create_app(sampler: Sampler, batcher: Batcher, limits: Limits,
 
   def submit(request: GenerationRequest, on_chunk=None) -> Job:
     rows = [sampler.row(request.prime, request.temperature, request.top_k, request.seed, index,
-                        "skip") for index in range(request.num_samples)]
+                        "skip", request.top_p) for index in range(request.num_samples)]
     try:
       return batcher.submit(rows, request.length, request.mode, limits.request_timeout_s,
-                            on_chunk)
+                            on_chunk, request.stops)
     except Refused as e:
       raise BadRequest(str(e), status=e.status,
                        headers={"Retry-After": str(RETRY_AFTER_S)}) from None
@@ -159,9 +159,11 @@ def create_app(sampler: Sampler, batcher: Batcher, limits: Limits,
     if waiter.exception() is not None:
       raise refusal(waiter.exception())
     seconds = time.perf_counter() - start
-    return {"samples": [sampler.vocab.decode(row) for row in waiter.result()],
-            "prime": checked.prime, "step": sampler.step,
-            "chars_per_s": checked.length * checked.num_samples / seconds}
+    ids = waiter.result()
+    cut = [cut_at_stop(sampler.vocab.decode(row), checked.stops) for row in ids]
+    return {"samples": [text for text, _ in cut], "prime": checked.prime, "step": sampler.step,
+            "stopped_by": [stop for _, stop in cut],
+            "chars_per_s": ids.shape[0] * ids.shape[1] / seconds}
 
   @app.get("/api/stream")
   async def stream(request: Request) -> StreamingResponse:
@@ -178,7 +180,7 @@ def create_app(sampler: Sampler, batcher: Batcher, limits: Limits,
 
     async def events():
       waiter = _watched(job)
-      start, text, chunk = time.perf_counter(), "", None
+      start, text, chunk, stopped_by = time.perf_counter(), "", None, None
       try:
         yield _event("prime", {"prime": checked.prime})
         while len(text) < checked.length:
@@ -189,10 +191,14 @@ def create_app(sampler: Sampler, batcher: Batcher, limits: Limits,
             yield _event("failed", {"error": str(error), "status": error.status})
             return
           new = sampler.vocab.decode((await chunk)[0])  # once finished, its last chunk is near
-          text += new
-          yield _event("chunk", {"text": new})
+          kept, stopped_by = cut_at_stop(text + new, checked.stops)
+          if kept[len(text):]:
+            yield _event("chunk", {"text": kept[len(text):]})
+          text = kept
+          if stopped_by is not None:
+            break
         seconds = time.perf_counter() - start
-        yield _event("done", {"text": text, "step": sampler.step,
+        yield _event("done", {"text": text, "step": sampler.step, "stopped_by": stopped_by,
                               "chars_per_s": len(text) / seconds})
       finally:
         job.abandon()  # the client left (or the stream ended): the batcher drops it

@@ -76,9 +76,11 @@ class Batcher:
     return self._in_flight
 
   def submit(self, rows: list[Row], length: int, mode: str, timeout_s: float,
-             on_chunk: Callable[[np.ndarray], None] | None = None) -> Job:
-    """Queues `rows` (at most max_batch); raises a Refused error if it cannot take them."""
-    job = Job(rows, length, mode, time.monotonic() + timeout_s, on_chunk)
+             on_chunk: Callable[[np.ndarray], None] | None = None,
+             stops: tuple[str, ...] = ()) -> Job:
+    """Queues `rows` (at most max_batch); raises a Refused error if it cannot take them. With
+    `stops`, the job ends at the chunk where every row has written one of them."""
+    job = Job(rows, length, mode, time.monotonic() + timeout_s, on_chunk, stops=stops)
     with self._lock:
       if self.failure is not None or not self._thread.is_alive():
         raise WorkerFailed("the generation worker has failed; the server is restarting.")
@@ -250,9 +252,16 @@ class Batcher:
           job.on_chunk(written)
         except Exception:  # noqa: BLE001 - a client-side failure ends that job only
           job.abandon()
-      if job.chunks * CHUNK >= job.length:
+      if job.chunks * CHUNK >= job.length or self._all_stopped(job):
         self.rows_generated += len(job.rows)
         self._finish(job, result=np.concatenate(job.written, axis=1))
+
+  def _all_stopped(self, job: Job) -> bool:
+    """Whether every row of the job has written one of its stop strings."""
+    if not job.stops:
+      return False
+    texts = (self.sampler.vocab.decode(row) for row in np.concatenate(job.written, axis=1))
+    return all(any(stop in text for stop in job.stops) for text in texts)
 
   def _finish(self, job: Job, result: np.ndarray | None = None,
               error: BaseException | None = None) -> None:

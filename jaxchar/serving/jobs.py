@@ -42,7 +42,8 @@ _ORDER = itertools.count()
 
 @dataclasses.dataclass(eq=False)
 class Job:
-  """Rows to write `length` characters for in `mode`; `future` gets their ids [rows, length],
+  """Rows to write `length` characters for in `mode` (fewer if all write one of `stops`);
+  `future` gets their ids [rows, length],
   `on_chunk` (if any) each chunk's ids [rows, n] as they are written, on the worker thread."""
 
   rows: list[Row]
@@ -58,6 +59,7 @@ class Job:
   written: list[np.ndarray] = dataclasses.field(default_factory=list)
   chunks: int = 0
   finished: bool = False
+  stops: tuple[str, ...] = ()  # the job ends once every row has written one of them
 
   def abandon(self) -> None:
     """Stops the job at the next chunk (its client is gone); safe from any thread."""

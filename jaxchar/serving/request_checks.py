@@ -95,13 +95,18 @@ class GenerationRequest:
   seed: int
   num_samples: int
   unknown: str
+  top_p: float = 1.0
+  stops: tuple[str, ...] = ()
 
 
+MAX_STOPS = 8  # stop strings per request
+MAX_STOP_CHARS = 200
 _SAMPLE = SampleConfig()
 # The defaults of `python -m jaxchar.sample`, from its definitions.
 DEFAULTS = {"prime": _SAMPLE.prime, "temperature": _SAMPLE.temperatures[0],
             "length": _SAMPLE.length, "top_k": _SAMPLE.top_k, "mode": _SAMPLE.mode,
-            "seed": _SAMPLE.seed, "num_samples": _SAMPLE.num_samples, "unknown": _SAMPLE.unknown}
+            "seed": _SAMPLE.seed, "num_samples": _SAMPLE.num_samples, "unknown": _SAMPLE.unknown,
+            "top_p": _SAMPLE.top_p, "stop": list(_SAMPLE.stops)}
 
 
 def _number(fields: dict, name: str, kind: type):
@@ -148,6 +153,10 @@ def parse(fields: dict, sampler: Sampler, limits: Limits) -> GenerationRequest:
   if not 0 <= top_k <= sampler.vocab.size:
     raise BadRequest(f"top_k must be from 0 (off) to the vocabulary size, "
                      f"{sampler.vocab.size}, got {top_k}.")
+  top_p = _number(fields, "top_p", float)
+  if not 0 < top_p <= 1:
+    raise BadRequest(f"top_p must be above 0 and at most 1 (1 = off), got {top_p}.")
+  stops = _stops(fields.get("stop", DEFAULTS["stop"]))
   num_samples = _number(fields, "num_samples", int)
   if not 1 <= num_samples <= limits.max_samples:
     raise BadRequest(f"num_samples must be from 1 to {limits.max_samples} (--max_batch), got "
@@ -165,7 +174,23 @@ def parse(fields: dict, sampler: Sampler, limits: Limits) -> GenerationRequest:
     prime = sampler.clean_prime(prime, unknown)
   except UserError as e:
     raise BadRequest(str(e).replace("--unknown=skip", '"unknown": "skip"')) from None
-  return GenerationRequest(prime, temperature, length, top_k, mode, seed, num_samples, unknown)
+  return GenerationRequest(prime, temperature, length, top_k, mode, seed, num_samples, unknown,
+                           top_p, stops)
+
+
+def _stops(value) -> tuple[str, ...]:
+  """The stop field: one string or a list of them (a query parameter: one string)."""
+  stops = [value] if isinstance(value, str) else value
+  if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
+    raise BadRequest(f"stop must be a string or a list of strings, got {value!r}.")
+  if len(stops) > MAX_STOPS:
+    raise BadRequest(f"stop has {len(stops)} strings; at most {MAX_STOPS} are allowed.")
+  if any(not s for s in stops):
+    raise BadRequest("stop has an empty string, which would end every sample at once; send "
+                     "the text a sample should end after, e.g. \"\\n\\n\".")
+  if any(len(s) > MAX_STOP_CHARS for s in stops):
+    raise BadRequest(f"a stop string has over {MAX_STOP_CHARS} characters.")
+  return tuple(stops)
 
 
 @dataclasses.dataclass(frozen=True)
