@@ -6,17 +6,13 @@ loss); needs no training flags.
 """
 
 import json
-import os
 import sys
-import tempfile
-from pathlib import Path
 
 from absl import app, flags
 
 from jaxchar import host, options
 from jaxchar.cli import entry_point
-from jaxchar.core import corpus
-from jaxchar.errors import writing
+from jaxchar.core import atomic, corpus
 from jaxchar.sampling.sampler import load_sampler
 from jaxchar.scoring import scorer
 from jaxchar.scoring.config import ScoreConfig
@@ -55,20 +51,6 @@ def report(figures: dict, sampler, config: ScoreConfig) -> str:
       f"per character | perplexity {figures['perplexity']:.3f}"])
 
 
-def write_per_char(path: str, result: scorer.Score) -> None:
-  """The per-character TSV, written whole or not at all."""
-  target = Path(path)
-  with writing("the per-character scores", target.parent):
-    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=target.parent, delete=False,
-                                     prefix=f".{target.name}.", suffix=".tmp") as out:
-      try:
-        out.writelines(scorer.per_char_lines(result))
-      except BaseException:
-        os.unlink(out.name)
-        raise
-    os.replace(out.name, target)
-
-
 @entry_point
 def main() -> None:
   config = config_from_flags()
@@ -84,7 +66,7 @@ def main() -> None:
   result = scorer.score(sampler, prepared, config.from_start, config.batch_size,
                         show_progress=True)
   if config.per_char:
-    write_per_char(config.per_char, result)
+    atomic.write_text(config.per_char, scorer.per_char_lines(result), "the per-character scores")
   figures = result.figures()
   if config.as_json:
     print(json.dumps({"workdir": config.workdir, "step": sampler.step, "data": config.data,

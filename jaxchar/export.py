@@ -1,0 +1,45 @@
+"""Exports a trained model to run in a browser with no server:
+`python -m jaxchar.export --workdir=ckpt/moe --out=model.html`.
+
+The page holds the weights, vocabulary and a JavaScript forward pass and sampler; it needs no
+network. `--format=json` writes the model as JSON and the JavaScript as a module instead.
+"""
+
+from pathlib import Path
+
+from absl import app, flags
+
+from jaxchar import host, options
+from jaxchar.cli import entry_point
+from jaxchar.exporting import files
+from jaxchar.exporting.config import ExportConfig
+from jaxchar.sampling.sampler import load_sampler
+
+options.define_flags(ExportConfig)
+FLAGS = flags.FLAGS
+
+
+def config_from_flags() -> ExportConfig:
+  """The frozen, validated ExportConfig described by the parsed flags."""
+  return options.from_flags(ExportConfig, FLAGS).validate()
+
+
+@entry_point
+def main() -> None:
+  config = config_from_flags()
+  host.keep_freed_memory()
+  sampler = load_sampler(config.workdir, config.step)
+  written = files.export(sampler, Path(config.out), config.format, config.float16)
+  val = sampler.meta.get("val_loss")
+  print(f"# checkpoint step {sampler.step} (epoch {sampler.meta.get('epoch')}"
+        + (f", validation loss {val:.4f} nats)" if val is not None else ")")
+        + f" in {config.workdir}")
+  for path in written:
+    print(f"wrote {path} ({path.stat().st_size / 2**20:,.2f} MB)")
+  if config.format == "html":
+    print(f"open it in a browser (file://{Path(written[0]).resolve()}); it needs no server "
+          "and no network")
+
+
+if __name__ == "__main__":
+  app.run(main)

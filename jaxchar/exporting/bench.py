@@ -1,0 +1,88 @@
+"""Characters per second of an exported page in headless Chromium, both modes:
+`python -m jaxchar.exporting.bench --workdir=ckpt/moe` (needs selenium, Debian's chromium and
+chromium-driver; BENCHMARKS.md has its output)."""
+
+import dataclasses
+import shutil
+import statistics
+import tempfile
+from pathlib import Path
+
+from absl import app, flags
+
+from jaxchar import options
+from jaxchar.cli import entry_point
+from jaxchar.errors import UserError
+from jaxchar.exporting import files
+from jaxchar.options import option
+from jaxchar.sampling.config import CheckpointChoice
+from jaxchar.sampling.sampler import load_sampler
+
+
+@dataclasses.dataclass(frozen=True)
+class BrowserBenchConfig(CheckpointChoice):
+  """What the browser benchmark takes."""
+
+  length: int = option(400, "Characters per timed generation.")
+  rounds: int = option(5, "Timed generations per mode; the median is reported.")
+
+
+options.define_flags(BrowserBenchConfig)
+FLAGS = flags.FLAGS
+
+_TIME = """
+const [mode, length] = arguments;
+jaxchar.model.generate({length: 20, mode});  // warm up the JIT
+const start = performance.now();
+const r = jaxchar.model.generate({prime: "", length, mode, temperature: 0.5, seed: 1});
+return [r.text.length, (performance.now() - start) / 1000];
+"""
+
+
+def _browser():
+  chrome, driver = shutil.which("chromium"), shutil.which("chromedriver")
+  if not (chrome and driver):
+    raise UserError("the browser benchmark needs Debian's chromium and chromium-driver "
+                    "(`apt install chromium chromium-driver`).")
+  try:
+    from selenium import webdriver
+  except ImportError:
+    raise UserError("the browser benchmark needs selenium: `pip install -e '.[test]'`.") from None
+  settings = webdriver.ChromeOptions()
+  settings.binary_location = chrome
+  for arg in ("--headless=new", "--no-sandbox", "--disable-gpu"):
+    settings.add_argument(arg)
+  return webdriver.Chrome(options=settings,
+                          service=webdriver.ChromeService(executable_path=driver))
+
+
+@entry_point
+def main() -> None:
+  config = options.from_flags(BrowserBenchConfig, FLAGS)
+  sampler = load_sampler(config.workdir, config.step)
+  browser = _browser()
+  try:
+    print(f"browser: {browser.capabilities.get('browserVersion')} headless; model: "
+          f"{config.workdir} step {sampler.step}, LSTM({sampler.meta['hidden']}) x "
+          f"{sampler.meta.get('num_layers', 1)}, window {sampler.maxlen}")
+    with tempfile.TemporaryDirectory() as folder:
+      for float16 in (False, True):
+        page = Path(folder) / f"model{16 if float16 else 32}.html"
+        files.export(sampler, page, "html", float16)
+        browser.get(page.as_uri())
+        size = page.stat().st_size / 2**20
+        for mode in ("stateful", "window"):
+          rates, seconds = [], []
+          for _ in range(config.rounds):
+            count, took = browser.execute_script(_TIME, mode, config.length)
+            rates.append(count / took)
+            seconds.append(took)
+          print(f"{'float16' if float16 else 'float32'} page ({size:.2f} MB), {mode:8s}: "
+                f"{statistics.median(rates):8,.0f} characters/s ({config.length} characters "
+                f"in {statistics.median(seconds):.3f} s, median of {config.rounds})")
+  finally:
+    browser.quit()
+
+
+if __name__ == "__main__":
+  app.run(main)
