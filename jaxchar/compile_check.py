@@ -33,6 +33,9 @@ def main() -> None:
   names = check.topology.split(",") if check.fit_table else [check.topology]
   topologies.describe_host_to_libtpu(topologies.jax_topology_name(names[0]))
   jax.config.update("jax_platforms", "cpu")  # the host's own backend; the TPU is compile-only
+  # A compile-only TPU or GPU cannot load cached executables: with JAX_COMPILATION_CACHE_DIR
+  # set, JAX would warn once per program.
+  jax.config.update("jax_enable_compilation_cache", False)
   start = time.perf_counter()
   if check.fit_table:
     vocab, corpus_chars, _ = corpus_shape(config, check)

@@ -1,10 +1,21 @@
 """Shared fixtures. Four CPU devices are forced before jax is imported, so multi-device code runs
 on this machine; single-device tests pick one of them explicitly."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One persistent compilation cache for the session, inherited by the tests' subprocesses: the
+# tiny programs most tests run compile once instead of once per process (measured: the options
+# and checkpoint tests in 112 s instead of 201 s). It starts empty every session.
+_CACHE = tempfile.mkdtemp(prefix="jaxchar-test-compilation-cache-")
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 from pathlib import Path  # noqa: E402
 

@@ -25,6 +25,16 @@ needs_libtpu = pytest.mark.skipif(not LIBTPU, reason=REASON)
 TPU_FLAGS = Config(dtype="bfloat16", save_every_steps=500)  # launch/tpu.flags over moe.flags
 
 
+@pytest.fixture(autouse=True, scope="module")
+def no_compilation_cache():
+  """As `jaxchar.compile_check` does: a compile-only device cannot load cached executables."""
+  import jax
+  before = jax.config.jax_enable_compilation_cache
+  jax.config.update("jax_enable_compilation_cache", False)
+  yield
+  jax.config.update("jax_enable_compilation_cache", before)
+
+
 @pytest.fixture(scope="module")
 def resolved():
   """v4-8 and v5e-8 as compile-only devices (libtpu is told which TPU to expect while it loads;
