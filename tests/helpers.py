@@ -76,6 +76,15 @@ class StopAfterPolls(StopRequests):
     return self.signal_name is not None
 
 
+def run_module(module: str, *args: str, devices: int = 1,
+               timeout: int = 180) -> subprocess.CompletedProcess:
+  """`python -m module args` in a fresh process on `devices` CPU devices, output captured."""
+  env = {**os.environ, "JAX_PLATFORMS": "cpu",
+         "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+  return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=timeout)
+
+
 def free_port() -> int:
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))

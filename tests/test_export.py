@@ -7,14 +7,13 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import REPO, tiny_config, write_tiny_text
+from helpers import run_module, tiny_config, write_tiny_text
 from jaxchar import train
 from jaxchar.errors import UserError
 from jaxchar.exporting import files, weights
@@ -26,10 +25,7 @@ FORCED = "moe: hey homer.\nbarney: beer!\n"
 
 
 def run_export(*args: str) -> subprocess.CompletedProcess:
-  env = {**os.environ, "JAX_PLATFORMS": "cpu",
-         "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
-  return subprocess.run([sys.executable, "-m", "jaxchar.export", *args], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=180)
+  return run_module("jaxchar.export", *args)
 
 
 @pytest.fixture(scope="module")

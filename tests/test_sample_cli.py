@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import REPO, tiny_config, write_tiny_text
+from helpers import REPO, run_module, tiny_config, write_tiny_text
 from jaxchar.core import checkpoint
 from jaxchar.sampling import generate
 from jaxchar import train
@@ -31,10 +31,7 @@ def trained_workdir(tmp_path_factory):
 
 
 def run_sample(*args: str) -> subprocess.CompletedProcess:
-  env = {**os.environ, "JAX_PLATFORMS": "cpu",
-         "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
-  return subprocess.run([sys.executable, "-m", "jaxchar.sample", *args], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=180)
+  return run_module("jaxchar.sample", *args)
 
 
 def test_checkpoint_from_4_devices_samples_on_1(trained_workdir):

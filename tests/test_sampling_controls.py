@@ -1,9 +1,7 @@
 """Top-p (nucleus) sampling and stop strings: in the jitted generators, the sampler and its
 command line, and the server's API."""
 
-import os
 import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +9,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from helpers import REPO
+from helpers import run_module
 from jaxchar.errors import UserError
 from jaxchar.sampling import generate
 from jaxchar.sampling import sampler as sampler_lib
@@ -73,10 +71,7 @@ def test_bad_top_p_and_stops_are_clear_errors():
 
 
 def run_sample(*args: str) -> subprocess.CompletedProcess:
-  env = {**os.environ, "JAX_PLATFORMS": "cpu",
-         "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
-  return subprocess.run([sys.executable, "-m", "jaxchar.sample", *args], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=180)
+  return run_module("jaxchar.sample", *args)
 
 
 def test_the_command_line_says_which_stop_ended_each_sample(tiny_run):

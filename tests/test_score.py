@@ -3,15 +3,13 @@ count gives the same figures, the per-character file and JSON, and every bad inp
 
 import json
 import math
-import os
 import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
 
-from helpers import REPO, TINY_TEXT
+from helpers import TINY_TEXT, run_module
 from jaxchar.core import checkpoint, corpus, data
 from jaxchar.errors import UserError
 from jaxchar.sampling import sampler as sampler_lib
@@ -20,11 +18,7 @@ from jaxchar.scoring.config import ScoreConfig
 
 
 def run_score(*args: str) -> subprocess.CompletedProcess:
-  """The entry point in a fresh process with 2 CPU devices."""
-  env = {**os.environ, "JAX_PLATFORMS": "cpu",
-         "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-  return subprocess.run([sys.executable, "-m", "jaxchar.score", *args], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=180)
+  return run_module("jaxchar.score", *args, devices=2)
 
 
 @pytest.fixture(scope="module")
