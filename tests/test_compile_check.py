@@ -29,10 +29,13 @@ TPU_FLAGS = Config(dtype="bfloat16", save_every_steps=500)  # launch/tpu.flags o
 def no_compilation_cache():
   """As `jaxchar.compile_check` does: a compile-only device cannot load cached executables."""
   import jax
+  from jax._src import compilation_cache  # JAX decides once per process: make it decide again
   before = jax.config.jax_enable_compilation_cache
   jax.config.update("jax_enable_compilation_cache", False)
+  compilation_cache.reset_cache()
   yield
   jax.config.update("jax_enable_compilation_cache", before)
+  compilation_cache.reset_cache()
 
 
 @pytest.fixture(scope="module")
