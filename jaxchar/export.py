@@ -13,7 +13,7 @@ from jaxchar import host, options
 from jaxchar.cli import entry_point
 from jaxchar.exporting import files
 from jaxchar.exporting.config import ExportConfig
-from jaxchar.sampling.sampler import load_sampler
+from jaxchar.sampling.sampler import checkpoint_header, load_sampler
 
 options.define_flags(ExportConfig)
 FLAGS = flags.FLAGS
@@ -30,10 +30,7 @@ def main() -> None:
   host.keep_freed_memory()
   sampler = load_sampler(config.workdir, config.step)
   written = files.export(sampler, Path(config.out), config.format, config.float16)
-  val = sampler.meta.get("val_loss")
-  print(f"# checkpoint step {sampler.step} (epoch {sampler.meta.get('epoch')}"
-        + (f", validation loss {val:.4f} nats)" if val is not None else ")")
-        + f" in {config.workdir}")
+  print(f"{checkpoint_header(sampler)} in {config.workdir}")
   for path in written:
     print(f"wrote {path} ({path.stat().st_size / 2**20:,.2f} MB)")
   if config.format == "html":

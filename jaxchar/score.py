@@ -13,7 +13,7 @@ from absl import app, flags
 from jaxchar import host, options
 from jaxchar.cli import entry_point
 from jaxchar.core import atomic, corpus
-from jaxchar.sampling.sampler import load_sampler
+from jaxchar.sampling.sampler import checkpoint_header, load_sampler
 from jaxchar.scoring import scorer
 from jaxchar.scoring.config import ScoreConfig
 
@@ -36,15 +36,12 @@ def excluded_warning(excluded: dict[str, int], data: str) -> str:
 
 def report(figures: dict, sampler, config: ScoreConfig) -> str:
   """The figures as a person reads them."""
-  val = sampler.meta.get("val_loss")
   which = (f"every one but the first, the first {figures['maxlen'] - 1} with shorter contexts"
            if figures["from_start"] else
            f"those with a full {figures['maxlen']}-character window before them, as validation "
            "scores; --from_start adds the first ones")
   return "\n".join([
-      f"# checkpoint step {sampler.step} (epoch {sampler.meta.get('epoch')}"
-      + (f", validation loss {val:.4f} nats)" if val is not None else ")")
-      + f" in {config.workdir}",
+      f"{checkpoint_header(sampler)} in {config.workdir}",
       f"{config.data}: {figures['scored']:,} of {figures['characters']:,} characters scored "
       f"({which})",
       f"{figures['nats_per_char']:.4f} nats per character | {figures['bits_per_char']:.4f} bits "

@@ -200,9 +200,9 @@ def restore_params(workdir: Path, step: int, params_template: Any,
 
 # Settings added after format 1 began, with the values that checkpoints written before them
 # were trained with (the reference's): history, so not tied to today's defaults.
-_OPTION_DEFAULTS = {"num_layers": 1, "embed_dim": 0, "optimizer": "rmsprop",
+OPTION_DEFAULTS = {"num_layers": 1, "embed_dim": 0, "optimizer": "rmsprop",
                     "lr_schedule": "constant", "clip_norm": 0.0}
-_OPTION_KEYS = tuple(_OPTION_DEFAULTS)
+_OPTION_KEYS = tuple(OPTION_DEFAULTS)
 # Settings that fix the meaning of a checkpoint's parameters and data position.
 _RESUME_KEYS = ("vocab", "corpus_sha256", "lowercase", "maxlen", "hidden", "step", "batch_size",
                 "val_fraction", "seed") + _OPTION_KEYS
@@ -221,7 +221,7 @@ def run_metadata(config, corpus: Corpus) -> dict:
 
 def check_resumable(saved: dict, run_meta: dict, workdir: Path) -> None:
   """Raises UserError when the saved run's settings differ from this run's in _RESUME_KEYS."""
-  saved = {**_OPTION_DEFAULTS, **saved}
+  saved = {**OPTION_DEFAULTS, **saved}
   diffs = [f"{k} {_short(saved.get(k))} (checkpoint) vs {_short(run_meta[k])} (now)"
            for k in _RESUME_KEYS if saved.get(k) != run_meta[k]]
   if diffs:

@@ -261,16 +261,21 @@ def _load_step(workdir: Path, step: int, steps: list[int], private: Path,
                     "restores.") from None
 
 
+def checkpoint_header(sampler: Sampler) -> str:
+  """The first line of what the sampler, scorer and exporter print: which checkpoint."""
+  val = sampler.meta.get("val_loss")
+  return (f"# checkpoint step {sampler.step} (epoch {sampler.meta.get('epoch')}"
+          + (f", validation loss {val:.4f} nats)" if val is not None else ")"))
+
+
 def run_sampling(config: SampleConfig) -> str:
   """Restores the checkpoint and returns the samples as printable text."""
   sampler = load_sampler(config.workdir, config.step)
   samples = sampler.sample(config.prime, config.temperatures, config.length, config.num_samples,
                            config.seed, config.top_k, config.unknown, config.mode, config.top_p,
                            config.stops)
-  val = sampler.meta.get("val_loss")
   shown_prime = sampler.clean_prime(config.prime, config.unknown)  # as the model saw it
-  lines = [f"# checkpoint step {sampler.step} (epoch {sampler.meta['epoch']}"
-           + (f", validation loss {val:.4f} nats)" if val is not None else ")")]
+  lines = [checkpoint_header(sampler)]
   for temperature, texts in zip(config.temperatures, samples):
     for n, text in enumerate(texts, 1):
       ended = ""

@@ -18,7 +18,6 @@ from jaxchar.training.config import DEFAULT_DATA, Config, parse_init_from
 
 # Options that fix the shape of the base's parameters (or what its ids mean): taken from it.
 SHAPE_OPTIONS = ("hidden", "num_layers", "embed_dim", "maxlen", "lowercase")
-_SHAPE_DEFAULTS = {"num_layers": 1, "embed_dim": 0}  # checkpoints from before these options
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,7 +35,7 @@ class Base:
     return Vocab(self.meta["vocab"])
 
   def shape(self, name: str) -> Any:
-    return self.meta.get(name, _SHAPE_DEFAULTS.get(name))
+    return self.meta.get(name, checkpoint.OPTION_DEFAULTS.get(name))
 
 
 def load_base(spec: str) -> Base:

@@ -14,7 +14,7 @@ from flax import jax_utils
 
 from jaxchar.core import data
 from jaxchar.errors import UserError
-from jaxchar.training import distributed, init_from, metrics, plots, progress, steps
+from jaxchar.training import distributed, init_from, plots, progress, steps
 from jaxchar.training.config import Config
 from jaxchar.training.distributed import say
 from jaxchar.training.lock import WorkdirLock
@@ -183,9 +183,8 @@ def train_epochs(run: Run, stop: StopRequests) -> list[dict]:
   """Trains from the run's position to --epochs (or early stopping); a summary per epoch."""
   config, history = run.config, []
   p_train_step, p_eval_step = pmapped_steps(config.maxlen, config.objective == "every")
-  if (run.run_meta.get("init_from") and run.global_step == 0 and len(run.val_starts)
-      and not any(r["kind"] == "start" for r in metrics.read_metrics(run.workdir))):
-    validate_the_start(run, p_eval_step)
+  if run.run_meta.get("init_from") and run.last_saved is None and len(run.val_starts):
+    validate_the_start(run, p_eval_step)  # a fresh start only: a resumed run recorded it
   for epoch in range(run.start_epoch, config.epochs + 1):
     trained = train_epoch(run, epoch, p_train_step, stop)
     if trained is None:

@@ -39,8 +39,9 @@ def _rewrite(path: Path, text: str) -> None:
 class RunLog:
   """Appends metrics and samples for one training process (call only on the writing process)."""
 
-  def __init__(self, workdir: Path, resume_step: int, resume_epoch: int):
-    """`resume_step`/`resume_epoch`: the checkpoint resumed from (0/0 for a fresh run)."""
+  def __init__(self, workdir: Path, resume_step: int | None, resume_epoch: int):
+    """`resume_step`/`resume_epoch`: the checkpoint resumed from (None/0 for a fresh run, which
+    keeps nothing an earlier attempt wrote before its first checkpoint)."""
     self.workdir = Path(workdir)
     with writing("the metrics", self.workdir):
       self._drop_records_after(resume_step, resume_epoch)
@@ -50,8 +51,9 @@ class RunLog:
                                 purge_step=resume_step + 1 if resume_step else None,
                                 flush_secs=30)
 
-  def _drop_records_after(self, resume_step: int, resume_epoch: int) -> None:
-    kept = [r for r in read_metrics(self.workdir) if r["step"] <= resume_step]
+  def _drop_records_after(self, resume_step: int | None, resume_epoch: int) -> None:
+    kept = ([] if resume_step is None
+            else [r for r in read_metrics(self.workdir) if r["step"] <= resume_step])
     metrics_path = self.workdir / METRICS_FILE
     if metrics_path.exists():
       _rewrite(metrics_path, "".join(json.dumps(r) + "\n" for r in kept))

@@ -164,7 +164,8 @@ def start_run(config: Config, workdir: Path, base: init_from.Base | None = None)
         jax.device_get(state.params), base.params, base.vocab.size))
     state = state.replace(params=params, opt_state=tx.init(params))
     run_meta["init_from"] = init_from.origin(base, new_symbols)
-  log = (metrics.RunLog(workdir, int(state.step), position.get("start_epoch", 1) - 1)
+  log = (metrics.RunLog(workdir, int(state.step) if restored else None,
+                        position.get("start_epoch", 1) - 1)
          if distributed.is_primary() else None)
   return Run(config=config, workdir=workdir, corpus=corpus, model=model,
              learning_rate=learning_rate, steps_per_epoch=steps_per_epoch,
