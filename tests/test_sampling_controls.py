@@ -17,6 +17,7 @@ from jaxchar.sampling.config import SampleConfig, unescape_stop
 from jaxchar.sampling.sampler import cut_at_stop
 from jaxchar.serving.app import create_app
 from jaxchar.serving.batcher import Batcher
+from jaxchar.serving.jobs import Job
 from jaxchar.serving.request_checks import Limits
 
 
@@ -122,3 +123,13 @@ def test_the_api_stops_and_says_why(client):
 def test_bad_controls_are_400(client, body, message):
   reply = client[0].post("/api/generate", json=body)
   assert reply.status_code == 400 and message in reply.json()["error"], reply.text
+
+
+def test_a_stop_that_spans_two_chunks_ends_the_job(client):
+  _, batcher = client
+  vocab = batcher.sampler.vocab
+  job = Job([batcher.sampler.row("", 1.0)], 5000, "window", float("inf"), stops=("beer!",))
+  job.written = [vocab.encode("m" * 60 + "beer")[None]]
+  assert not batcher._all_stopped(job)
+  job.written.append(vocab.encode("!" + "o" * 63)[None])  # only "!" is in the new chunk
+  assert batcher._all_stopped(job)

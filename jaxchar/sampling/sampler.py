@@ -272,15 +272,14 @@ def run_sampling(config: SampleConfig) -> str:
   """Restores the checkpoint and returns the samples as printable text."""
   sampler = load_sampler(config.workdir, config.step)
   samples = sampler.sample(config.prime, config.temperatures, config.length, config.num_samples,
-                           config.seed, config.top_k, config.unknown, config.mode, config.top_p,
-                           config.stops)
+                           config.seed, config.top_k, config.unknown, config.mode, config.top_p)
   shown_prime = sampler.clean_prime(config.prime, config.unknown)  # as the model saw it
   lines = [checkpoint_header(sampler)]
   for temperature, texts in zip(config.temperatures, samples):
-    for n, text in enumerate(texts, 1):
+    for n, whole in enumerate(texts, 1):
+      text, stop = cut_at_stop(whole, config.stops)  # as sample(stops=...) cuts it
       ended = ""
       if config.stops:
-        stop = next((s for s in config.stops if text.endswith(s)), None)
         ended = (f" (stopped after {stop!r})" if stop is not None
                  else f" (no stop string in {config.length} characters)")
       lines.append(f"----- temperature {temperature}, sample {n}{ended}\n{shown_prime}{text}")

@@ -257,11 +257,19 @@ class Batcher:
         self._finish(job, result=np.concatenate(job.written, axis=1))
 
   def _all_stopped(self, job: Job) -> bool:
-    """Whether every row of the job has written one of its stop strings."""
+    """Whether every row of the job has written one of its stop strings. Only the new chunk,
+    with enough of the text before it for a stop to span the boundary, is decoded: the cost
+    of a round does not grow with the text written so far."""
     if not job.stops:
       return False
-    texts = (self.sampler.vocab.decode(row) for row in np.concatenate(job.written, axis=1))
-    return all(any(stop in text for stop in job.stops) for text in texts)
+    overlap = max(map(len, job.stops)) - 1
+    recent = np.concatenate(job.written[-(2 + overlap // CHUNK):], axis=1)
+    recent = recent[:, -(job.written[-1].shape[1] + overlap):]
+    for i, row in enumerate(recent):
+      if i not in job.stopped and any(stop in self.sampler.vocab.decode(row)
+                                      for stop in job.stops):
+        job.stopped.add(i)
+    return len(job.stopped) == len(job.rows)
 
   def _finish(self, job: Job, result: np.ndarray | None = None,
               error: BaseException | None = None) -> None:

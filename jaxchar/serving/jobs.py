@@ -60,6 +60,7 @@ class Job:
   chunks: int = 0
   finished: bool = False
   stops: tuple[str, ...] = ()  # the job ends once every row has written one of them
+  stopped: set[int] = dataclasses.field(default_factory=set)  # rows that have
 
   def abandon(self) -> None:
     """Stops the job at the next chunk (its client is gone); safe from any thread."""
