@@ -1,7 +1,7 @@
 """Exports a trained model to run in a browser with no server:
 `python -m jaxchar.export --workdir=ckpt/moe --out=model.html`.
 
-The page holds the weights, vocabulary and a JavaScript forward pass and sampler; it needs no
+The page holds the weights, vocabulary and a JavaScript forward pass and restored; it needs no
 network. `--format=json` writes the model as JSON and the JavaScript as a module instead.
 """
 
@@ -13,7 +13,7 @@ from jaxchar import host, options
 from jaxchar.cli import entry_point
 from jaxchar.exporting import files
 from jaxchar.exporting.config import ExportConfig
-from jaxchar.sampling.sampler import checkpoint_header, load_sampler
+from jaxchar.core.restore import checkpoint_header, restore
 
 options.define_flags(ExportConfig)
 FLAGS = flags.FLAGS
@@ -28,9 +28,9 @@ def config_from_flags() -> ExportConfig:
 def main() -> None:
   config = config_from_flags()
   host.keep_freed_memory()
-  sampler = load_sampler(config.workdir, config.step)
-  written = files.export(sampler, Path(config.out), config.format, config.float16)
-  print(f"{checkpoint_header(sampler)} in {config.workdir}")
+  restored = restore(config.workdir, config.step)
+  written = files.export(restored, Path(config.out), config.format, config.float16)
+  print(f"{checkpoint_header(restored)} in {config.workdir}")
   for path in written:
     print(f"wrote {path} ({path.stat().st_size / 2**20:,.2f} MB)")
   if config.format == "html":

@@ -13,7 +13,7 @@ from absl import app, flags
 from jaxchar import host, options
 from jaxchar.cli import entry_point
 from jaxchar.core import atomic, corpus
-from jaxchar.sampling.sampler import checkpoint_header, load_sampler
+from jaxchar.core.restore import checkpoint_header, restore
 from jaxchar.scoring import scorer
 from jaxchar.scoring.config import ScoreConfig
 
@@ -34,14 +34,14 @@ def excluded_warning(excluded: dict[str, int], data: str) -> str:
           f"vocabulary and were left out (neither scored nor used as context): {shown}{more}.")
 
 
-def report(figures: dict, sampler, config: ScoreConfig) -> str:
+def report(figures: dict, restored, config: ScoreConfig) -> str:
   """The figures as a person reads them."""
   which = (f"every one but the first, the first {figures['maxlen'] - 1} with shorter contexts"
            if figures["from_start"] else
            f"those with a full {figures['maxlen']}-character window before them, as validation "
            "scores; --from_start adds the first ones")
   return "\n".join([
-      f"{checkpoint_header(sampler)} in {config.workdir}",
+      f"{checkpoint_header(restored)} in {config.workdir}",
       f"{config.data}: {figures['scored']:,} of {figures['characters']:,} characters scored "
       f"({which})",
       f"{figures['nats_per_char']:.4f} nats per character | {figures['bits_per_char']:.4f} bits "
@@ -54,22 +54,22 @@ def main() -> None:
   host.keep_freed_memory()
   host.use_cpu_devices(0, config.batch_size)  # scoring batches split over every core
   text = corpus.read_text(config.data)
-  sampler = load_sampler(config.workdir, config.step)
-  prepared = scorer.prepare(text, sampler.vocab, sampler.lowercase)
+  restored = restore(config.workdir, config.step)
+  prepared = scorer.prepare(text, restored.vocab, restored.lowercase)
   del text
-  scorer.check_scorable(prepared, sampler.maxlen, config.from_start, f"--data={config.data}")
+  scorer.check_scorable(prepared, restored.maxlen, config.from_start, f"--data={config.data}")
   if prepared.excluded:
     print(excluded_warning(prepared.excluded, config.data), file=sys.stderr, flush=True)
-  result = scorer.score(sampler, prepared, config.from_start, config.batch_size,
+  result = scorer.score(restored, prepared, config.from_start, config.batch_size,
                         show_progress=True)
   if config.per_char:
     atomic.write_text(config.per_char, scorer.per_char_lines(result), "the per-character scores")
   figures = result.figures()
   if config.as_json:
-    print(json.dumps({"workdir": config.workdir, "step": sampler.step, "data": config.data,
+    print(json.dumps({"workdir": config.workdir, "step": restored.step, "data": config.data,
                       **figures}, ensure_ascii=False))
   else:
-    print(report(figures, sampler, config))
+    print(report(figures, restored, config))
     if config.per_char:
       print(f"wrote {figures['scored']:,} per-character log-probabilities to {config.per_char}")
 

@@ -20,6 +20,8 @@ from jaxchar.training.config import Config
 from jaxchar.training.preemption import StopRequests
 
 REPO = Path(__file__).resolve().parent.parent
+# A run saved by jaxchar before checkpoint format 2 (tests/data/README.md).
+FORMAT1_RUN = REPO / "tests" / "data" / "format1_run"
 
 _TINY_LINES = ["moe: hey homer.", "homer: hi moe.", "barney: beer!", "moe: no."] * 30
 # A small, learnable text: a few repeated lines with a paragraph break near the end.

@@ -1,5 +1,6 @@
 """Checkpoints: exact resume, preemption by a real signal, corrupt-checkpoint fallback."""
 
+import errno
 import os
 import shutil
 import signal
@@ -8,9 +9,12 @@ import sys
 import time
 
 import jax
+import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
-from helpers import REPO, StopAfterPolls, assert_same_run, final_checkpoint, tiny_config
+from helpers import (REPO, StopAfterPolls, assert_same_run, damage_checkpoint, final_checkpoint,
+                     run_main, tiny_config)
 from jaxchar import train
 from jaxchar.core import checkpoint
 from jaxchar.errors import UserError
@@ -43,13 +47,35 @@ def test_changed_model_or_corpus_is_refused_on_resume(tiny_file, tmp_path):
     train.train_and_evaluate(tiny_config(tiny_file, epochs=2, hidden=32), tmp_path / "run")
   other = tmp_path / "other.txt"
   other.write_text(tiny_file.read_text() + "zebra\n", encoding="utf-8")
-  with pytest.raises(UserError, match="vocab .* corpus_sha256"):
+  with pytest.raises(UserError, match=r"vocab .*; the text \(--data\) differs"):
     train.train_and_evaluate(tiny_config(other, epochs=2), tmp_path / "run")
+  assert checkpoint.checkpoint_steps(tmp_path / "run") == [45]  # refused: nothing moved
   # --restart sets the old checkpoints aside (not deleted) and trains afresh.
   history = train.train_and_evaluate(tiny_config(other, epochs=1, restart=True), tmp_path / "run")
   assert [h["epoch"] for h in history] == [1]
   (replaced,) = (tmp_path / "run" / "replaced").iterdir()
   assert (replaced / "checkpoints").is_dir() and (replaced / "metrics.jsonl").is_file()
+
+
+def test_options_that_may_change_between_sessions_are_accepted_and_said(tiny_file, tmp_path,
+                                                                       capsys):
+  train.train_and_evaluate(tiny_config(tiny_file, epochs=1), tmp_path / "run")
+  capsys.readouterr()
+  history = train.train_and_evaluate(
+      tiny_config(tiny_file, epochs=2, learning_rate=0.02, patience=3), tmp_path / "run")
+  assert [h["epoch"] for h in history] == [2]
+  lines = capsys.readouterr().out.splitlines()
+  assert lines[1] == "resuming from the checkpoint at step 45 (epoch 2, batch 0)"
+  assert lines[2] == ("resumed with --learning_rate=0.02 (was 0.01), --epochs=2 (was 1), "
+                      "--patience=3 (was 0)")
+
+
+def test_a_schedule_that_changes_the_optimizer_state_is_refused(tiny_file, tmp_path):
+  train.train_and_evaluate(tiny_config(tiny_file, epochs=1), tmp_path / "run")
+  with pytest.raises(UserError, match="lr_schedule constant with warmup_steps 0 .checkpoint. vs "
+                     "cosine with 0 .now.: a constant rate"):
+    train.train_and_evaluate(tiny_config(tiny_file, epochs=2, lr_schedule="cosine"),
+                             tmp_path / "run")
 
 
 @pytest.mark.parametrize("damage", ["truncate", "delete"])
@@ -70,7 +96,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tiny_file, tmp_pat
   capsys.readouterr()
   history = train.train_and_evaluate(tiny_config(tiny_file, epochs=2), tmp_path / "run")
   out = capsys.readouterr().out
-  assert f"checkpoint at step {steps[-1]} is incomplete or corrupt" in out
+  assert f"checkpoint at step {steps[-1]} is damaged" in out
   assert f"resuming from the checkpoint at step {steps[0]}" in out
   assert [h["epoch"] for h in history] == [2]
   set_aside = list((tmp_path / "run" / "corrupt_checkpoints").iterdir())
@@ -124,3 +150,69 @@ def test_a_snapshot_is_private_and_refuses_a_checkpoint_being_deleted(tmp_path):
   shutil.rmtree(step_dir)  # the trainer's --keep
 
   assert (copy / "state" / "data").read_text() == "weights"
+
+
+def _trained_twice(tiny_file, tmp_path) -> tuple[object, list[int]]:
+  """A tiny run with two checkpoints, and their steps."""
+  train.train_and_evaluate(tiny_config(tiny_file, epochs=2), tmp_path / "run")
+  return tmp_path / "run", checkpoint.checkpoint_steps(tmp_path / "run")
+
+
+def _resume_cli(tiny_file, workdir, capsys, *extra) -> tuple[int, str]:
+  """Runs the trainer's main in-process as a user would resume; (exit code, stderr)."""
+  capsys.readouterr()
+  code = run_main([f"--data={tiny_file}", "--maxlen=8", "--step=2", "--hidden=16",
+                   "--batch_size=16", "--eval_batch_size=64", "--epochs=3", "--sample_len=0",
+                   f"--workdir={workdir}", *extra])
+  return code, " ".join(capsys.readouterr().err.split())  # unwrapped
+
+
+def test_an_io_error_while_restoring_stops_and_moves_nothing(tiny_file, tmp_path, monkeypatch,
+                                                             capsys):
+  workdir, steps = _trained_twice(tiny_file, tmp_path)
+
+  def failing_restore(self, *args, **kwargs):
+    raise OSError(errno.EIO, "Input/output error", str(workdir / "checkpoints"))
+
+  monkeypatch.setattr(ocp.CheckpointManager, "restore", failing_restore)
+  code, err = _resume_cli(tiny_file, workdir, capsys)
+  assert code == 2 and "Traceback" not in err
+  assert f"the checkpoint at step {steps[-1]}" in err and "Input/output error" in err
+  assert "nothing was moved or changed" in err
+  assert checkpoint.checkpoint_steps(workdir) == steps
+  assert not (workdir / checkpoint.CORRUPT).exists()
+
+
+def test_a_parameter_tree_that_does_not_match_stops_and_moves_nothing(tiny_file, tmp_path,
+                                                                      monkeypatch, capsys):
+  workdir, steps = _trained_twice(tiny_file, tmp_path)
+  restore_latest = checkpoint.Checkpoints.restore_latest
+
+  def with_another_tree(self, template, check):  # as a model from other code would ask for
+    return restore_latest(self, {**template, "params": {**template["params"],
+                                                        "extra": np.zeros(3, np.float32)}}, check)
+
+  monkeypatch.setattr(checkpoint.Checkpoints, "restore_latest", with_another_tree)
+  code, err = _resume_cli(tiny_file, workdir, capsys)
+  assert code == 2 and "Traceback" not in err
+  assert f"the checkpoint at step {steps[-1]}" in err and "do not match this run's model" in err
+  assert checkpoint.checkpoint_steps(workdir) == steps
+  assert not (workdir / checkpoint.CORRUPT).exists()
+
+
+def test_when_every_checkpoint_is_damaged_the_run_stops_instead_of_starting_afresh(
+    tiny_file, tmp_path, capsys):
+  workdir, steps = _trained_twice(tiny_file, tmp_path)
+  for step in steps:
+    damage_checkpoint(workdir / "checkpoints" / str(step), "deleted state data")
+  records = (workdir / "metrics.jsonl").read_bytes()
+  code, err = _resume_cli(tiny_file, workdir, capsys)
+  assert code == 2 and "holds no checkpoint that restores" in err and "--restart" in err
+  assert len(list((workdir / checkpoint.CORRUPT).iterdir())) == 2  # damage is still set aside
+  code, err = _resume_cli(tiny_file, workdir, capsys)  # and a rerun does not start afresh
+  assert code == 2 and "holds no checkpoint that restores" in err
+  assert (workdir / "metrics.jsonl").read_bytes() == records  # the run's records untouched
+  code, _ = _resume_cli(tiny_file, workdir, capsys, "--restart")
+  assert code == 0 and checkpoint.checkpoint_steps(workdir)
+  (replaced,) = (workdir / "replaced").iterdir()
+  assert (replaced / checkpoint.CORRUPT).is_dir()  # --restart moved the damaged ones aside too

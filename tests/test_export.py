@@ -16,6 +16,7 @@ import pytest
 from helpers import run_module, tiny_config, write_tiny_text
 from jaxchar import train
 from jaxchar.errors import UserError
+from jaxchar.core.model import fused_tensors
 from jaxchar.exporting import files, weights
 from jaxchar.sampling import sampler as sampler_lib
 from jaxchar.sampling.sampler import cut_at_stop
@@ -193,7 +194,7 @@ def test_the_cli_writes_one_self_contained_page_and_says_its_size(tiny_run, tmp_
   spec = json.loads(re.search(r'id="jaxchar-model">(.*?)</script>', page, re.S).group(1))
   sampler = sampler_lib.load_sampler(tiny_run)
   assert spec["vocab"] == sampler.vocab.chars and spec["dtype"] == "float32"
-  assert spec["parameters"] == sum(a.size for a in weights.tensors(sampler.params).values())
+  assert spec["parameters"] == sum(a.size for a in fused_tensors(sampler.params).values())
 
 
 def test_json_and_module_and_float16_halving(tiny_run, tmp_path):

@@ -8,10 +8,10 @@ import optax
 import pytest
 from flax import jax_utils
 
-from helpers import tiny_config
+from helpers import FORMAT1_RUN, tiny_config
 from jaxchar.core import checkpoint, data
 from jaxchar.sampling import generate
-from jaxchar.training import loop, steps
+from jaxchar.training import loop, resume, steps
 from jaxchar import train
 from jaxchar.sampling import sampler as sampler_lib
 from jaxchar.errors import UserError
@@ -178,12 +178,14 @@ def test_resume_with_a_different_optimizer_is_refused(tiny_file, tmp_path):
 
 
 def test_checkpoints_from_before_the_options_still_resume(tiny_file, tmp_path):
-  meta = checkpoint.run_metadata(tiny_config(tiny_file), _tiny_corpus(tiny_file))
-  old = {k: v for k, v in meta.items()
-         if k not in ("num_layers", "embed_dim", "optimizer", "lr_schedule", "clip_norm")}
-  checkpoint.check_resumable(old, meta, tmp_path)  # no error
+  old = checkpoint.read_meta(FORMAT1_RUN, 90)  # format 1, written before this change
+  old["config"] = {k: v for k, v in old["config"].items()
+                   if k not in ("num_layers", "embed_dim", "optimizer", "lr_schedule", "clip_norm")}
+  meta = resume.run_metadata(tiny_config(tiny_file), _tiny_corpus(tiny_file))
+  assert resume.check_resumable(old, meta, tmp_path) == ["--keep=3 (was 1)"]
+  wider = {**meta, "config": {**meta["config"], "num_layers": 2}}
   with pytest.raises(UserError, match="num_layers 1 .checkpoint. vs 2"):
-    checkpoint.check_resumable(old, {**meta, "num_layers": 2}, tmp_path)
+    resume.check_resumable(old, wider, tmp_path)
 
 
 def _tiny_corpus(path):

@@ -107,12 +107,12 @@ def bad_sample_cases(tmp_path, workdir):
       ([f"--workdir={tmp_path / 'nope'}"], "does not exist"),
       ([f"--workdir={empty}"], "holds no checkpoint"),
       ([w, "--step=12345"], f"the steps saved are {', '.join(map(str, steps))}"),
-      ([w, "--temperature=0"], "temperature 0.0 in --temperature must be a positive number"),
-      ([w, "--temperature=0.5,-2"], "temperature -2.0 in --temperature must be a positive"),
-      ([w, "--length=0"], "--length=0 must be at least 1"),
+      ([w, "--temperature=0"], "--temperature=0 must be a positive number"),
+      ([w, "--temperature=0.5,-2"], "--temperature=-2 must be a positive"),
+      ([w, "--length=0"], "--length=0 must be at least 1 character"),
       ([w, "--num_samples=0"], "--num_samples=0 must be at least 1"),
-      ([w, "--top_k=-1"], "--top_k=-1 must be >= 0"),
-      ([w, "--top_k=99"], "larger than the vocabulary (15 characters)"),
+      ([w, "--top_k=-1"], "--top_k=-1 must be from 0 (off) to the model's vocabulary size."),
+      ([w, "--top_k=99"], "--top_k=99 must be from 0 (off) to the model's vocabulary size, 15."),
       ([w, "--prime=moe: #hey@"], "never saw in training: '#', '@'"),
       ([w, f"--prime_file={tmp_path / 'missing.txt'}"], "cannot be read as UTF-8"),
   ]
@@ -127,8 +127,8 @@ def test_every_bad_input_is_one_clear_error(trained_workdir, tmp_path):
 
 
 def test_incompatible_checkpoint_version_is_refused(trained_workdir, monkeypatch):
-  monkeypatch.setattr(checkpoint, "FORMAT_VERSION", checkpoint.FORMAT_VERSION + 1)
-  with pytest.raises(UserError, match="checkpoint format 1; this jaxchar .* reads format 2"):
+  monkeypatch.setattr(checkpoint, "READABLE_FORMATS", (checkpoint.FORMAT_VERSION + 1,))
+  with pytest.raises(UserError, match="checkpoint format 2; this jaxchar .* reads formats 3"):
     sampler_lib.load_sampler(trained_workdir)
 
 

@@ -114,8 +114,8 @@ def test_the_api_stops_and_says_why(client):
 
 
 @pytest.mark.parametrize("body, message", [
-    ({"top_p": 0}, "top_p must be above 0 and at most 1"),
-    ({"top_p": 1.01}, "top_p must be above 0"),
+    ({"top_p": 0}, "top_p=0.0 must be above 0 and at most 1"),
+    ({"top_p": 1.01}, "top_p=1.01 must be above 0"),
     ({"stop": ""}, "stop has an empty string"),
     ({"stop": [1]}, "stop must be a string or a list of strings"),
     ({"stop": ["a"] * 9}, "at most 8 are allowed"),

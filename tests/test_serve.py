@@ -31,7 +31,7 @@ def served(workdir):
   """(client, batcher, sampler): the app on the tiny model; batches gather for 100 ms."""
   sampler = sampler_lib.load_sampler(workdir)
   batcher = Batcher(sampler, max_batch=8, max_wait_s=0.1)
-  app = create_app(sampler, batcher, Limits(max_length=500, max_prime=100, max_samples=8))
+  app = create_app(sampler, batcher, Limits(max_length=500, max_prime=100, max_batch=8))
   with TestClient(app) as client:
     yield client, batcher, sampler
   batcher.close()
@@ -92,16 +92,16 @@ def test_stream_sends_the_prime_then_chunks_then_the_whole_text(served):
 @pytest.mark.parametrize("body, status, message", [
     (b"{not json", 400, "not valid JSON"),
     (b"x" * (64 * 1024 + 1), 413, "over 64 KB"),
-    ({"length": 0}, 400, "length must be from 1 to 500"),
-    ({"length": 501}, 400, "length must be from 1 to 500"),
-    ({"temperature": 0}, 400, "temperature must be above 0"),
+    ({"length": 0}, 400, "length=0 must be from 1 to 500 \\(--max_length\\)"),
+    ({"length": 501}, 400, "length=501 must be from 1 to 500"),
+    ({"temperature": 0}, 400, "temperature=0 must be a positive number"),
     ({"temperature": "hot"}, 400, "temperature must be a number"),
-    ({"top_k": -1}, 400, "top_k must be from 0 \\(off\\) to the vocabulary size, 15"),
-    ({"top_k": 16}, 400, "top_k must be from 0"),
+    ({"top_k": -1}, 400, "top_k=-1 must be from 0 \\(off\\) to the model's vocabulary size, 15"),
+    ({"top_k": 16}, 400, "top_k=16 must be from 0"),
     ({"prime": "m" * 101}, 400, "at most 100 are allowed"),
     ({"prime": "moe: zebra"}, 400, "never saw in training: 'z'"),
-    ({"mode": "beam"}, 400, "mode must be one of window, stateful"),
-    ({"num_samples": 9}, 400, "num_samples must be from 1 to 8"),
+    ({"mode": "beam"}, 400, "mode='beam' must be one of window, stateful"),
+    ({"num_samples": 9}, 400, "num_samples=9 must be from 1 to 8 \\(--max_batch\\)"),
     ({"colour": "red"}, 400, "unknown field\\(s\\) colour"),
     ([1, 2], 400, "must be a JSON object"),
 ])

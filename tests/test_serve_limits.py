@@ -16,7 +16,7 @@ from jaxchar.serving.app import create_app
 from jaxchar.serving.batcher import Batcher
 from jaxchar.serving.request_checks import Limits
 
-LIMITS = Limits(max_length=5000, max_prime=100, max_samples=8)
+LIMITS = Limits(max_length=5000, max_prime=100, max_batch=8)
 
 
 @pytest.fixture(scope="module")
@@ -129,8 +129,8 @@ def test_a_full_queue_and_a_deadline_are_503_and_504(sampler):
     (b'{"temperature": -Infinity}', "-Infinity is not a number"),
     (b'{"length": 1e999}', "too large a number"),
     (b'{"length": ' + b"9" * 5000 + b"}", "5,000 digits"),
-    (b'{"mode": []}', "mode must be one of"),
-    (b'{"unknown": {"a": 1}}', "unknown must be one of"),
+    (b'{"mode": []}', "mode=[] must be one of"),
+    (b'{"unknown": {"a": 1}}', "unknown={'a': 1} must be one of"),
     (b"[" * 6000 + b"]" * 6000, "nests arrays or objects too deeply"),
     (b'{"prime": {"x": [[[[1]]]]}}', "nests arrays or objects too deeply"),
 ])

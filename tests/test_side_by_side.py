@@ -16,6 +16,7 @@ import pytest
 
 from helpers import REPO, damage_checkpoint, tiny_config
 from jaxchar.core import checkpoint
+from jaxchar.core import restore as restore_lib
 from jaxchar.training import lock, metrics
 from jaxchar import train
 from jaxchar.sampling import sampler as sampler_lib
@@ -112,7 +113,7 @@ def test_sampler_skips_a_damaged_checkpoint_and_changes_nothing(three_checkpoint
   workdir = tmp_path / "run"
   shutil.copytree(three_checkpoints, workdir)
   steps = checkpoint.checkpoint_steps(workdir)
-  best = sampler_lib.candidate_steps(checkpoint.read_metas(workdir, steps))[0]
+  best = restore_lib.candidate_steps(checkpoint.read_metas(workdir, steps))[0]
   assert best == steps[-1] == 90  # validation improved in epoch 2: the newest is the best
   damage_checkpoint(workdir / "checkpoints" / str(best), kind)
   before = snapshot(workdir)

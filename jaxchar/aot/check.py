@@ -10,7 +10,7 @@ from jaxchar.core.data import Vocab
 from jaxchar.core.model import count_params
 from jaxchar.errors import UserError
 from jaxchar.options import option
-from jaxchar.sampling.config import SAMPLE_MODES
+from jaxchar.sampling.controls import SAMPLE_MODES
 from jaxchar.training.config import DEFAULT_DATA, Config
 from jaxchar.training.run import check_batch_fits
 

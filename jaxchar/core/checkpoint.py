@@ -1,14 +1,17 @@
 """Orbax checkpoints: one host copy of the train state plus a JSON item with what sampling needs.
 
 Layout: <workdir>/checkpoints/<step>/{state,meta}. The last `keep` checkpoints and the best by
-validation loss are kept. A checkpoint that fails to restore is moved to
-<workdir>/corrupt_checkpoints/ (never deleted) and the next older one is used.
+validation loss are kept. Only a checkpoint that is provably damaged (files missing, truncated
+or unreadable) is moved to <workdir>/corrupt_checkpoints/ (never deleted), and the next older
+one is used; any other failure to restore (an I/O error, memory, a parameter tree that does not
+match) stops with an error and touches nothing.
 """
 
 import datetime
+import errno
 import os
 import shutil
-from dataclasses import asdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +21,12 @@ from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
 import jaxchar
-from jaxchar.core.data import Corpus
 from jaxchar.errors import UserError, writing
 
-FORMAT_VERSION = 1  # bump when the saved layout changes incompatibly
+# 2: one ModelSpec ("spec") and the training config once. 1: flat shape keys beside "config".
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)
+CORRUPT = "corrupt_checkpoints"
 
 
 def _checkpoint_dir(workdir: Path) -> Path:
@@ -63,31 +68,70 @@ class Checkpoints:
   def close(self) -> None:
     self.manager.close()
 
-  def restore_latest(self, template: dict, run_meta: dict) -> tuple[dict, dict] | None:
-    """(state, meta) of the newest checkpoint that restores; None when there is none.
+  def restore_latest(self, template: dict,
+                     check: Callable[[dict], None]) -> tuple[dict, dict] | None:
+    """(state, meta) of the newest checkpoint that restores; None when the workdir has never
+    held one. `check(meta)` raises UserError, touching nothing, for a run with other settings.
 
-    Raises UserError, touching nothing, when it is from a run with other settings."""
+    A provably damaged checkpoint is set aside and the previous one tried; any other failure
+    raises UserError with its cause and changes nothing. When every checkpoint was damaged, or
+    only set-aside ones remain, it raises too: a run never starts afresh over them unless
+    --restart moves them aside."""
     while self.manager.all_steps():
       step = self.manager.latest_step()
       try:
         meta = read_meta(self.workdir, step)
-        check_resumable(meta, run_meta, self.workdir)
+      except UserError:
+        raise
+      except Exception as e:  # noqa: BLE001 - classified: damage or a stop
+        self._damaged_or_raise(step, e)
+        continue
+      check(meta)
+      try:
         restored = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.PyTreeRestore(item=template)))
         return restored.state, meta
-      except UserError:
-        raise
-      except Exception as e:  # orbax raises many types for truncated or missing files
-        moved = self._set_aside(step)
-        if jax.process_index() == 0:
-          print(f"warning: the checkpoint at step {step} is incomplete or corrupt "
-                f"({type(e).__name__}: {str(e)[:200]}); moved it to {moved} and falling back "
-                "to the previous one.", flush=True)
+      except Exception as e:  # noqa: BLE001 - classified: damage, mismatch or a stop
+        self._damaged_or_raise(step, e, probe=True)
+    set_aside = sorted((self.workdir / CORRUPT).glob("*")) if (self.workdir / CORRUPT).is_dir() else []
+    if set_aside:
+      raise UserError(
+          f"{self.workdir} holds no checkpoint that restores: {len(set_aside)} damaged one(s) "
+          f"were moved to {self.workdir / CORRUPT}. Rather than start over silently, the run "
+          "stops: add --restart to start afresh (the earlier run's outputs are moved aside, not "
+          "deleted), or use a new --workdir.")
     return None
+
+  def _damaged_or_raise(self, step: int, error: Exception, probe: bool = False) -> None:
+    """Sets the checkpoint at `step` aside if `error` shows it damaged; else raises UserError.
+
+    With `probe`, the checkpoint is read again without this run's parameter tree: if that
+    works, its files are sound and the tree does not match (a stop, not damage)."""
+    if probe and is_damage(error):
+      try:
+        read_raw(self.workdir, step)
+      except Exception as raw_error:  # noqa: BLE001 - classified below
+        error = raw_error
+      else:
+        raise UserError(
+            f"the checkpoint at step {step} in {self.workdir} is readable, but its parameters "
+            f"do not match this run's model ({describe_error(error)}). It was written by "
+            "another jaxchar version or model code. Nothing was changed: resume it with the "
+            "jaxchar that wrote it, or start afresh with --restart or a new --workdir.") from None
+    if not is_damage(error):
+      raise UserError(
+          f"the checkpoint at step {step} in {self.workdir} could not be read "
+          f"({describe_error(error)}). That is not damage to the checkpoint (an I/O error, "
+          "permissions or memory), so nothing was moved or changed: fix the cause and rerun the "
+          "same command to resume.") from None
+    moved = self._set_aside(step)
+    if jax.process_index() == 0:
+      print(f"warning: the checkpoint at step {step} is damaged ({describe_error(error)}); "
+            f"moved it to {moved} and falling back to the previous one.", flush=True)
 
   def _set_aside(self, step: int) -> Path:
     self.manager.close()
-    dest = self.workdir / "corrupt_checkpoints" / f"{step}-{_now()}"
+    dest = self.workdir / CORRUPT / f"{step}-{_now()}"
     if jax.process_index() == 0:
       dest.parent.mkdir(parents=True, exist_ok=True)
       shutil.move(str(_checkpoint_dir(self.workdir) / str(step)), dest)
@@ -97,7 +141,36 @@ class Checkpoints:
     return dest
 
 
-RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "tensorboard", "samples.md", "loss.png")
+RUN_OUTPUTS = ("checkpoints", CORRUPT, "metrics.jsonl", "tensorboard", "samples.md",
+               "loss.png")
+
+# Failures that say something about the machine, not the checkpoint's files (tensorstore's
+# status codes and the OS's messages): never a reason to set a checkpoint aside.
+_ENVIRONMENT_FAILURES = ("PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "UNAVAILABLE",
+                         "DEADLINE_EXCEEDED", "CANCELLED", "ABORTED", "Input/output error",
+                         "No space left", "Permission denied", "Cannot allocate memory",
+                         "out of memory", "Stale file handle")
+
+
+def is_damage(error: BaseException) -> bool:
+  """Whether a failure to read a checkpoint shows its files missing, truncated or unreadable
+  (rather than an I/O error, permissions or memory)."""
+  if isinstance(error, MemoryError):
+    return False
+  if isinstance(error, OSError):
+    return error.errno == errno.ENOENT or isinstance(error, FileNotFoundError)
+  return not any(code in str(error) for code in _ENVIRONMENT_FAILURES)
+
+
+def describe_error(error: BaseException) -> str:
+  return f"{type(error).__name__}: {' '.join(str(error).split())[:200]}"
+
+
+def read_raw(workdir: Path, step: int) -> Any:
+  """One checkpoint's state as saved, without a template (numpy arrays): proof that its files
+  are sound."""
+  return ocp.Checkpointer(ocp.PyTreeCheckpointHandler()).restore(
+      _checkpoint_dir(workdir) / str(step) / "state")
 
 
 def set_aside_run(workdir: Path) -> Path | None:
@@ -149,12 +222,12 @@ def read_meta(workdir: Path, step: int, folder: Path | None = None) -> dict:
   folder = _checkpoint_dir(workdir) / str(step) if folder is None else Path(folder)
   meta = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(
       folder / "meta", args=ocp.args.JsonRestore())
-  if meta.get("format_version") != FORMAT_VERSION:
+  if meta.get("format_version") not in READABLE_FORMATS:
     raise UserError(
         f"the checkpoint at step {step} in {workdir} was written by jaxchar "
         f"{meta.get('jaxchar_version', '(unknown)')} in checkpoint format "
-        f"{meta.get('format_version')}; this jaxchar ({jaxchar.__version__}) reads format "
-        f"{FORMAT_VERSION}. Use that jaxchar version to sample from it, or retrain.")
+        f"{meta.get('format_version')}; this jaxchar ({jaxchar.__version__}) reads formats "
+        f"{', '.join(map(str, READABLE_FORMATS))}. Use that jaxchar version to sample from it, or retrain.")
   return meta
 
 
@@ -196,41 +269,3 @@ def restore_params(workdir: Path, step: int, params_template: Any,
       folder / "state",
       args=ocp.args.PyTreeRestore(item={"params": params_template}, partial_restore=True))
   return restored["params"]
-
-
-# Settings added after format 1 began, with the values that checkpoints written before them
-# were trained with (the reference's): history, so not tied to today's defaults.
-OPTION_DEFAULTS = {"num_layers": 1, "embed_dim": 0, "optimizer": "rmsprop",
-                    "lr_schedule": "constant", "clip_norm": 0.0}
-_OPTION_KEYS = tuple(OPTION_DEFAULTS)
-# Settings that fix the meaning of a checkpoint's parameters and data position.
-_RESUME_KEYS = ("vocab", "corpus_sha256", "lowercase", "maxlen", "hidden", "step", "batch_size",
-                "val_fraction", "seed") + _OPTION_KEYS
-
-
-def run_metadata(config, corpus: Corpus) -> dict:
-  """What a checkpoint must carry besides the state (given the run's training Config): enough
-  to sample and to resume safely."""
-  return {"vocab": corpus.vocab.chars, "corpus_sha256": corpus.sha256,
-          "corpus_chars": len(corpus.ids),
-          "lowercase": config.lowercase, "maxlen": config.maxlen, "hidden": config.hidden,
-          "vocab_size": corpus.vocab.size, "step": config.step, "batch_size": config.batch_size,
-          "val_fraction": config.val_fraction, "seed": config.seed,
-          **{key: getattr(config, key) for key in _OPTION_KEYS}, "config": asdict(config)}
-
-
-def check_resumable(saved: dict, run_meta: dict, workdir: Path) -> None:
-  """Raises UserError when the saved run's settings differ from this run's in _RESUME_KEYS."""
-  saved = {**OPTION_DEFAULTS, **saved}
-  diffs = [f"{k} {_short(saved.get(k))} (checkpoint) vs {_short(run_meta[k])} (now)"
-           for k in _RESUME_KEYS if saved.get(k) != run_meta[k]]
-  if diffs:
-    raise UserError(
-        f"{workdir} holds checkpoints of a different run, so it cannot be resumed: "
-        f"{'; '.join(diffs)}. Rerun with the same settings, or start afresh with --restart "
-        "(existing checkpoints are moved aside, not deleted) or a new --workdir.")
-
-
-def _short(value) -> str:
-  text = repr(value)
-  return text if len(text) <= 24 else text[:21] + "...'"

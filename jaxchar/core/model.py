@@ -15,8 +15,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
+from flax import struct
 
-from jaxchar.core.lstm import Array, Carry, FusedLSTM
+from jaxchar.core.lstm import GATES, Array, Carry, FusedLSTM, lstm_cell
 
 # The default first: fused measured faster on CPU (BENCHMARKS.md); flax is the reference.
 LSTM_IMPLS = ("fused", "flax")
@@ -82,6 +83,10 @@ class CharLSTM(nn.Module):
     carries, _ = self.run_layers(inputs, lengths, train=False)
     return carries, self.head(carries[-1][1]).astype(jnp.float32)
 
+  def stepper(self, params: dict) -> "Stepper":
+    """This model one character at a time, with `params` (called unbound, outside apply)."""
+    return Stepper.of(params, self.dtype)
+
   def run_layers(self, inputs: Array, lengths: Array | None,
                  train: bool) -> tuple[list[Carry], Array]:
     """Each layer's final carry, and the last layer's outputs [B, T, hidden]."""
@@ -122,13 +127,80 @@ def count_params(params) -> int:
 def fused_lstm_kernels(layer_params: dict) -> tuple[Array, Array, Array]:
   """One OptimizedLSTMCell's per-gate params as input kernel [in, 4H], recurrent kernel
   [H, 4H] and bias [4H], gates in the cell's order (i, f, g, o)."""
-  gates = ("i", "f", "g", "o")
-  w_in = jnp.concatenate([layer_params[f"i{g}"]["kernel"] for g in gates], axis=-1)
-  w_rec = jnp.concatenate([layer_params[f"h{g}"]["kernel"] for g in gates], axis=-1)
-  bias = jnp.concatenate([layer_params[f"h{g}"]["bias"] for g in gates], axis=-1)
+  w_in = jnp.concatenate([layer_params[f"i{g}"]["kernel"] for g in GATES], axis=-1)
+  w_rec = jnp.concatenate([layer_params[f"h{g}"]["kernel"] for g in GATES], axis=-1)
+  bias = jnp.concatenate([layer_params[f"h{g}"]["bias"] for g in GATES], axis=-1)
   return w_in, w_rec, bias
 
 
 def num_layers_of(params: dict) -> int:
   """How many LSTM layers a parameter tree holds."""
   return sum(1 for name in params if name.startswith("lstm"))
+
+
+def fused_tensors(params: dict) -> dict[str, np.ndarray]:
+  """The model's weights by the names the exported JavaScript model reads: per layer the fused
+  input kernel, recurrent kernel and bias; the embedding, if any; the output layer."""
+  arrays = {}
+  for i in range(num_layers_of(params)):
+    w_in, w_rec, bias = fused_lstm_kernels(params[layer_name(i)])
+    arrays.update({f"layer{i}.w_in": w_in, f"layer{i}.w_rec": w_rec, f"layer{i}.bias": bias})
+  if "embed" in params:
+    arrays["embed"] = params["embed"]["embedding"]
+  arrays["head.kernel"] = params["head"]["kernel"]
+  arrays["head.bias"] = params["head"]["bias"]
+  return {name: np.asarray(a, np.float32) for name, a in arrays.items()}
+
+
+class Stepper(struct.PyTreeNode):
+  """The model one character at a time (sampling, serving): its weights laid out for single
+  cell steps. Equal to CharLSTM's forward pass over a window, step by step."""
+
+  input_table: Array  # [V, 4H]: the first layer's input projection of every symbol, bias in
+  layers: tuple  # per layer (w_in [in, 4H], w_rec [H, 4H], bias [4H]), computation dtype
+  head_kernel: Array  # [H, V]
+  head_bias: Array  # [V]
+
+  @classmethod
+  def of(cls, params: dict, dtype=jnp.float32) -> "Stepper":
+    """The stepper of a CharLSTM's parameters, computing in `dtype`."""
+    layers = tuple(tuple(w.astype(dtype) for w in fused_lstm_kernels(params[layer_name(i)]))
+                   for i in range(num_layers_of(params)))
+    w_in, _, bias = layers[0]
+    if "embed" in params:
+      w_in = params["embed"]["embedding"].astype(dtype) @ w_in
+    return cls(w_in + bias, layers, params["head"]["kernel"], params["head"]["bias"])
+
+  @property
+  def hidden(self) -> int:
+    return self.layers[0][1].shape[0]
+
+  @property
+  def dtype(self):
+    return self.input_table.dtype
+
+  def initial_carries(self, batch_shape: tuple[int, ...]) -> list[Carry]:
+    """Every layer's zero carry (c, h), each [*batch_shape, H]."""
+    zeros = jnp.zeros((*batch_shape, self.hidden), self.dtype)
+    return [(zeros, zeros) for _ in self.layers]
+
+  def step_projected(self, carries: list[Carry], x_proj: Array) -> list[Carry]:
+    """One cell step of every layer, given the first layer's input projection [..., 4H]."""
+    new = []
+    for i, (carry, (w_in, w_rec, bias)) in enumerate(zip(carries, self.layers)):
+      if i:
+        x_proj = new[-1][1] @ w_in + bias
+      new.append(lstm_cell(*carry, x_proj, w_rec)[:2])
+    return new
+
+  def project(self, ids: Array) -> Array:
+    """The first layer's input projection [..., 4H] of ids [...] (bias included)."""
+    return self.input_table[ids]
+
+  def step(self, carries: list[Carry], ids: Array) -> list[Carry]:
+    """One cell step of every layer on input ids (shaped as the carries' batch)."""
+    return self.step_projected(carries, self.project(ids))
+
+  def readout(self, h: Array) -> Array:
+    """The output layer: float32 logits from the last layer's hidden states h [..., H]."""
+    return (h @ self.head_kernel.astype(h.dtype) + self.head_bias).astype(jnp.float32)

@@ -16,7 +16,7 @@ from jaxchar.errors import UserError
 from jaxchar.exporting import files
 from jaxchar.options import option
 from jaxchar.sampling.config import CheckpointChoice
-from jaxchar.sampling.sampler import load_sampler
+from jaxchar.core.restore import restore
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,16 +59,16 @@ def _browser():
 @entry_point
 def main() -> None:
   config = options.from_flags(BrowserBenchConfig, FLAGS)
-  sampler = load_sampler(config.workdir, config.step)
+  restored = restore(config.workdir, config.step)
   browser = _browser()
   try:
     print(f"browser: {browser.capabilities.get('browserVersion')} headless; model: "
-          f"{config.workdir} step {sampler.step}, LSTM({sampler.meta['hidden']}) x "
-          f"{sampler.meta.get('num_layers', 1)}, window {sampler.maxlen}")
+          f"{config.workdir} step {restored.step}, LSTM({restored.spec.hidden}) x "
+          f"{restored.spec.num_layers}, window {restored.maxlen}")
     with tempfile.TemporaryDirectory() as folder:
       for float16 in (False, True):
         page = Path(folder) / f"model{16 if float16 else 32}.html"
-        files.export(sampler, page, "html", float16)
+        files.export(restored, page, "html", float16)
         browser.get(page.as_uri())
         size = page.stat().st_size / 2**20
         for mode in ("stateful", "window"):

@@ -8,7 +8,7 @@ from pathlib import Path
 from jaxchar.core.atomic import write_text
 from jaxchar.errors import UserError
 from jaxchar.exporting import weights
-from jaxchar.sampling.sampler import Sampler
+from jaxchar.core.restore import Restored
 
 MODULE_FILE = "jaxchar-model.js"
 
@@ -35,11 +35,11 @@ def page(spec: dict) -> str:
           .replace("/*MODEL_JS*/", model_js()))
 
 
-def check_size(sampler: Sampler, float16: bool) -> int:
+def check_size(restored: Restored, float16: bool) -> int:
   """The weights' size in the file; UserError above weights.MAX_BYTES."""
-  size = weights.encoded_bytes(sampler, float16)
+  size = weights.encoded_bytes(restored, float16)
   if size > weights.MAX_BYTES:
-    half = weights.encoded_bytes(sampler, True)
+    half = weights.encoded_bytes(restored, True)
     fix = (f"--float16 halves it to {half / 2**20:,.0f} MB, under the limit"
            if not float16 and half <= weights.MAX_BYTES else
            "it is too large for a browser page even in float16; serve it with "
@@ -49,10 +49,10 @@ def check_size(sampler: Sampler, float16: bool) -> int:
   return size
 
 
-def export(sampler: Sampler, out: Path, format: str, float16: bool) -> list[Path]:
+def export(restored: Restored, out: Path, format: str, float16: bool) -> list[Path]:
   """Writes the export; returns the files written."""
-  check_size(sampler, float16)
-  spec = weights.describe(sampler, float16)
+  check_size(restored, float16)
+  spec = weights.describe(restored, float16)
   if format == "html":
     write_text(out, [page(spec)], "the export")
     return [out]

@@ -1,16 +1,13 @@
-"""What `python -m jaxchar.sample` takes, each option defined once; the temperature checks that
-the trainer's per-epoch samples share. Everything else comes from the checkpoint."""
+"""What `python -m jaxchar.sample` takes, each option defined once (checked by
+`controls.check_controls`). Everything else comes from the checkpoint."""
 
 import dataclasses
-import math
 import re
 from pathlib import Path
 
 from jaxchar.errors import UserError
-from jaxchar.options import check_choices, option
-
-SAMPLE_MODES = ("window", "stateful")  # the generators' names, the reference's first
-UNKNOWN_POLICIES = ("error", "skip")  # prime characters the model never saw
+from jaxchar.options import option
+from jaxchar.sampling.controls import SAMPLE_MODES, UNKNOWN_POLICIES, Controls, check_controls
 
 
 def parse_temperatures(values: list[str] | str, flag: str = "temperatures") -> tuple[float, ...]:
@@ -23,16 +20,6 @@ def parse_temperatures(values: list[str] | str, flag: str = "temperatures") -> t
     raise UserError(
         f"--{flag}={','.join(values)} is not a comma-separated list of numbers; "
         f"pass e.g. --{flag}=0.2,0.5,1.0,1.2.") from None
-
-
-def check_temperatures(temperatures: tuple[float, ...], flag: str) -> None:
-  """Raises UserError unless there is at least one temperature and all are positive."""
-  if not temperatures:
-    raise UserError(f"--{flag} is empty; give one value or a list, e.g. --{flag}=0.2,0.5,1.0.")
-  for t in temperatures:
-    if not (math.isfinite(t) and t > 0):
-      raise UserError(f"temperature {t} in --{flag} must be a positive number (e.g. 0.5): "
-                      "logits are divided by it, so 0 or less has no meaning.")
 
 
 def _parse_sample_temperatures(values: list[str]) -> tuple[float, ...]:
@@ -49,20 +36,6 @@ def unescape_stop(text: str) -> str:
 
 def _parse_stops(values: list[str]) -> tuple[str, ...]:
   return tuple(unescape_stop(v) for v in values)
-
-
-def check_top_p(top_p: float, name: str = "--top_p") -> None:
-  """UserError unless 0 < top_p <= 1."""
-  if not (math.isfinite(top_p) and 0 < top_p <= 1):
-    raise UserError(f"{name}={top_p} must be above 0 and at most 1: the share of probability "
-                    "the most likely characters must reach (e.g. 0.9; 1 = off).")
-
-
-def check_stops(stops: tuple[str, ...], name: str = "--stop") -> None:
-  """UserError for an empty stop string."""
-  if any(not stop for stop in stops):
-    raise UserError(f"{name} has an empty string, which would end every sample at once; give "
-                    "the text a sample should end after, e.g. --stop='\\n\\n' for a blank line.")
 
 
 MODE_HELP = ("window: rerun the LSTM over the last maxlen characters for each new one, as in "
@@ -114,16 +87,12 @@ class SampleConfig(CheckpointChoice):
                       "check the path, or pass the prime with --prime.") from None
     return dataclasses.replace(self, prime=prime, prime_file=None)
 
+  def controls(self) -> Controls:
+    """How to sample, as the checks and the sampler take it."""
+    return Controls(self.temperatures, self.length, self.num_samples, self.top_k, self.top_p,
+                    self.stops, self.mode, self.unknown, self.seed)
+
   def validate(self) -> "SampleConfig":
     """Raises UserError for values that are wrong whatever the checkpoint; returns self."""
-    check_temperatures(self.temperatures, "temperature")
-    if self.length < 1:
-      raise UserError(f"--length={self.length} must be at least 1 character.")
-    if self.num_samples < 1:
-      raise UserError(f"--num_samples={self.num_samples} must be at least 1.")
-    if self.top_k < 0:
-      raise UserError(f"--top_k={self.top_k} must be >= 0 (0 = off).")
-    check_top_p(self.top_p)
-    check_stops(self.stops)
-    check_choices(self)
+    check_controls(self.controls())
     return self

@@ -7,9 +7,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxchar.core.lstm import lstm_cell
-from jaxchar.core.model import CharLSTM, Carry, fused_lstm_kernels, layer_name, num_layers_of
-from jaxchar.sampling.config import SAMPLE_MODES
+from jaxchar.core.model import CharLSTM, Carry, Stepper
+from jaxchar.sampling.controls import SAMPLE_MODES
 
 
 def scale_logits(logits: jnp.ndarray, temperatures: jnp.ndarray,
@@ -55,62 +54,33 @@ def _draw(step_key: jax.Array, logits: jnp.ndarray) -> jnp.ndarray:
   return jax.vmap(jax.random.categorical)(step_key, logits)
 
 
-def _cell_tables(params, dtype) -> tuple[jnp.ndarray, list[tuple]]:
-  """The first layer's input projection of every symbol [V, 4H] (embedding and bias folded
-  in), and per layer its (input kernel, recurrent kernel, bias)."""
-  layers = [tuple(w.astype(dtype) for w in fused_lstm_kernels(params[layer_name(i)]))
-            for i in range(num_layers_of(params))]
-  w_in, _, bias = layers[0]
-  if "embed" in params:
-    w_in = params["embed"]["embedding"].astype(dtype) @ w_in
-  return w_in + bias, layers
-
-
-def _stack_step(carries: list[Carry], x_proj: jnp.ndarray, layers: list[tuple]) -> list[Carry]:
-  """One cell step of every layer, given the first layer's input projection."""
-  new = []
-  for i, (carry, (w_in, w_rec, bias)) in enumerate(zip(carries, layers)):
-    if i:
-      x_proj = new[-1][1] @ w_in + bias
-    new.append(lstm_cell(*carry, x_proj, w_rec)[:2])
-  return new
-
-
-def _readout(params, h: jnp.ndarray) -> jnp.ndarray:
-  """The output layer: float32 logits from hidden states h [..., H]."""
-  head = params["head"]
-  return (h @ head["kernel"].astype(h.dtype) + head["bias"]).astype(jnp.float32)
-
-
 def _window_start(model: Any, params, context: jnp.ndarray,
                   context_len: jnp.ndarray | int | None) -> tuple[list[Carry], jnp.ndarray]:
   """The window states after the context, and the position of the first character to write."""
   batch, maxlen = context.shape
   filled = jnp.broadcast_to(jnp.asarray(maxlen if context_len is None else context_len,
                                         jnp.int32), (batch,))
-  x_table, layers = _cell_tables(params, model.dtype)
-  hidden = layers[0][1].shape[0]
-  zeros = [(jnp.zeros((maxlen, batch, hidden), model.dtype),) * 2 for _ in layers]
+  stepper = model.stepper(params)
 
   def prime(slots, t):
-    fed = _consume(model, slots, context[:, t], jnp.full((batch,), t), x_table, layers)
+    fed = _consume(stepper, slots, context[:, t], jnp.full((batch,), t))
     real = (t < filled)[None, :, None]
     return jax.tree_util.tree_map(lambda a, b: jnp.where(real, a, b), fed, slots), None
 
-  slots, _ = jax.lax.scan(prime, zeros, jnp.arange(maxlen))
+  slots, _ = jax.lax.scan(prime, stepper.initial_carries((maxlen, batch)), jnp.arange(maxlen))
   return slots, filled
 
 
-def _consume(model: Any, slots: list[Carry], ids: jnp.ndarray, position: jnp.ndarray,
-             x_table: jnp.ndarray, layers: list[tuple]) -> list[Carry]:
+def _consume(stepper: Stepper, slots: list[Carry], ids: jnp.ndarray,
+             position: jnp.ndarray) -> list[Carry]:
   """Starts each row's window at its `position` [B] and feeds ids [B] to all windows."""
   # Per layer (c, h) [maxlen, B, H]: slot position % maxlen holds the window starting there.
   maxlen, batch = slots[0][0].shape[:2]
   fresh = jnp.arange(maxlen)[:, None] == (position % maxlen)[None, :]
-  keep = (~fresh).astype(model.dtype)[:, :, None]
+  keep = (~fresh).astype(stepper.dtype)[:, :, None]
   slots = [(c * keep, h * keep) for c, h in slots]  # a fresh (zero) state starts here
-  x_proj = jnp.broadcast_to(x_table[ids], (maxlen, batch, x_table.shape[-1]))
-  return _stack_step(slots, x_proj, layers)
+  x_proj = stepper.project(ids)  # once per row, then the same for every window
+  return stepper.step_projected(slots, jnp.broadcast_to(x_proj, (maxlen, *x_proj.shape)))
 
 
 def _window_run(model: Any, params, slots: list[Carry], position: jnp.ndarray,
@@ -118,15 +88,15 @@ def _window_run(model: Any, params, slots: list[Carry], position: jnp.ndarray,
                 step_keys: jax.Array) -> tuple[list[Carry], jnp.ndarray, jnp.ndarray]:
   """Writes one character per step key: (window states, next position, ids [B, length])."""
   maxlen, batch = slots[0][0].shape[:2]
-  x_table, layers = _cell_tables(params, model.dtype)
+  stepper = model.stepper(params)
   rows = jnp.arange(batch)
 
   def next_id(state, step_key):
     slots, position = state
     # The logits for `position` come from the window that ends just before it.
-    logits = _readout(params, slots[-1][1][jnp.maximum(position - maxlen, 0) % maxlen, rows])
+    logits = stepper.readout(slots[-1][1][jnp.maximum(position - maxlen, 0) % maxlen, rows])
     new = _draw(step_key, scale_logits(logits, temperatures, top_k, top_p))
-    slots = _consume(model, slots, new, position, x_table, layers)
+    slots = _consume(stepper, slots, new, position)
     return (slots, position + 1), new.astype(jnp.int32)
 
   (slots, position), generated = jax.lax.scan(next_id, (slots, position), step_keys)
@@ -203,13 +173,13 @@ def _stateful_run(model: CharLSTM, params, carries: list[Carry], logits: jnp.nda
                   temperatures: jnp.ndarray, top_k: jnp.ndarray | int, top_p: jnp.ndarray | float,
                   step_keys: jax.Array) -> tuple[list[Carry], jnp.ndarray, jnp.ndarray]:
   """Writes one character per step key: (carries, next logits, ids [B, length])."""
-  x_table, layers = _cell_tables(params, model.dtype)
+  stepper = model.stepper(params)
 
   def next_id(state, step_key):
     carries, logits = state
     new = _draw(step_key, scale_logits(logits, temperatures, top_k, top_p))
-    carries = _stack_step(carries, x_table[new], layers)
-    return (carries, _readout(params, carries[-1][1])), new.astype(jnp.int32)
+    carries = stepper.step(carries, new)
+    return (carries, stepper.readout(carries[-1][1])), new.astype(jnp.int32)
 
   (carries, logits), generated = jax.lax.scan(next_id, (carries, logits), step_keys)
   return carries, logits, generated.T

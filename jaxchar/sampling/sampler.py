@@ -1,40 +1,31 @@
-"""A trained model restored from a checkpoint, ready to sample: prime handling, the checkpoint
-choice (best, latest, older ones when one fails), and one batched generation call for many rows.
-Used by `jaxchar.sample` and `jaxchar.serve`."""
+"""Sampling from a restored model: prime handling, one batched generation call for many rows,
+and the CLI's report. Used by `jaxchar.sample` and `jaxchar.serve`."""
 
 import dataclasses
-import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxchar.core import checkpoint
-from jaxchar.core.data import Vocab
-from jaxchar.core.model import CharLSTM, init_params
+from jaxchar.core.restore import Restored, checkpoint_header, restore
 from jaxchar.errors import UserError
 from jaxchar.sampling import generate
 from jaxchar.sampling.config import SampleConfig
+from jaxchar.sampling.controls import Bounds, Controls, check_controls
 from jaxchar.sampling.generate import GENERATORS
 
 CHUNK = 64  # characters a row writes per generation call in generate_rows and the server
 
 
 @dataclasses.dataclass(frozen=True)
-class Sampler:
-  """A restored model, ready to sample: parameters plus the checkpoint's metadata."""
+class Sampler(Restored):
+  """A restored model with the operations that sample from it."""
 
-  model: CharLSTM
-  params: Any
-  vocab: Vocab
-  maxlen: int
-  lowercase: bool
-  step: int
-  meta: dict
+  @classmethod
+  def of(cls, restored: Restored) -> "Sampler":
+    return cls(**{f.name: getattr(restored, f.name) for f in dataclasses.fields(Restored)})
 
   def clean_prime(self, prime: str, unknown: str = "error") -> str:
     """The prime as the model sees it: lowercased if it was trained so, characters it never
@@ -65,9 +56,8 @@ class Sampler:
              stops: Sequence[str] = ()) -> list[list[str]]:
     """`num_samples` continuations of `prime` per temperature: result[t][n], each ending right
     after the first of `stops` it writes (cut_at_stop), if any."""
-    if top_k > self.vocab.size:
-      raise UserError(f"--top_k={top_k} is larger than the vocabulary ({self.vocab.size} "
-                      f"characters); use 0 (off) to {self.vocab.size}.")
+    check_controls(Controls(tuple(temperatures), length, num_samples, top_k, top_p, tuple(stops),
+                            mode, unknown, seed), Bounds(vocab_size=self.vocab.size))
     window, filled = self.encode_prime(prime, unknown)
     temps = np.repeat(np.asarray(temperatures, np.float32), num_samples)
     context = np.broadcast_to(window, (len(temps), self.maxlen))
@@ -141,131 +131,9 @@ def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, str | None]:
   return text[:end], stops[i]
 
 
-LISTING_ROUNDS = 5  # times the sampler lists a live run's checkpoints before giving up
-
-
-def candidate_steps(metas: dict[int, dict]) -> list[int]:
-  """The order to try checkpoints in: the best by validation loss, the latest, then older."""
-  scored = [(meta["val_loss"], step) for step, meta in metas.items()
-            if meta.get("val_loss") is not None]
-  first = [min(scored)[1]] if scored else []
-  return list(dict.fromkeys(first + sorted(metas, reverse=True)))
-
-
-def _describe(error: Exception) -> str:
-  return f"{type(error).__name__}: {' '.join(str(error).split())[:160]}"
-
-
-def _warn(message: str) -> None:
-  print(f"warning: {message}", file=sys.stderr, flush=True)
-
-
-def _restore_sampler(workdir: Path, step: int, meta: dict,
-                     folder: Path | None = None) -> "Sampler":
-  model = CharLSTM(meta["vocab_size"], meta["hidden"], meta.get("num_layers", 1),
-                   meta.get("embed_dim", 0))
-  template = jax.device_get(init_params(model, jax.random.PRNGKey(0), meta["maxlen"]))
-  params = jax.device_put(checkpoint.restore_params(workdir, step, template, folder))
-  return Sampler(model, params, Vocab(meta["vocab"]), meta["maxlen"], meta["lowercase"], step,
-                 meta)
-
-
-def _finished_steps(workdir: Path, flag: str) -> list[int]:
-  if not workdir.is_dir():
-    raise UserError(f"{flag}={workdir} does not exist; point it at a training run's folder "
-                    "(the trainer's --workdir, default ckpt/moe).")
-  steps = checkpoint.checkpoint_steps(workdir)
-  if not steps and checkpoint.unfinished_checkpoints(workdir):
-    raise UserError(f"{flag}={workdir} has no finished checkpoint yet: the first one is still "
-                    "being written (or its writer stopped midway). Wait for the trainer's first "
-                    "save (end of epoch 1, or every --save_every_steps) and retry.")
-  if not steps:
-    raise UserError(f"{flag}={workdir} holds no checkpoint; train first, e.g. "
-                    f"`python -m jaxchar.train --flagfile=launch/moe.flags --workdir={workdir}`.")
-  return steps
-
-
-def load_sampler(workdir: str | Path, step: int | None = None,
-                 flag: str = "--workdir") -> Sampler:
-  """Restores parameters (not optimizer state) and metadata onto the default device.
-
-  Without `step`: the best checkpoint, else the latest, else older ones, skipping with a
-  warning any that fail to restore. Each is read from a private snapshot of hard links
-  (checkpoint.snapshot), so a live run deleting it (--keep) cannot spoil the read; one that
-  vanishes before its snapshot is as if never there. Never changes `workdir`. Errors name it
-  as `flag` (the trainer's --init_from reads a run this way too).
-  """
-  workdir = Path(workdir)
-  steps = _finished_steps(workdir, flag)
-  with tempfile.TemporaryDirectory(prefix="jaxchar-read-") as private:
-    if step is not None:
-      return _load_step(workdir, step, steps, Path(private), flag)
-    failures, tried = [], set()
-    for _ in range(LISTING_ROUNDS):  # a live run may have saved new ones while we read
-      metas, folders = {}, {}
-      for candidate in sorted(set(steps) - tried):
-        tried.add(candidate)
-        try:
-          folders[candidate] = checkpoint.snapshot(workdir, candidate, Path(private))
-        except OSError:
-          continue  # deleted since listed (a live run's --keep): as if never there
-        try:
-          metas[candidate] = checkpoint.read_meta(workdir, candidate, folders[candidate])
-        except UserError:
-          raise
-        except Exception as e:  # noqa: BLE001 - reported, and the next checkpoint is tried
-          _skip(workdir, candidate, e, failures, "its metadata cannot be read")
-      for candidate in candidate_steps(metas):
-        try:
-          return _restore_sampler(workdir, candidate, metas[candidate], folders[candidate])
-        except Exception as e:  # noqa: BLE001 - reported, and the next checkpoint is tried
-          _skip(workdir, candidate, e, failures, "it cannot be restored")
-      steps = checkpoint.checkpoint_steps(workdir)
-      if not set(steps) - tried:
-        break
-  if not failures:
-    raise UserError(f"every checkpoint in {workdir} was deleted before it could be read; is a "
-                    "trainer with a small --keep saving very often there? Retry.")
-  raise UserError(f"none of the {len(tried)} checkpoints in {workdir} can be restored "
-                  f"({'; '.join(failures)[:600]}). They are damaged; rerun the trainer with "
-                  f"--workdir={workdir} (it sets damaged checkpoints aside and resumes from the "
-                  "newest good one, or starts afresh).")
-
-
-def _skip(workdir: Path, step: int, error: Exception, failures: list[str], what: str) -> None:
-  """Records and warns of a checkpoint that failed to read, unless it was being deleted as it
-  was linked (then it is as if never there)."""
-  if not checkpoint.has_step(workdir, step):
-    return
-  failures.append(f"step {step}: {_describe(error)}")
-  _warn(f"skipping the checkpoint at step {step} in {workdir}: {what} ({_describe(error)}); "
-        "trying the next one.")
-
-
-def _load_step(workdir: Path, step: int, steps: list[int], private: Path,
-               flag: str) -> Sampler:
-  """The checkpoint at `step`, read from a snapshot in `private`."""
-  asked = f"--step={step}" if flag == "--workdir" else f"{flag}={workdir}:{step}"
-  if step not in steps:
-    raise UserError(f"{asked} has no checkpoint in {workdir}; the steps saved are "
-                    f"{', '.join(map(str, steps))}.")
-  try:
-    folder = checkpoint.snapshot(workdir, step, private)
-    return _restore_sampler(workdir, step, checkpoint.read_meta(workdir, step, folder), folder)
-  except UserError:
-    raise
-  except Exception as e:  # orbax raises many types for missing or damaged files
-    raise UserError(f"the checkpoint at step {step} in {workdir} cannot be restored "
-                    f"({_describe(e)}): it is damaged, or was deleted meanwhile by a running "
-                    "trainer's --keep. Leave out the step to use the best one that "
-                    "restores.") from None
-
-
-def checkpoint_header(sampler: Sampler) -> str:
-  """The first line of what the sampler, scorer and exporter print: which checkpoint."""
-  val = sampler.meta.get("val_loss")
-  return (f"# checkpoint step {sampler.step} (epoch {sampler.meta.get('epoch')}"
-          + (f", validation loss {val:.4f} nats)" if val is not None else ")"))
+def load_sampler(workdir: str | Path, step: int | None = None) -> Sampler:
+  """The checkpoint `restore` chooses in `workdir` (or the one at `step`), ready to sample."""
+  return Sampler.of(restore(workdir, step))
 
 
 def run_sampling(config: SampleConfig) -> str:

@@ -15,7 +15,7 @@ from flax import jax_utils
 from jaxchar.core.data import Vocab
 from jaxchar.core.model import CharLSTM
 from jaxchar.errors import UserError
-from jaxchar.sampling.sampler import Sampler
+from jaxchar.core.restore import Restored
 from jaxchar.training.progress import ValidationProgress
 
 
@@ -113,7 +113,7 @@ def _pmapped(devices: tuple):
   return jax.pmap(_log_probs_of, static_broadcasted_argnums=(0, 1, 2), devices=devices)
 
 
-def score(sampler: Sampler, prepared: Prepared, from_start: bool = False,
+def score(restored: Restored, prepared: Prepared, from_start: bool = False,
           batch_size: int = 1024, show_progress: bool = False, devices=None) -> Score:
   """Scores `prepared` (check_scorable first) on every local device (or `devices`),
   `batch_size` characters per call; a progress bar on stderr when `show_progress` and there
@@ -121,9 +121,9 @@ def score(sampler: Sampler, prepared: Prepared, from_start: bool = False,
   devices = tuple(devices or jax.local_devices())
   per_device = -(-batch_size // len(devices))
   batch = per_device * len(devices)
-  targets = target_indices(len(prepared.ids), sampler.maxlen, from_start)
-  padded_ids = np.concatenate([prepared.ids, np.zeros(sampler.maxlen, prepared.ids.dtype)])
-  p_params = jax_utils.replicate(sampler.params, devices)
+  targets = target_indices(len(prepared.ids), restored.maxlen, from_start)
+  padded_ids = np.concatenate([prepared.ids, np.zeros(restored.maxlen, prepared.ids.dtype)])
+  p_params = jax_utils.replicate(restored.params, devices)
   p_ids = jax_utils.replicate(jnp.asarray(padded_ids), devices)
   step = _pmapped(devices)
   num_batches = -(-len(targets) // batch)
@@ -133,7 +133,7 @@ def score(sampler: Sampler, prepared: Prepared, from_start: bool = False,
     for i in range(num_batches):
       chunk = targets[i * batch:(i + 1) * batch]
       shaped = np.resize(chunk, batch).reshape(len(devices), per_device)  # padded by repeats
-      results.append((step(sampler.model, sampler.maxlen, not from_start, p_params, p_ids,
+      results.append((step(restored.model, restored.maxlen, not from_start, p_params, p_ids,
                            shaped), len(chunk)))
       if i:
         jax.block_until_ready(results[-2][0])
@@ -141,7 +141,7 @@ def score(sampler: Sampler, prepared: Prepared, from_start: bool = False,
     bar.update(num_batches)
   log_probs = np.concatenate([np.asarray(r).reshape(-1)[:n] for r, n in results]
                              ) if results else np.zeros(0, np.float32)
-  return Score(prepared, prepared.positions[targets], log_probs, from_start, sampler.maxlen)
+  return Score(prepared, prepared.positions[targets], log_probs, from_start, restored.maxlen)
 
 
 def tsv_char(c: str) -> str:

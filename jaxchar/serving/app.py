@@ -18,7 +18,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
 import jaxchar
-from jaxchar.sampling.config import SAMPLE_MODES
+from jaxchar.sampling.controls import SAMPLE_MODES
 from jaxchar.sampling.sampler import CHUNK, Sampler, cut_at_stop
 from jaxchar.serving import guards
 from jaxchar.serving.batcher import Batcher
@@ -35,14 +35,13 @@ SCORE_BATCH = 256  # characters per scoring call: one compiled shape serves ever
 
 
 def model_info(sampler: Sampler, batcher: Batcher, limits: Limits) -> dict:
-  meta = sampler.meta
-  config = meta.get("config", {})
+  meta, spec = sampler.meta, sampler.spec
   return {
       "jaxchar": jaxchar.__version__, "step": sampler.step, "epoch": meta.get("epoch"),
-      "val_loss": meta.get("val_loss"), "vocab_size": sampler.vocab.size,
-      "corpus_chars": meta.get("corpus_chars"), "data": config.get("data"),
-      "lowercase": sampler.lowercase, "maxlen": sampler.maxlen, "hidden": meta.get("hidden"),
-      "num_layers": meta.get("num_layers", 1), "modes": list(SAMPLE_MODES),
+      "val_loss": meta.get("val_loss"), "vocab_size": spec.vocab_size,
+      "corpus_chars": meta.get("corpus_chars"), "data": sampler.training_config.get("data"),
+      "lowercase": spec.lowercase, "maxlen": spec.maxlen, "hidden": spec.hidden,
+      "num_layers": spec.num_layers, "modes": list(SAMPLE_MODES),
       "max_batch": batcher.max_batch, "max_length": limits.max_length,
       "max_score": limits.max_score, "init_from": meta.get("init_from"),
       "max_queue": batcher.max_queue, "request_timeout_s": limits.request_timeout_s,

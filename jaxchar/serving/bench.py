@@ -23,7 +23,7 @@ from absl import app, flags
 
 from jaxchar import host, logs, options
 from jaxchar.options import option
-from jaxchar.sampling.config import SAMPLE_MODES
+from jaxchar.sampling.controls import SAMPLE_MODES
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,7 +7,8 @@ import math
 import re
 
 from jaxchar.errors import UserError
-from jaxchar.sampling.config import SAMPLE_MODES, UNKNOWN_POLICIES, SampleConfig
+from jaxchar.sampling.config import SampleConfig
+from jaxchar.sampling.controls import Bounds, Controls, check_controls
 from jaxchar.sampling.sampler import Sampler
 
 MAX_BODY_BYTES = 64 * 1024
@@ -30,7 +31,7 @@ class BadRequest(Exception):
 class Limits:
   max_length: int
   max_prime: int
-  max_samples: int
+  max_batch: int  # also the most samples one request may ask for
   request_timeout_s: float = 120.0
   client_timeout_s: float = 10.0
   max_score: int = 20_000  # characters of a text POST /api/score takes
@@ -143,33 +144,20 @@ def parse(fields: dict, sampler: Sampler, limits: Limits) -> GenerationRequest:
     raise BadRequest(f"prime has {len(prime):,} characters; at most {limits.max_prime:,} are "
                      "allowed (--max_prime), and only the last window of it is context anyway.")
   temperature = _number(fields, "temperature", float)
-  if temperature <= 0:
-    raise BadRequest(f"temperature must be above 0 (e.g. 0.5), got {temperature}.")
   length = _number(fields, "length", int)
-  if not 1 <= length <= limits.max_length:
-    raise BadRequest(f"length must be from 1 to {limits.max_length:,} (--max_length), got "
-                     f"{length}.")
   top_k = _number(fields, "top_k", int)
-  if not 0 <= top_k <= sampler.vocab.size:
-    raise BadRequest(f"top_k must be from 0 (off) to the vocabulary size, "
-                     f"{sampler.vocab.size}, got {top_k}.")
   top_p = _number(fields, "top_p", float)
-  if not 0 < top_p <= 1:
-    raise BadRequest(f"top_p must be above 0 and at most 1 (1 = off), got {top_p}.")
   stops = _stops(fields.get("stop", DEFAULTS["stop"]))
   num_samples = _number(fields, "num_samples", int)
-  if not 1 <= num_samples <= limits.max_samples:
-    raise BadRequest(f"num_samples must be from 1 to {limits.max_samples} (--max_batch), got "
-                     f"{num_samples}.")
   seed = _number(fields, "seed", int)
-  if not 0 <= seed < 2**31:
-    raise BadRequest(f"seed must be from 0 to {2**31 - 1}, got {seed}.")
-  mode = fields.get("mode", DEFAULTS["mode"])
-  if mode not in SAMPLE_MODES:
-    raise BadRequest(f"mode must be one of {', '.join(SAMPLE_MODES)}, got {mode!r}.")
-  unknown = fields.get("unknown", DEFAULTS["unknown"])
-  if unknown not in UNKNOWN_POLICIES:
-    raise BadRequest(f"unknown must be one of {', '.join(UNKNOWN_POLICIES)}, got {unknown!r}.")
+  mode, unknown = (fields.get(name, DEFAULTS[name]) for name in ("mode", "unknown"))
+  bounds = Bounds(sampler.vocab.size, limits.max_length, limits.max_batch, MAX_STOPS,
+                  MAX_STOP_CHARS, {"max_length": "--max_length", "max_samples": "--max_batch"})
+  try:
+    check_controls(Controls((temperature,), length, num_samples, top_k, top_p, stops, mode,
+                            unknown, seed), bounds, name=str)
+  except UserError as e:
+    raise BadRequest(str(e)) from None
   try:
     prime = sampler.clean_prime(prime, unknown)
   except UserError as e:
@@ -183,13 +171,8 @@ def _stops(value) -> tuple[str, ...]:
   stops = [value] if isinstance(value, str) else value
   if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
     raise BadRequest(f"stop must be a string or a list of strings, got {value!r}.")
-  if len(stops) > MAX_STOPS:
+  if len(stops) > MAX_STOPS:  # before looking at each one
     raise BadRequest(f"stop has {len(stops)} strings; at most {MAX_STOPS} are allowed.")
-  if any(not s for s in stops):
-    raise BadRequest("stop has an empty string, which would end every sample at once; send "
-                     "the text a sample should end after, e.g. \"\\n\\n\".")
-  if any(len(s) > MAX_STOP_CHARS for s in stops):
-    raise BadRequest(f"a stop string has over {MAX_STOP_CHARS} characters.")
   return tuple(stops)
 
 

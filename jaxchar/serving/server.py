@@ -13,7 +13,7 @@ import time
 import uvicorn
 
 from jaxchar.errors import UserError
-from jaxchar.sampling.config import SAMPLE_MODES
+from jaxchar.sampling.controls import SAMPLE_MODES
 from jaxchar.sampling.sampler import load_sampler
 from jaxchar.scoring import scorer
 from jaxchar.serving import app as app_lib

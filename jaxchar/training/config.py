@@ -7,7 +7,8 @@ import math
 from jaxchar.core.model import LSTM_IMPLS
 from jaxchar.errors import UserError
 from jaxchar.options import check_choices, option
-from jaxchar.sampling.config import SAMPLE_MODES, check_temperatures, parse_temperatures
+from jaxchar.sampling.config import parse_temperatures
+from jaxchar.sampling.controls import SAMPLE_MODES, check_temperatures
 
 DEFAULT_DATA = "data/moes_tavern_lines.txt"
 # Allowed values of the string options, the reference's first.
@@ -149,7 +150,7 @@ class Config:
     if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
       raise UserError(f"--learning_rate={self.learning_rate} must be a positive number.")
     if self.sample_len:
-      check_temperatures(self.temperatures, "temperatures")
+      check_temperatures(self.temperatures, "--temperatures")
     if self.init_from:
       parse_init_from(self.init_from)
     return self

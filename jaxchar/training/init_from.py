@@ -12,8 +12,9 @@ import numpy as np
 from jaxchar.core import checkpoint
 from jaxchar.core import corpus as corpus_lib
 from jaxchar.core.data import Vocab
+from jaxchar.core.restore import restore
+from jaxchar.core.spec import ModelSpec
 from jaxchar.errors import UserError
-from jaxchar.sampling.sampler import load_sampler
 from jaxchar.training.config import DEFAULT_DATA, Config, parse_init_from
 
 # Options that fix the shape of the base's parameters (or what its ids mean): taken from it.
@@ -29,21 +30,23 @@ class Base:
   step: int
   meta: dict
   params: Any  # host numpy arrays
+  model_spec: ModelSpec
 
   @property
   def vocab(self) -> Vocab:
-    return Vocab(self.meta["vocab"])
+    return Vocab(self.model_spec.vocab)
 
   def shape(self, name: str) -> Any:
-    return self.meta.get(name, checkpoint.OPTION_DEFAULTS.get(name))
+    return getattr(self.model_spec, name)
 
 
 def load_base(spec: str) -> Base:
   """The checkpoint --init_from names: its best (as the sampler chooses) unless a step is given,
   with the sampler's fallback past damaged ones and its errors (naming --init_from)."""
   workdir, step = parse_init_from(spec)
-  sampler = load_sampler(workdir, step, flag="--init_from")
-  return Base(spec, Path(workdir), sampler.step, sampler.meta, jax.device_get(sampler.params))
+  restored = restore(workdir, step, flag="--init_from")
+  return Base(spec, Path(workdir), restored.step, restored.meta, jax.device_get(restored.params),
+              restored.spec)
 
 
 def adopt_shape(config: Config, base: Base, given: Collection[str]) -> Config:

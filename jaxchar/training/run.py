@@ -15,7 +15,7 @@ from jaxchar.core import checkpoint, data
 from jaxchar.core import corpus as corpus_lib
 from jaxchar.core.model import CharLSTM, count_params
 from jaxchar.errors import UserError
-from jaxchar.training import distributed, init_from, metrics, steps
+from jaxchar.training import distributed, init_from, metrics, resume, steps
 from jaxchar.training.config import (AUTO_TRAIN_CHARS, DEFAULT_DATA, MAX_AUTO_EPOCHS, Config,
                                      auto_epochs)
 from jaxchar.training.distributed import say
@@ -139,11 +139,15 @@ def start_run(config: Config, workdir: Path, base: init_from.Base | None = None)
         f"about {AUTO_TRAIN_CHARS / 1e6:g} M characters in all, {MAX_AUTO_EPOCHS} epochs at "
         "most)")
 
-  run_meta = checkpoint.run_metadata(config, corpus)
+  run_meta = resume.run_metadata(config, corpus)
   checkpoints = checkpoint.Checkpoints(workdir, config.keep)
   early = EarlyStopping(config.patience)
-  position = {}
-  restored = checkpoints.restore_latest(jax.device_get(_savable(state)), run_meta)
+  position, changed = {}, []
+
+  def check(meta: dict) -> None:
+    changed[:] = resume.check_resumable(meta, run_meta, workdir)
+
+  restored = checkpoints.restore_latest(jax.device_get(_savable(state)), check)
   if restored:
     saved_state, meta = restored
     state = state.replace(**saved_state)
@@ -158,6 +162,8 @@ def start_run(config: Config, workdir: Path, base: init_from.Base | None = None)
     say(f"resuming from the checkpoint at step {int(state.step)} (epoch "
         f"{position['start_epoch']}, batch {position['start_batch']})"
         + (f"; this run started from {began['workdir']} step {began['step']}" if began else ""))
+    if changed:
+      say(f"resumed with {', '.join(changed)}")
   elif base is not None:
     say(init_from.describe(base, new_symbols))
     params = jax.tree_util.tree_map(jnp.asarray, init_from.start_params(
