@@ -3,6 +3,7 @@ and both the absl flags and the frozen config are built from it (`define_flags`,
 """
 
 import dataclasses
+import sys
 import types
 import typing
 from collections.abc import Callable
@@ -18,15 +19,16 @@ flags.disclaim_key_flags()
 
 def option(default: Any, help: str, *, choices: tuple[str, ...] | None = None,
            flag: str | None = None, parse: Callable[[Any], Any] | None = None,
-           repeatable: bool = False) -> Any:
+           repeatable: bool = False, old_names: tuple[str, ...] = ()) -> Any:
   """A dataclass field that is also a command-line flag.
 
   choices: the allowed values (an enum flag, and checked by `check_choices`); flag: the flag's
   name when it differs from the field's; parse: turns the flag's value into the field's;
-  repeatable: a tuple of strings given as --flag=a --flag=b (each may hold commas)."""
+  repeatable: a tuple of strings given as --flag=a --flag=b (each may hold commas); old_names:
+  earlier names that still set it (flagfiles keep working), with a note saying the new one."""
   return dataclasses.field(default=default, metadata={
       "help": help, "choices": choices, "flag": flag or None, "parse": parse,
-      "repeatable": repeatable})
+      "repeatable": repeatable, "old_names": old_names})
 
 
 def option_fields(cls: type) -> list[dataclasses.Field]:
@@ -68,12 +70,19 @@ def define_flags(cls: type, flag_values: flags.FlagValues = flags.FLAGS) -> None
       flags.DEFINE_string(name, default, help_text, flag_values=flag_values)
     else:
       raise TypeError(f"option {cls.__name__}.{field.name} has unsupported type {kind}")
+    for old in field.metadata.get("old_names", ()):
+      flags.DEFINE_alias(old, name, flag_values=flag_values)
 
 
 def from_flags(cls: type, flag_values: flags.FlagValues = flags.FLAGS) -> Any:
   """An instance of `cls` with every option field taken from the parsed flags."""
   values = {}
   for field in option_fields(cls):
+    for old in field.metadata.get("old_names", ()):
+      if flag_values[old].present:
+        print(f"note: --{old} is now called --{flag_name(field)}; read --{old}="
+              f"{flag_values[old].value} as --{flag_name(field)}={flag_values[old].value}. "
+              "Rename it in your flagfile or command.", file=sys.stderr, flush=True)
     value = flag_values[flag_name(field)].value
     if field.metadata["parse"] is not None:
       value = field.metadata["parse"](value)

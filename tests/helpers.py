@@ -36,7 +36,7 @@ def write_tiny_text(folder: Path) -> Path:
 
 def tiny_config(data: Path, **overrides) -> Config:
   """A config that trains in seconds: hidden 16, window 8, batch 16, no samples."""
-  fields = dict(data=str(data), maxlen=8, step=2, hidden=16, batch_size=16, eval_batch_size=64,
+  fields = dict(data=str(data), maxlen=8, stride=2, hidden=16, batch_size=16, eval_batch_size=64,
                 epochs=2, sample_len=0, temperatures=(0.5, 1.0))
   return Config(**{**fields, **overrides}).validate()
 

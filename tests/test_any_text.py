@@ -27,7 +27,7 @@ def test_any_text_recipe_runs_end_to_end_and_says_what_it_chose(tiny_file, tmp_p
   monkeypatch.chdir(REPO)
   FLAGS.unparse_flags()
   argv = FLAGS(["jaxchar.train", "--flagfile=launch/any_text.flags", f"--data={tiny_file}",
-                f"--workdir={tmp_path / 'run'}", "--hidden=16", "--maxlen=8", "--step=4",
+                f"--workdir={tmp_path / 'run'}", "--hidden=16", "--maxlen=8", "--stride=4",
                 "--batch_size=16", "--sample_len=20", "--compilation_cache="])
   try:
     train.main(argv)

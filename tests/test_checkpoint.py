@@ -115,7 +115,7 @@ def run_cli(args: list[str], devices: int = 1, **kwargs) -> subprocess.Popen:
 def test_sigterm_saves_and_the_resumed_run_matches_an_uninterrupted_one(tiny_file, tmp_path):
   """A real SIGTERM to a training subprocess on 1 device, sent once its first periodic
   checkpoint exists (so the handler is installed and training is under way)."""
-  args = [f"--data={tiny_file}", "--maxlen=8", "--step=1", "--hidden=16", "--batch_size=16",
+  args = [f"--data={tiny_file}", "--maxlen=8", "--stride=1", "--hidden=16", "--batch_size=16",
           "--epochs=4", "--sample_len=0", "--save_every_steps=10"]
   interrupted = tmp_path / "interrupted"
   proc = run_cli([*args, f"--workdir={interrupted}"])
@@ -161,7 +161,7 @@ def _trained_twice(tiny_file, tmp_path) -> tuple[object, list[int]]:
 def _resume_cli(tiny_file, workdir, capsys, *extra) -> tuple[int, str]:
   """Runs the trainer's main in-process as a user would resume; (exit code, stderr)."""
   capsys.readouterr()
-  code = run_main([f"--data={tiny_file}", "--maxlen=8", "--step=2", "--hidden=16",
+  code = run_main([f"--data={tiny_file}", "--maxlen=8", "--stride=2", "--hidden=16",
                    "--batch_size=16", "--eval_batch_size=64", "--epochs=3", "--sample_len=0",
                    f"--workdir={workdir}", *extra])
   return code, " ".join(capsys.readouterr().err.split())  # unwrapped

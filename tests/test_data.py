@@ -9,7 +9,7 @@ from jaxchar.errors import UserError
 
 
 def test_reference_counts_on_the_real_corpus(moes_text):
-  corpus = data.build_corpus(moes_text, maxlen=60, step=3, val_fraction=0.1)
+  corpus = data.build_corpus(moes_text, maxlen=60, stride=3, val_fraction=0.1)
   assert len(moes_text) == 305_270
   assert corpus.vocab.size == 65
   assert corpus.cut == 275_100
@@ -42,13 +42,13 @@ def test_vocab_round_trip():
 
 
 def test_lowercase_is_optional():
-  assert data.build_corpus("AbC" * 20, maxlen=4, step=1, val_fraction=0.5,
+  assert data.build_corpus("AbC" * 20, maxlen=4, stride=1, val_fraction=0.5,
                            lowercase=False).vocab.chars == "ACb"
-  assert data.build_corpus("AbC" * 20, maxlen=4, step=1, val_fraction=0.5).vocab.chars == "abc"
+  assert data.build_corpus("AbC" * 20, maxlen=4, stride=1, val_fraction=0.5).vocab.chars == "abc"
 
 
 def test_validation_windows_are_every_start_after_the_cut(tiny_text):
-  corpus = data.build_corpus(tiny_text, maxlen=8, step=3, val_fraction=0.2)
+  corpus = data.build_corpus(tiny_text, maxlen=8, stride=3, val_fraction=0.2)
   assert corpus.val_starts[0] == corpus.cut
   assert np.all(np.diff(corpus.val_starts) == 1)
   assert corpus.val_starts[-1] + 8 == len(tiny_text) - 1
@@ -57,9 +57,9 @@ def test_validation_windows_are_every_start_after_the_cut(tiny_text):
 
 def test_too_short_corpus_is_refused():
   with pytest.raises(UserError, match="too few for one window"):
-    data.build_corpus("short text", maxlen=60, step=3, val_fraction=0.1)
+    data.build_corpus("short text", maxlen=60, stride=3, val_fraction=0.1)
   with pytest.raises(UserError, match="validation part"):
-    data.build_corpus("xy" * 100, maxlen=60, step=3, val_fraction=0.1)
+    data.build_corpus("xy" * 100, maxlen=60, stride=3, val_fraction=0.1)
 
 
 def test_epoch_order_is_seeded_and_differs_between_epochs():

@@ -32,7 +32,7 @@ def final_params(workdir) -> list[np.ndarray]:
 
 
 def tiny_args(tiny_file, workdir) -> list[str]:
-  return [f"--data={tiny_file}", "--maxlen=8", "--step=2", "--hidden=16", "--batch_size=16",
+  return [f"--data={tiny_file}", "--maxlen=8", "--stride=2", "--hidden=16", "--batch_size=16",
           "--eval_batch_size=64", "--epochs=1", f"--steps_per_epoch={STEPS}", "--sample_len=0",
           f"--workdir={workdir}"]
 

@@ -11,7 +11,7 @@ from jaxchar import host
 
 from helpers import REPO
 
-TINY = ["--maxlen=8", "--step=2", "--hidden=16", "--epochs=1", "--steps_per_epoch=2",
+TINY = ["--maxlen=8", "--stride=2", "--hidden=16", "--epochs=1", "--steps_per_epoch=2",
         "--sample_len=0", "--eval_batch_size=64"]
 
 

@@ -19,7 +19,7 @@ from jaxchar.training import init_from, metrics, plots
 from jaxchar.training.run import start_run
 
 NEW_TEXT = TINY_TEXT.replace("beer", "bière").replace("hi moe", "hï moe—")
-SMALL = ["--step=2", "--batch_size=16", "--eval_batch_size=64", "--sample_len=0"]
+SMALL = ["--stride=2", "--batch_size=16", "--eval_batch_size=64", "--sample_len=0"]
 
 
 @pytest.fixture

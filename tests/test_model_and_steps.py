@@ -88,7 +88,7 @@ def test_one_step_changes_every_parameter_and_matches_the_golden_loss():
 
 
 def test_loss_falls_on_a_tiny_corpus(tiny_text):
-  corpus = data.build_corpus(tiny_text, maxlen=MAXLEN, step=1, val_fraction=0.2)
+  corpus = data.build_corpus(tiny_text, maxlen=MAXLEN, stride=1, val_fraction=0.2)
   model = CharLSTM(corpus.vocab.size, 16)
   state = steps.create_train_state(jax.random.PRNGKey(0), model, MAXLEN, REFERENCE_TX)
   train, evaluate, devices = p_steps(1)

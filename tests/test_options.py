@@ -189,7 +189,7 @@ def test_checkpoints_from_before_the_options_still_resume(tiny_file, tmp_path):
 
 
 def _tiny_corpus(path):
-  return data.build_corpus(path.read_text(), maxlen=MAXLEN, step=2, val_fraction=0.1)
+  return data.build_corpus(path.read_text(), maxlen=MAXLEN, stride=2, val_fraction=0.1)
 
 
 @pytest.mark.parametrize("overrides", [

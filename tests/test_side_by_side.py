@@ -23,7 +23,7 @@ from jaxchar.sampling import sampler as sampler_lib
 from jaxchar.sampling.config import SampleConfig
 from jaxchar.errors import UserError
 
-TINY = ["--maxlen=8", "--step=2", "--hidden=16", "--batch_size=16", "--sample_len=0",
+TINY = ["--maxlen=8", "--stride=2", "--hidden=16", "--batch_size=16", "--sample_len=0",
         "--eval_batch_size=64"]
 # absl's log line: severity letter, MMDD hh:mm:ss.micros, thread id, file:line]
 ABSL_LINE = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+\s+\d+ \S+:\d+\]", re.M)

@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 from absl import flags
 
-from jaxchar.core import corpus
+from jaxchar.core import checkpoint, corpus
 from jaxchar import train
 from jaxchar.training.config import DEFAULT_DATA
 
 from helpers import REPO, run_main
 
 FLAGS = flags.FLAGS
-TINY_ARGS = ["--maxlen=8", "--step=2", "--hidden=16", "--batch_size=16", "--epochs=2",
+TINY_ARGS = ["--maxlen=8", "--stride=2", "--hidden=16", "--batch_size=16", "--epochs=2",
              "--sample_len=30", "--temperatures=0.5,1.0", "--eval_batch_size=64"]
 
 
@@ -29,6 +29,19 @@ def test_tiny_run_trains_validates_and_writes_samples(tiny_file, tmp_path, capsy
   samples = (workdir / "samples.md").read_text(encoding="utf-8")
   assert samples.count("## Epoch ") == 2
   assert samples.count("### Temperature 0.5") == 2 and samples.count("### Temperature 1.0") == 2
+
+
+def test_the_old_name_of_the_stride_still_works_in_a_flagfile_with_a_note(tiny_file, tmp_path,
+                                                                           capsys):
+  flagfile = tmp_path / "old.flags"
+  flagfile.write_text("\n".join(["--step=4", *[a for a in TINY_ARGS if "stride" not in a]]))
+  workdir = tmp_path / "run"
+  assert run_main([f"--flagfile={flagfile}", f"--data={tiny_file}", f"--workdir={workdir}",
+                   "--epochs=1", "--sample_len=0"]) == 0
+  err = capsys.readouterr().err
+  assert "note: --step is now called --stride; read --step=4 as --stride=4" in err
+  meta = checkpoint.read_meta(workdir, checkpoint.checkpoint_steps(workdir)[-1])
+  assert meta["config"]["stride"] == 4 and "step" not in meta["config"]
 
 
 def bad_input_cases(tmp_path: Path, tiny_file: Path) -> list[tuple[list[str], str]]:
@@ -49,14 +62,14 @@ def bad_input_cases(tmp_path: Path, tiny_file: Path) -> list[tuple[list[str], st
       ([f"--data={short}"], "too few for one window"),
       ([f"--data={no_val}", "--maxlen=20"], "validation part"),
       ([data, "--maxlen=0"], "--maxlen=0 must be a positive integer"),
-      ([data, "--step=-1"], "--step=-1 must be a positive integer"),
+      ([data, "--stride=-1"], "--stride=-1 must be a positive integer"),
       ([data, "--batch_size=0"], "--batch_size=0 must be a positive integer"),
       ([data, "--epochs=-1"], "--epochs=-1 must be >= 1, or 0 to choose it from the corpus size"),
       ([data, "--hidden=-5"], "--hidden=-5 must be a positive integer"),
       ([data, "--val_fraction=1.0"], "outside [0, 1)"),
       ([data, "--val_fraction=-0.1"], "outside [0, 1)"),
-      ([data, "--temperatures=0.5,0"], "temperature 0.0"),
-      ([data, "--temperatures=0.5,-1"], "temperature -1.0"),
+      ([data, "--temperatures=0.5,0"], "--temperatures=0 must be a positive number"),
+      ([data, "--temperatures=0.5,-1"], "--temperatures=-1 must be a positive number"),
       ([data, "--temperatures=0.5,hot"], "not a comma-separated list of numbers"),
       ([data, "--batch_size=6"], "does not split evenly over the 4 devices"),
       ([data, *TINY_ARGS, "--learning_rate=1e38"], "the training loss became nan"),

@@ -94,12 +94,12 @@ def split_index(text: str, val_fraction: float) -> int:
   return nominal if found < 0 else found
 
 
-def window_starts(length: int, maxlen: int, step: int) -> np.ndarray:
-  """Starts s = 0, step, ... with s + maxlen < length: input [s, s+maxlen), target s+maxlen."""
-  return np.arange(0, max(length - maxlen, 0), step, dtype=np.int32)
+def window_starts(length: int, maxlen: int, stride: int) -> np.ndarray:
+  """Starts s = 0, stride, ... with s + maxlen < length: input [s, s+maxlen), target s+maxlen."""
+  return np.arange(0, max(length - maxlen, 0), stride, dtype=np.int32)
 
 
-def build_corpus(text: str, *, maxlen: int, step: int, val_fraction: float,
+def build_corpus(text: str, *, maxlen: int, stride: int, val_fraction: float,
                  lowercase: bool = True, vocab: Vocab | None = None) -> Corpus:
   """Lowercases (optionally), encodes and splits `text`, as the reference notebook does; with
   its own sorted vocabulary, or `vocab`, which must hold every character of the text."""
@@ -112,7 +112,7 @@ def build_corpus(text: str, *, maxlen: int, step: int, val_fraction: float,
         "predict: every next character is that one. Train on a text with at least two "
         "different characters.")
   cut = split_index(text, val_fraction) if val_fraction > 0 else len(text)
-  train_starts = window_starts(cut, maxlen, step)
+  train_starts = window_starts(cut, maxlen, stride)
   val_starts = window_starts(len(text) - cut, maxlen, 1) + cut
   if len(train_starts) == 0:
     raise UserError(

@@ -48,8 +48,10 @@ class CheckpointChoice:
   """Which trained model to restore: shared by the sampler and the server."""
 
   workdir: str = option("ckpt/moe", "The training run's folder (the trainer's --workdir).")
-  step: int | None = option(None, "Checkpoint step to use. Default: the checkpoint with the "
-                            "best (lowest) validation loss; the latest if none has one.")
+  step: int | None = option(None, "The checkpoint to use, by the training step it was saved "
+                            "at (as the trainer prints: 'checkpoint at step N'). Default: the "
+                            "one with the best (lowest) validation loss; the latest if none "
+                            "has one.")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,7 +22,7 @@ INIT_VOCABS = ("extend", "strict")
 # text counts its characters once): where the recipe's best validation loss lay on 1 MB texts.
 AUTO_TRAIN_CHARS = 3_000_000
 MAX_AUTO_EPOCHS = 30
-_POSITIVE = ("maxlen", "step", "hidden", "batch_size", "eval_batch_size", "log_every",
+_POSITIVE = ("maxlen", "stride", "hidden", "batch_size", "eval_batch_size", "log_every",
              "num_layers", "val_windows")
 
 
@@ -34,7 +34,9 @@ class Config:
                      "fetched (mirror or download) and checksum-verified when missing.")
   lowercase: bool = option(True, "Lowercase the text before building the vocabulary.")
   maxlen: int = option(60, "Window length in characters (model context).")
-  step: int = option(3, "Characters between consecutive training windows.")
+  stride: int = option(3, "Characters between the starts of consecutive training windows (the "
+                       "Keras notebook's `step`; --step still works here, with a note).",
+                       old_names=("step",))
   val_fraction: float = option(0.1, "Share (0 to <1) of the text, from the end and cut at a "
                                "paragraph break, held out for validation; 0 = none.")
   hidden: int = option(128, "LSTM units.")

@@ -18,7 +18,7 @@ OPTION_DEFAULTS = {"num_layers": 1, "embed_dim": 0, "optimizer": "rmsprop",
                    "lr_schedule": "constant", "clip_norm": 0.0}
 # Options that fix the meaning of a checkpoint's parameters, its position in the data or the
 # shape of its optimizer state: a different value cannot resume it.
-FIXED = ("lowercase", "maxlen", "step", "hidden", "num_layers", "embed_dim", "batch_size",
+FIXED = ("lowercase", "maxlen", "stride", "hidden", "num_layers", "embed_dim", "batch_size",
          "val_fraction", "seed", "optimizer")
 # Options that say where this session reads from, not how it trains: not compared.
 NOT_COMPARED = ("data", "restart", "init_from", "init_vocab")
@@ -37,9 +37,15 @@ def _as_saved(values: dict) -> dict:
   return json.loads(json.dumps(values))
 
 
+# Options renamed since format 1: old name -> new name.
+RENAMED = {"step": "stride"}
+
+
 def saved_config(meta: dict) -> dict:
-  """The training options a checkpoint was written with, options it predates filled in."""
-  return {**_as_saved(dataclasses.asdict(Config())), **OPTION_DEFAULTS, **meta.get("config", {})}
+  """The training options a checkpoint was written with (today's names), options it predates
+  filled in."""
+  saved = {RENAMED.get(k, k): v for k, v in meta.get("config", {}).items()}
+  return {**_as_saved(dataclasses.asdict(Config())), **OPTION_DEFAULTS, **saved}
 
 
 def _scheduled(options: dict) -> bool:

@@ -106,7 +106,7 @@ def start_run(config: Config, workdir: Path, base: init_from.Base | None = None)
   if base is not None:
     vocab, new_symbols = init_from.vocabulary(base, text.lower() if config.lowercase else text,
                                               config.init_vocab)
-  corpus = data.build_corpus(text, maxlen=config.maxlen, step=config.step,
+  corpus = data.build_corpus(text, maxlen=config.maxlen, stride=config.stride,
                              val_fraction=config.val_fraction, lowercase=config.lowercase,
                              vocab=vocab)
   del text  # the corpus keeps only its ids: host memory stays about 1 byte per character
