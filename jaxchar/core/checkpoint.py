@@ -212,7 +212,7 @@ def run_metadata(config, corpus: Corpus) -> dict:
   """What a checkpoint must carry besides the state (given the run's training Config): enough
   to sample and to resume safely."""
   return {"vocab": corpus.vocab.chars, "corpus_sha256": corpus.sha256,
-          "corpus_chars": len(corpus.ids),
+          "corpus_chars": corpus.num_chars,
           "lowercase": config.lowercase, "maxlen": config.maxlen, "hidden": config.hidden,
           "vocab_size": corpus.vocab.size, "step": config.step, "batch_size": config.batch_size,
           "val_fraction": config.val_fraction, "seed": config.seed,
