@@ -222,10 +222,12 @@ def open_or_encode(spec: str, sources: list[SourceFile], lowercase: bool, cache_
     need = textstream.total_size(sources) * 4 // 3 + (1 << 20)  # 1 byte per char, plus room
     try:
       cache_dir.mkdir(parents=True, exist_ok=True)
+      for stale in (header_path, ids_path):  # the header first: no header, no cache
+        stale.unlink(missing_ok=True)  # also frees its room for the new one
       free = shutil.disk_usage(cache_dir).free
     except OSError as e:
-      raise UserError(f"--cache_dir={cache_dir} cannot be created ({e.strerror}); point "
-                      "--cache_dir at a writable folder for the text's id cache.") from None
+      raise UserError(f"--cache_dir={cache_dir} cannot be created or written ({e.strerror}); "
+                      "point --cache_dir at a writable folder for the text's id cache.") from None
     if not os.access(cache_dir, os.W_OK | os.X_OK):
       raise UserError(f"--cache_dir={cache_dir} is not writable, so the text's ids cannot be "
                       "cached there; point --cache_dir at a writable folder (about "
@@ -237,8 +239,7 @@ def open_or_encode(spec: str, sources: list[SourceFile], lowercase: bool, cache_
       header = _encode(sources, lowercase, partial, f"encoding {spec}", show_progress)
       header["sources"] = _fingerprint(sources)
       header["ids_sample"] = sampled_digest(partial, partial.stat().st_size)
-      header_path.unlink(missing_ok=True)  # the header goes last: no header, no cache
-      os.replace(partial, ids_path)
+      os.replace(partial, ids_path)  # the header goes last: no header, no cache
       partial_header = header_path.with_name(f".{header_path.name}.{os.getpid()}.partial")
       partial_header.write_text(json.dumps(header), encoding="utf-8")
       os.replace(partial_header, header_path)
