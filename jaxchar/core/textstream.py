@@ -142,6 +142,20 @@ def _lowered(pieces: Iterator[str]) -> Iterator[str]:
     yield _lower_in_context(before, carry, "")
 
 
+def file_pieces(path: str | Path, chunk_bytes: int | None = None) -> Iterator[str]:
+  """One file's text (newlines normalised) in pieces, each but the last ending at a space or
+  newline when it holds one: lowering a piece then lowers as the whole text would."""
+  carry = ""
+  for piece in _decoded(SourceFile.of(Path(path)), chunk_bytes or CHUNK_BYTES):
+    text = carry + piece
+    cut = max(text.rfind(b) for b in _CONTEXT_BREAKS) + 1 or len(text)
+    carry = text[cut:]
+    if cut:
+      yield text[:cut]
+  if carry:
+    yield carry
+
+
 def stream_text(sources: list[SourceFile], lowercase: bool,
                 chunk_bytes: int | None = None) -> Iterator[str]:
   """The joined text of `sources` (see join_texts) in pieces of about `chunk_bytes`
