@@ -2,6 +2,7 @@
 checkpoints and records; created fresh or restored from the latest checkpoint."""
 
 import dataclasses
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -106,8 +107,9 @@ def load_corpus(config: Config, workdir: Path, cache_dir: str | Path | None = No
   corpus = data.from_encoded(encoded, maxlen=config.maxlen, step=config.step,
                              val_fraction=config.val_fraction, vocab=vocab, num_files=num_files)
   how = "id cache read" if encoded.reused else "encoded into the id cache"
+  shown = os.path.relpath(encoded.path)
   note = (f"{num_files} file{'s' * (num_files > 1)}, {corpus.num_chars:,} characters ({how} "
-          f"in {encoded.seconds:.1f} s: {encoded.path}, "
+          f"in {encoded.seconds:.1f} s: {encoded.path if shown.startswith('..') else shown}, "
           f"{encoded.path.stat().st_size / 1e6:,.1f} MB)")
   return corpus, new_symbols, note
 
