@@ -133,9 +133,8 @@ def test_a_file_streamed_in_pieces_scores_as_the_whole_text(tiny_run, tmp_path, 
                                                             from_start):
   """Pieces of 50 bytes (each scored with the 8 characters before it as context) give the
   whole text's figures and per-character scores, unknown characters included."""
-  from jaxchar.core import textstream
   from jaxchar.scoring import stream
-  monkeypatch.setattr(textstream, "CHUNK_BYTES", 50)
+  monkeypatch.setattr(stream, "PIECE_BYTES", 50)
   text = TINY_TEXT.replace("beer", "b€er")[:900]
   path = tmp_path / "text.txt"
   path.write_text(text, encoding="utf-8")

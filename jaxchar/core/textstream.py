@@ -5,7 +5,6 @@ piece by piece, it is exactly the text `join_texts` gives from the whole files."
 import codecs
 import dataclasses
 import glob
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -178,10 +177,3 @@ def stream_text(sources: list[SourceFile], lowercase: bool,
 
 def total_size(sources: list[SourceFile]) -> int:
   return sum(s.size for s in sources)
-
-
-def describe(spec: str, sources: list[SourceFile]) -> str:
-  """'N files (in path order) under X' or the file's name, for the run's first line."""
-  if len(sources) == 1 and Path(spec).is_file():
-    return os.fspath(spec)
-  return f"{len(sources)} files from {spec}"

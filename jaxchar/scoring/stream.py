@@ -14,6 +14,8 @@ from jaxchar.core import textstream
 from jaxchar.scoring import scorer
 from jaxchar.training.progress import ValidationProgress
 
+PIECE_BYTES = 1 << 20  # bytes of text scored per piece: host memory stays a few hundred MB
+
 
 @dataclasses.dataclass
 class Totals:
@@ -46,7 +48,9 @@ class Piece:
 
 def _scored(sampler, ids: np.ndarray, positions: np.ndarray, from_start: bool,
             batch_size: int) -> Piece:
-  result = scorer.score(sampler, scorer.Prepared("", ids, positions, {}), from_start, batch_size)
+  capacity = -(-(len(ids) + sampler.maxlen) // PIECE_BYTES) * PIECE_BYTES  # few shapes: few
+  result = scorer.score(sampler, scorer.Prepared("", ids, positions, {}), from_start,  # compiles
+                        batch_size, capacity=capacity)
   targets = scorer.target_indices(len(ids), sampler.maxlen, from_start)
   return Piece(result.positions, ids[targets], result.log_probs)
 
@@ -59,9 +63,9 @@ def score_pieces(sampler, path: str | Path, totals: Totals, batch_size: int = 10
   context_ids, context_positions = np.zeros(0, np.int32), np.zeros(0, np.int64)
   started, offset = False, 0
   size = Path(path).stat().st_size
-  with ValidationProgress(-(-size // textstream.CHUNK_BYTES), size, label="scoring",
+  with ValidationProgress(-(-size // PIECE_BYTES), size, label="scoring",
                           noun="bytes", enabled=show_progress) as bar:
-    for done, text in enumerate(textstream.file_pieces(path), 1):
+    for done, text in enumerate(textstream.file_pieces(path, PIECE_BYTES), 1):
       prepared = scorer.prepare(text, sampler.vocab, sampler.lowercase)
       totals.characters += len(prepared.text)
       totals.excluded.update(prepared.excluded)
