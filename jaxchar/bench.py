@@ -97,35 +97,35 @@ def baseline_rate(batch: int, vocab: int, budget_s: float) -> dict:
 
 
 def _trainer_setup(vocab: int, impl: str):
-  """Replicated state, device-resident ids, window starts and the loop's pmapped steps."""
+  """Replicated state, a corpus of random ids and the loop's pmapped steps."""
   import jax
-  import jax.numpy as jnp
   import numpy as np
   from flax import jax_utils
   from jaxchar.core import data
   from jaxchar.training import loop, steps
   from jaxchar.core.model import CharLSTM
   ids = np.random.default_rng(0).integers(0, vocab, 400_000).astype(data.ids_dtype(vocab))
+  corpus = data.Corpus(data.Vocab("".join(map(chr, range(vocab)))), ids, None, len(ids), MAXLEN,
+                       3, "")
   state = steps.create_train_state(jax.random.PRNGKey(0), CharLSTM(vocab, HIDDEN, lstm_impl=impl),
                                    MAXLEN, steps.make_optimizer(0.01))
-  starts = np.arange(0, len(ids) - MAXLEN - 1, dtype=np.int32)
-  return (jax_utils.replicate(state), jax_utils.replicate(jnp.asarray(ids)), starts,
-          loop.pmapped_steps(MAXLEN))
+  return jax_utils.replicate(state), corpus, loop.pmapped_steps(MAXLEN)
 
 
 def trainer_rate(batch: int, vocab: int, impl: str, budget_s: float) -> dict:
-  """The trainer's own pmapped step over all local devices, windows gathered on device."""
+  """The trainer's own pmapped step over all local devices, each batch's windows read from
+  the corpus on the host as the loop reads them."""
   import jax
   from jaxchar.core import data
-  p_state, p_ids, starts, (p_train_step, _) = _trainer_setup(vocab, impl)
-  batches = data.train_batches(starts[::3], data.epoch_order(len(starts[::3]), 0, 1), batch,
-                               jax.local_device_count())
+  p_state, corpus, (p_train_step, _) = _trainer_setup(vocab, impl)
+  devices = jax.local_device_count()
   holder, i = [p_state], [0]
 
   def run(steps: int = CHUNK):
     for _ in range(steps):
-      i[0] = (i[0] + 1) % len(batches)
-      holder[0], metrics = p_train_step(holder[0], p_ids, batches[i[0]])
+      i[0] = (i[0] + 1) % (corpus.num_train_windows // batch)
+      starts = data.train_batch_starts(corpus, i[0], batch, 0, 1).reshape(devices, -1)
+      holder[0], metrics = p_train_step(holder[0], *data.device_batch(corpus, starts))
     metrics["loss"].block_until_ready()
   compile_start = time.perf_counter()
   run(1)
@@ -137,14 +137,16 @@ def trainer_rate(batch: int, vocab: int, impl: str, budget_s: float) -> dict:
 def validation_seconds(vocab: int, windows: int) -> float:
   """Seconds for the trainer's validation pass over `windows` windows (compiled beforehand)."""
   import jax
+  import numpy as np
   from jaxchar.training import loop
   from jaxchar.training.config import Config
   from jaxchar.training.run import global_eval_batch
-  p_state, p_ids, starts, (_, p_eval_step) = _trainer_setup(vocab, "fused")
+  p_state, corpus, (_, p_eval_step) = _trainer_setup(vocab, "fused")
+  starts = np.arange(corpus.num_chars - MAXLEN - 1)
   batch = global_eval_batch(Config.eval_batch_size, jax.device_count())
-  loop.evaluate(p_eval_step, p_state, p_ids, starts[:batch], batch)  # compiles
+  loop.evaluate(p_eval_step, p_state, corpus, starts[:batch], batch)  # compiles
   start = time.perf_counter()
-  loop.evaluate(p_eval_step, p_state, p_ids, starts[:windows], batch)
+  loop.evaluate(p_eval_step, p_state, corpus, starts[:windows], batch)
   return time.perf_counter() - start
 
 

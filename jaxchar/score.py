@@ -2,19 +2,22 @@
 
 Mean nats and bits per character and perplexity, by default over the characters with a full
 window before them (the validation metric: a run's own validation text gives its validation
-loss); needs no training flags.
+loss); needs no training flags. The file is read and scored in pieces: any size, bounded memory.
 """
 
+import collections
 import json
 import sys
+from pathlib import Path
 
 from absl import app, flags
 
 from jaxchar import host, options
 from jaxchar.cli import entry_point
-from jaxchar.core import atomic, corpus
+from jaxchar.core import atomic
 from jaxchar.core.restore import checkpoint_header, restore
-from jaxchar.scoring import scorer
+from jaxchar.errors import UserError
+from jaxchar.scoring import stream
 from jaxchar.scoring.config import ScoreConfig
 
 options.define_flags(ScoreConfig)
@@ -48,23 +51,36 @@ def report(figures: dict, restored, config: ScoreConfig) -> str:
       f"per character | perplexity {figures['perplexity']:.3f}"])
 
 
+def check_readable(data: str) -> None:
+  """UserError unless `data` is a non-empty file (its bytes are checked as they are read)."""
+  path = Path(data)
+  if not path.exists():
+    raise UserError(f"--data={data}: no such file. Pass the path of a UTF-8 text file.")
+  if not path.is_file():
+    raise UserError(f"--data={data} is not a file; pass the path of a UTF-8 text file.")
+  if not path.stat().st_size:
+    raise UserError(f"--data={data} is empty; pass a file with some text to score.")
+
+
 @entry_point
 def main() -> None:
   config = config_from_flags()
   host.keep_freed_memory()
   host.use_cpu_devices(0, config.batch_size)  # scoring batches split over every core
-  text = corpus.read_text(config.data)
+  check_readable(config.data)
   restored = restore(config.workdir, config.step)
-  prepared = scorer.prepare(text, restored.vocab, restored.lowercase)
-  del text
-  scorer.check_scorable(prepared, restored.maxlen, config.from_start, f"--data={config.data}")
-  if prepared.excluded:
-    print(excluded_warning(prepared.excluded, config.data), file=sys.stderr, flush=True)
-  result = scorer.score(restored, prepared, config.from_start, config.batch_size,
-                        show_progress=True)
+  totals = stream.Totals(restored.maxlen, config.from_start)
+  pieces = stream.score_pieces(restored, config.data, totals, config.batch_size,
+                               show_progress=True)  # the file streamed: any size
   if config.per_char:
-    atomic.write_text(config.per_char, scorer.per_char_lines(result), "the per-character scores")
-  figures = result.figures()
+    atomic.write_text(config.per_char, stream.per_char_lines(pieces, restored.vocab.chars),
+                      "the per-character scores")
+  else:
+    collections.deque(pieces, maxlen=0)
+  if totals.excluded:
+    print(excluded_warning(dict(totals.excluded.most_common()), config.data), file=sys.stderr,
+          flush=True)
+  figures = totals.figures()
   if config.as_json:
     print(json.dumps({"workdir": config.workdir, "step": restored.step, "data": config.data,
                       **figures}, ensure_ascii=False))

@@ -53,7 +53,7 @@ def main() -> None:
   _set_up_host(config, launch)
   config, base = base_from_flags(config)  # reads a checkpoint: after the devices are set up
   try:
-    train_and_evaluate(config, launch.workdir, base)
+    train_and_evaluate(config, launch.workdir, base, launch.cache_dir)
   except Exception as e:  # noqa: BLE001 - only re-labelled when a peer process is gone
     if jax.process_count() > 1 and not isinstance(e, UserError):
       distributed.exit_on_peer_failure(e)

@@ -3,7 +3,7 @@ figures the code that wrote them gave (tests/data/README.md)."""
 
 import shutil
 
-from helpers import FORMAT1_RUN, assert_same_run, final_checkpoint, tiny_config, write_tiny_text
+from helpers import FORMAT1_RUN, final_checkpoint, tiny_config, write_tiny_text
 from jaxchar import train
 from jaxchar.core import checkpoint, restore
 from jaxchar.core.spec import ModelSpec
@@ -28,16 +28,16 @@ def test_format1_checkpoint_samples_what_the_old_code_sampled():
     assert text.split("sample 1\n", 1)[1] == expected
 
 
-def test_format1_checkpoint_resumes_as_the_old_code_did_and_saves_format2(tmp_path, capsys):
+def test_format1_checkpoint_resumes_and_saves_format2(tmp_path, capsys):
   text = write_tiny_text(tmp_path)
   shutil.copytree(FORMAT1_RUN, tmp_path / "old")
   train.train_and_evaluate(tiny_config(text, epochs=3, keep=1), tmp_path / "old")
   out = capsys.readouterr().out
   assert "resuming from the checkpoint at step 90 (epoch 3, batch 0)" in out
   state, meta = final_checkpoint(tmp_path / "old")
-  assert meta["epoch"] == 3 and meta["val_loss"] == 1.4079433071997858  # the old code's figure
+  # The old code gave 1.4079433071997858: since the window order became a seeded bijection
+  # (no permutation array, for texts of any size), epoch 3 sees its windows in another order.
+  assert meta["epoch"] == 3 and meta["val_loss"] == 1.331714605516003
+  assert meta["epoch_losses"] and meta["val_loss"] < 1.6582  # it trained on from epoch 2's state
   assert meta["format_version"] == 2 and ModelSpec.from_meta(meta) == restore.restore(
       FORMAT1_RUN).spec
-  # And from scratch, today's code reaches the same state bit for bit.
-  train.train_and_evaluate(tiny_config(text, epochs=3, keep=1), tmp_path / "fresh")
-  assert_same_run(tmp_path / "fresh", tmp_path / "old")

@@ -36,7 +36,8 @@ def test_vocab_round_trip():
   assert vocab.chars == "".join(sorted(set(text)))
   ids = vocab.encode(text)
   assert ids.dtype == np.uint8  # vocabularies of up to 256 symbols: 1 byte per character
-  assert data.Vocab.from_text("".join(map(chr, range(300)))).encode("\x05").dtype == np.int32
+  assert data.Vocab.from_text("".join(map(chr, range(300)))).encode("\x05").dtype == np.uint16
+  assert data.Vocab.from_text("".join(map(chr, range(70_000)))).encode("\x05").dtype == np.int32
   assert vocab.decode(ids) == text
   assert vocab.unknown("hey zz#") == ["#"]
 
@@ -70,15 +71,59 @@ def test_epoch_order_is_seeded_and_differs_between_epochs():
   assert sorted(a.tolist()) == list(range(1000))
 
 
-def test_train_batches_are_device_shaped_and_drop_the_partial_batch():
-  starts = np.arange(100, dtype=np.int32) * 3
-  order = data.epoch_order(100, 0, 1)
-  batches = data.train_batches(starts, order, batch_size=16, num_devices=4)
-  assert batches.shape == (6, 4, 4)
-  assert np.array_equal(batches.reshape(-1), starts[order[:96]])
-  # The same global batches whatever the device count.
-  one = data.train_batches(starts, order, batch_size=16, num_devices=1)
-  assert np.array_equal(one.reshape(6, 16), batches.reshape(6, 16))
+@pytest.mark.parametrize("num_windows", [1, 2, 3, 5, 64, 1000, 4097])
+def test_the_shuffle_is_a_bijection_computed_for_any_positions(num_windows):
+  order = data.epoch_order(num_windows, seed=3, epoch=2)
+  assert sorted(order.tolist()) == list(range(num_windows))
+  some = np.array([num_windows - 1, 0, num_windows // 2])
+  assert data.shuffled(some, num_windows, 3, 2).tolist() == order[some].tolist()
+
+
+def test_the_shuffle_of_billions_of_windows_needs_no_array_of_them():
+  num_windows = 3 * 2**32 + 5  # far more than an int32 (or this machine's memory) holds
+  positions = np.arange(num_windows - 50_000, num_windows)
+  picked = data.shuffled(positions, num_windows, 0, 1)
+  assert picked.dtype == np.int64 and (picked >= 0).all() and (picked < num_windows).all()
+  assert len(set(picked.tolist())) == len(picked)  # distinct: no two positions share a window
+  assert picked.max() > 2**33  # reaches far past 2**32
+
+
+def _corpus(ids: np.ndarray, maxlen: int, stride: int) -> data.Corpus:
+  return data.Corpus(data.Vocab("".join(map(chr, range(256)))), ids, None, len(ids), maxlen,
+                     stride, "")
+
+
+def test_train_batches_are_the_shuffled_windows_in_device_shape():
+  ids = (np.arange(400) % 251).astype(np.uint8)
+  corpus = _corpus(ids, maxlen=8, stride=3)
+  assert corpus.num_train_windows == len(data.window_starts(400, 8, 3)) == 131
+  order = data.epoch_order(corpus.num_train_windows, 0, 1)
+  starts = data.train_batch_starts(corpus, 2, 16, seed=0, epoch=1)
+  assert starts.tolist() == (order[32:48] * 3).tolist()
+  windows, local = data.device_batch(corpus, starts.reshape(4, 4))
+  assert windows.shape == (4, 4 * 9) and local.tolist() == [[0, 9, 18, 27]] * 4
+  for device in range(4):
+    for row in range(4):
+      s = starts[device * 4 + row]
+      assert windows[device, row * 9:(row + 1) * 9].tolist() == ids[s:s + 9].tolist()
+
+
+def test_windows_are_read_at_offsets_past_2_to_the_31(tmp_path):
+  """A sparse file of 2**31 + 100 ids: windows near its end are read at 64-bit offsets."""
+  path = tmp_path / "sparse.ids"
+  size = 2**31 + 100
+  with open(path, "wb") as f:
+    f.truncate(size)
+    f.seek(size - 20)
+    f.write(bytes(range(1, 21)))
+  corpus = _corpus(np.memmap(path, np.uint8, mode="r"), maxlen=8, stride=1)
+  assert corpus.num_train_windows == size - 8
+  last = corpus.num_train_windows - 1
+  windows, _ = data.device_batch(corpus, np.array([[last, last - 5]]))
+  assert windows[0, :9].tolist() == list(range(12, 21))
+  assert windows[0, 9:].tolist() == list(range(7, 16))
+  starts = data.train_batch_starts(corpus, corpus.num_train_windows // 16 - 1, 16, 0, 1)
+  assert starts.dtype == np.int64 and (starts < size - 8).all()
 
 
 def test_eval_batches_cover_every_window_once():

@@ -126,3 +126,29 @@ def test_bad_input_exits_2_with_one_paragraph_and_writes_nothing(case, tiny_run,
   assert ("no such file" if case == "missing file" else "no character the model knows") in \
       " ".join(result.stderr.split())
   assert not tsv.exists() and list(tmp_path.iterdir()) == ([path] if path.exists() else [])
+
+
+@pytest.mark.parametrize("from_start", [False, True])
+def test_a_file_streamed_in_pieces_scores_as_the_whole_text(tiny_run, tmp_path, monkeypatch,
+                                                            from_start):
+  """Pieces of 50 bytes (each scored with the 8 characters before it as context) give the
+  whole text's figures and per-character scores, unknown characters included."""
+  from jaxchar.scoring import stream
+  monkeypatch.setattr(stream, "PIECE_BYTES", 50)
+  text = TINY_TEXT.replace("beer", "b€er")[:900]
+  path = tmp_path / "text.txt"
+  path.write_text(text, encoding="utf-8")
+  sampler = sampler_lib.load_sampler(tiny_run)
+  whole = scorer.score(sampler, scorer.prepare(text, sampler.vocab, True), from_start, 64)
+  totals = stream.Totals(sampler.maxlen, from_start)
+  lines = list(stream.per_char_lines(stream.score_pieces(sampler, path, totals, 64),
+                                     sampler.vocab.chars))
+  assert totals.figures()["excluded"] == whole.figures()["excluded"] == {"€": text.count("€")}
+  for key in ("characters", "scored"):
+    assert totals.figures()[key] == whole.figures()[key]
+  assert totals.figures()["nats_per_char"] == pytest.approx(whole.nats_per_char, abs=1e-5)
+  assert lines == list(scorer.per_char_lines(whole)) or all(  # equal up to float rounding
+      a.split("\t")[:2] == b.split("\t")[:2] and abs(float(a.split("\t")[2]) -
+                                                  float(b.split("\t")[2])) < 1e-4
+      for a, b in zip(lines[1:], list(scorer.per_char_lines(whole))[1:]))
+  assert len(lines) == len(whole.log_probs) + 1

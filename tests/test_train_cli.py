@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from absl import flags
 
-from jaxchar.core import checkpoint, corpus
+from jaxchar.core import checkpoint, corpus, textstream
 from jaxchar import train
 from jaxchar.training.config import DEFAULT_DATA
 
@@ -56,7 +56,9 @@ def bad_input_cases(tmp_path: Path, tiny_file: Path) -> list[tuple[list[str], st
   data = f"--data={tiny_file}"
   return [
       ([f"--data={tmp_path / 'missing.txt'}"], "no such file"),
-      ([f"--data={tmp_path}"], "is a directory"),
+      ([f"--data={tmp_path}"], "empty.txt is empty; pass a file with some text to learn from, "
+                               "or remove it from the folder"),  # a folder: each file read
+      ([f"--data={tmp_path / 'nothing'}/*.txt"], "the pattern matches no file"),
       ([f"--data={empty}"], "is empty"),
       ([f"--data={latin1}"], "not valid UTF-8: byte 13 (line 2)"),
       ([f"--data={short}"], "too few for one window"),
@@ -87,9 +89,9 @@ def test_every_bad_input_is_one_clear_error(tmp_path, tiny_file, capsys):
 
 
 def test_unreadable_data_is_reported(tiny_file, tmp_path, capsys, monkeypatch):
-  def deny(self):
+  def deny(*args, **kwargs):
     raise PermissionError(13, "Permission denied")
-  monkeypatch.setattr(Path, "read_bytes", deny)
+  monkeypatch.setattr(textstream, "open", deny, raising=False)  # the text is streamed from it
   assert run_main([f"--data={tiny_file}", f"--workdir={tmp_path / 'w'}"]) == 2
   assert "cannot be read (Permission denied)" in " ".join(capsys.readouterr().err.split())
 

@@ -99,11 +99,16 @@ def abstract_state(config: Config, vocab: int):
                         jax.random.PRNGKey(0))
 
 
+def _windows(config: Config, vocab: int, n: int, batch: int) -> jax.ShapeDtypeStruct:
+  """What data.device_batch gives each step: every device's windows end to end."""
+  return jax.ShapeDtypeStruct((n, batch // n * (config.maxlen + 1)), ids_dtype(vocab))
+
+
 def train_step(config: Config, vocab: int, corpus_chars: int, devices, batch: int) -> Compiled:
   """The pmapped train step at global `batch` over `devices`."""
   n = len(devices)
   state = _abstract(abstract_state(config, vocab), n)
-  ids = jax.ShapeDtypeStruct((n, corpus_chars), ids_dtype(vocab))
+  ids = _windows(config, vocab, n, batch)  # the batch's windows: the corpus stays on the host
   starts = jax.ShapeDtypeStruct((n, batch // n), np.int32)
   p_train, _ = loop.pmapped_steps(config.maxlen, config.objective == "every", devices=devices)
   shape = flops.Shape.of(config, vocab)
@@ -116,7 +121,7 @@ def eval_step(config: Config, vocab: int, corpus_chars: int, devices) -> Compile
   n = len(devices)
   batch = global_eval_batch(config.eval_batch_size, n)
   state = _abstract(abstract_state(config, vocab), n)
-  ids = jax.ShapeDtypeStruct((n, corpus_chars), ids_dtype(vocab))
+  ids = _windows(config, vocab, n, batch)
   starts = jax.ShapeDtypeStruct((n, batch // n), np.int32)
   weights = jax.ShapeDtypeStruct((n, batch // n), np.float32)
   _, p_eval = loop.pmapped_steps(config.maxlen, devices=devices)

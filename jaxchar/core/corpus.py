@@ -61,14 +61,19 @@ def fetch_moes(dest: Path) -> Path:
   return dest
 
 
+def ensure_moes(path: Path) -> None:
+  """The default Moe's corpus at `path`: fetched when missing, else its checksum verified."""
+  if not path.exists():
+    fetch_moes(path)
+  else:
+    _check_sha(path, str(path), "Delete that file and rerun to fetch a checked copy.")
+
+
 def read_text(path: str | Path, default_path: str | Path | None = None) -> str:
   """Reads a UTF-8 corpus; the default Moe's path is fetched and verified when missing."""
   path = Path(path)
   if default_path is not None and path == Path(default_path):
-    if not path.exists():
-      fetch_moes(path)
-    else:
-      _check_sha(path, str(path), "Delete that file and rerun to fetch a checked copy.")
+    ensure_moes(path)
   if not path.exists():
     raise UserError(f"--data={path}: no such file. Pass the path of a UTF-8 text file.")
   if path.is_dir():

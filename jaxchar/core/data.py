@@ -1,7 +1,8 @@
-"""Text to model inputs: vocabulary, split, window starts and device-shaped batches.
+"""Text to model inputs: vocabulary, split, windows and device-shaped batches.
 
-No one-hot tensor and no window matrix is built on the host: the corpus ids go to the device(s)
-once, and each batch is a small array of window start offsets gathered there (`gather_windows`).
+Nothing of the text's size is built: each batch's windows are read from the ids' memory map
+(`device_batch`, only this process's share), in an order given by a seeded bijection on window
+numbers (`shuffled`), and the steps gather inputs and targets from them (`gather_windows`).
 """
 
 import dataclasses
@@ -18,8 +19,8 @@ _ENCODE_CHUNK = 1 << 22  # characters per encoding chunk
 
 
 def ids_dtype(vocab_size: int) -> type:
-  """The dtype of a corpus' ids: one byte per character while the vocabulary fits in one."""
-  return np.uint8 if vocab_size <= 256 else np.int32
+  """The dtype of a corpus' ids: 1, 2 or 4 bytes per character by the vocabulary's size."""
+  return np.uint8 if vocab_size <= 1 << 8 else np.uint16 if vocab_size <= 1 << 16 else np.int32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,22 +70,51 @@ class Vocab:
 
 @dataclasses.dataclass(frozen=True)
 class Corpus:
-  """An encoded text with its train/validation split and window start offsets."""
+  """An encoded text with its train/validation split. Windows are numbered, not listed:
+  training window i starts at i * stride, validation window j at cut + j (64-bit offsets)."""
 
   vocab: Vocab
-  ids: np.ndarray  # [len(text)], uint8 for vocabularies of up to 256 symbols, else int32
-  cut: int  # train = ids[:cut], validation = ids[cut:]
-  train_starts: np.ndarray  # int32 offsets into ids
-  val_starts: np.ndarray  # int32 offsets into ids (already shifted by `cut`)
+  raw: np.ndarray  # the text's ids, memory-mapped from the id cache or in memory
+  table: np.ndarray | None  # raw id -> vocabulary id; None when the raw ids are those
+  cut: int  # train = [0, cut), validation = [cut, num_chars)
+  maxlen: int
+  stride: int  # characters between training windows' starts
   sha256: str  # of the text as trained on (after lowercasing): identifies it on resume
+  num_files: int = 1
+
+  @property
+  def num_chars(self) -> int:
+    return len(self.raw)
 
   @property
   def num_train_windows(self) -> int:
-    return len(self.train_starts)
+    return -(-max(self.cut - self.maxlen, 0) // self.stride)
 
   @property
   def num_val_windows(self) -> int:
-    return len(self.val_starts)
+    return max(self.num_chars - self.cut - self.maxlen, 0)
+
+  @property
+  def train_starts(self) -> np.ndarray:
+    """Every training window's start: O(windows), for small texts and tests only."""
+    return window_starts(self.cut, self.maxlen, self.stride)
+
+  @property
+  def val_starts(self) -> np.ndarray:
+    """Every validation window's start: O(windows), for small texts and tests only."""
+    return np.arange(self.cut, self.cut + self.num_val_windows, dtype=np.int64)
+
+  def read(self, start: int, stop: int) -> np.ndarray:
+    """Vocabulary ids of characters [start, stop)."""
+    raw = np.asarray(self.raw[start:stop])
+    return raw if self.table is None else self.table[raw]
+
+  def windows(self, starts: np.ndarray) -> np.ndarray:
+    """Vocabulary ids [..., maxlen + 1] of the windows at `starts` and their targets, read
+    from the memory map: only these windows' pages are touched."""
+    positions = np.asarray(starts, np.int64)[..., None] + np.arange(self.maxlen + 1)
+    raw = self.raw[positions]
+    return raw if self.table is None else self.table[raw]
 
 
 def split_index(text: str, val_fraction: float) -> int:
@@ -94,51 +124,124 @@ def split_index(text: str, val_fraction: float) -> int:
   return nominal if found < 0 else found
 
 
+def split_index_of_ids(ids: np.ndarray, newline: int | None, val_fraction: float,
+                       chunk: int = 1 << 22) -> int:
+  """split_index on the text's ids (`newline`: the id of "\\n"), read in chunks from the
+  nominal point."""
+  nominal = int((1.0 - val_fraction) * len(ids))
+  if newline is None:
+    return nominal
+  for start in range(nominal, len(ids) - 1, chunk):
+    part = np.asarray(ids[start:start + chunk + 1])
+    found = np.flatnonzero((part[:-1] == newline) & (part[1:] == newline))
+    if len(found):
+      return start + int(found[0])
+  return nominal
+
+
 def window_starts(length: int, maxlen: int, stride: int) -> np.ndarray:
   """Starts s = 0, stride, ... with s + maxlen < length: input [s, s+maxlen), target s+maxlen."""
-  return np.arange(0, max(length - maxlen, 0), stride, dtype=np.int32)
+  return np.arange(0, max(length - maxlen, 0), stride, dtype=np.int64)
+
+
+def _checked(corpus: Corpus, val_fraction: float) -> Corpus:
+  if corpus.vocab.size < 2:
+    raise UserError(
+        f"the text has only one distinct character ({corpus.vocab.chars!r}), so there is "
+        "nothing to predict: every next character is that one. Train on a text with at least "
+        "two different characters.")
+  if corpus.num_train_windows == 0:
+    raise UserError(
+        f"the training part of the corpus has {corpus.cut} characters, too few for one window "
+        f"of --maxlen={corpus.maxlen} plus its target; use a longer text or a smaller --maxlen.")
+  if val_fraction > 0 and corpus.num_val_windows == 0:
+    raise UserError(
+        f"the validation part of the corpus has {corpus.num_chars - corpus.cut} characters, too "
+        f"few for one window of --maxlen={corpus.maxlen} plus its target; raise --val_fraction, "
+        "lower --maxlen, or use a longer text (or --val_fraction=0 to train without "
+        "validation).")
+  return corpus
 
 
 def build_corpus(text: str, *, maxlen: int, stride: int, val_fraction: float,
                  lowercase: bool = True, vocab: Vocab | None = None) -> Corpus:
-  """Lowercases (optionally), encodes and splits `text`, as the reference notebook does; with
-  its own sorted vocabulary, or `vocab`, which must hold every character of the text."""
+  """Lowercases (optionally), encodes and splits `text` held in memory, as the reference
+  notebook does; with its own sorted vocabulary, or `vocab`, which must hold every character
+  of the text. (The trainer streams its text through the id cache: `from_encoded`.)"""
   if lowercase:
     text = text.lower()
   vocab = Vocab.from_text(text) if vocab is None else vocab
-  if vocab.size < 2:
-    raise UserError(
-        f"the text has only one distinct character ({vocab.chars!r}), so there is nothing to "
-        "predict: every next character is that one. Train on a text with at least two "
-        "different characters.")
   cut = split_index(text, val_fraction) if val_fraction > 0 else len(text)
-  train_starts = window_starts(cut, maxlen, stride)
-  val_starts = window_starts(len(text) - cut, maxlen, 1) + cut
-  if len(train_starts) == 0:
-    raise UserError(
-        f"the training part of the corpus has {cut} characters, too few for one window of "
-        f"--maxlen={maxlen} plus its target; use a longer text or a smaller --maxlen.")
-  if val_fraction > 0 and len(val_starts) == 0:
-    raise UserError(
-        f"the validation part of the corpus has {len(text) - cut} characters, too few for one "
-        f"window of --maxlen={maxlen} plus its target; raise --val_fraction, lower --maxlen, or "
-        "use a longer text (or --val_fraction=0 to train without validation).")
-  return Corpus(vocab, vocab.encode(text), cut, train_starts, val_starts.astype(np.int32),
-                hashlib.sha256(text.encode("utf-8")).hexdigest())
+  return _checked(Corpus(vocab, vocab.encode(text), None, cut, maxlen, stride,
+                         hashlib.sha256(text.encode("utf-8")).hexdigest()), val_fraction)
+
+
+def from_encoded(encoded, *, maxlen: int, stride: int, val_fraction: float,
+                 vocab: Vocab | None = None, num_files: int = 1) -> Corpus:
+  """The corpus of an `idcache.EncodedText`, with its own sorted vocabulary or `vocab` (which
+  must hold every character the text has): the same as build_corpus on the whole text."""
+  vocab = Vocab(encoded.present) if vocab is None else vocab
+  table = np.zeros(len(encoded.codes), ids_dtype(vocab.size))
+  position = {c: i for i, c in enumerate(vocab.chars)}
+  for raw_id, code in enumerate(encoded.codes.tolist()):
+    table[raw_id] = position.get(chr(code), 0)
+  newline = 10 if "\n" in encoded.present else None  # ASCII raw ids are the characters
+  cut = (split_index_of_ids(encoded.ids, newline, val_fraction) if val_fraction > 0
+         else encoded.num_chars)
+  return _checked(Corpus(vocab, encoded.ids, table, cut, maxlen, stride, encoded.sha256,
+                         num_files), val_fraction)
+
+
+_ROUNDS = 4
+_MIX = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB))
+
+
+def _feistel(x: np.ndarray, keys: np.ndarray, half: int) -> np.ndarray:
+  """A keyed permutation of [0, 4**half) (balanced Feistel rounds, splitmix64 mixing)."""
+  mask = np.uint64((1 << half) - 1)
+  left, right = x >> np.uint64(half), x & mask
+  for key in keys:
+    z = (right + key) * _MIX[0]
+    z = (z ^ (z >> np.uint64(31))) * _MIX[1]
+    z = (z ^ (z >> np.uint64(29))) * _MIX[2]
+    left, right = right, left ^ ((z ^ (z >> np.uint64(32))) & mask)
+  return (left << np.uint64(half)) | right
+
+
+def shuffled(positions: np.ndarray, num_windows: int, seed: int, epoch: int) -> np.ndarray:
+  """Which window comes at each of `positions` in the epoch's shuffled order: a bijection of
+  [0, num_windows) that is a pure function of (seed, epoch), so resumable, computed for just
+  these positions (no permutation of every window is held)."""
+  keys = np.random.default_rng([seed, epoch]).integers(0, 2**63, _ROUNDS, dtype=np.uint64)
+  half = max(1, -(-max(num_windows - 1, 1).bit_length() // 2))
+  out = _feistel(np.asarray(positions, np.uint64), keys, half)
+  outside = out >= num_windows
+  while outside.any():  # cycle walking: the domain is under 4x as large, so few rounds
+    out[outside] = _feistel(out[outside], keys, half)
+    outside = out >= num_windows
+  return out.astype(np.int64)
 
 
 def epoch_order(num_windows: int, seed: int, epoch: int) -> np.ndarray:
-  """The shuffled window order of one epoch; a pure function of (seed, epoch), so resumable."""
-  return np.random.default_rng([seed, epoch]).permutation(num_windows)
+  """The whole shuffled window order of one epoch (O(windows): for small counts and tests)."""
+  return shuffled(np.arange(num_windows), num_windows, seed, epoch)
 
 
-def train_batches(starts: np.ndarray, order: np.ndarray, batch_size: int,
-                  num_devices: int) -> np.ndarray:
-  """Start offsets as [num_batches, num_devices, batch_size // num_devices]; the last partial
-  batch is dropped (a different remainder each epoch, since the order is reshuffled)."""
-  num_batches = len(order) // batch_size
-  chosen = starts[order[:num_batches * batch_size]]
-  return chosen.reshape(num_batches, num_devices, batch_size // num_devices)
+def train_batch_starts(corpus: Corpus, batch: int, batch_size: int, seed: int,
+                       epoch: int) -> np.ndarray:
+  """The start offsets [batch_size] (int64) of the epoch's `batch`-th training batch."""
+  positions = np.arange(batch * batch_size, (batch + 1) * batch_size, dtype=np.int64)
+  return shuffled(positions, corpus.num_train_windows, seed, epoch) * corpus.stride
+
+
+def device_batch(corpus: Corpus, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """This process's windows at `starts` [devices, per_device] as the steps take them: each
+  device's windows laid end to end [devices, per_device * (maxlen + 1)], and where each one
+  starts in that row [devices, per_device] (int32), for gather_windows."""
+  windows = corpus.windows(starts)
+  devices, per_device, width = windows.shape
+  local = np.broadcast_to(np.arange(per_device, dtype=np.int32) * width, (devices, per_device))
+  return windows.reshape(devices, per_device * width), np.ascontiguousarray(local)
 
 
 def evenly_spaced(starts: np.ndarray, limit: int) -> np.ndarray:
@@ -149,6 +252,15 @@ def evenly_spaced(starts: np.ndarray, limit: int) -> np.ndarray:
   return starts[np.linspace(0, len(starts) - 1, limit).round().astype(np.int64)]
 
 
+def validation_starts(corpus: Corpus, limit: int) -> np.ndarray:
+  """The validation windows' starts: all of them up to `limit`, else `limit` evenly spaced
+  (the same every epoch); O(limit), whatever the text's size."""
+  count = corpus.num_val_windows
+  picked = (np.arange(count, dtype=np.int64) if count <= limit
+            else np.linspace(0, count - 1, limit).round().astype(np.int64))
+  return corpus.cut + picked
+
+
 def eval_batches(starts: np.ndarray, batch_size: int,
                  num_devices: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
   """All `starts` in device-shaped batches, padded to full size, with 0/1 weights."""
@@ -157,7 +269,7 @@ def eval_batches(starts: np.ndarray, batch_size: int,
     chunk = starts[i:i + batch_size]
     weights = np.zeros(batch_size, np.float32)
     weights[:len(chunk)] = 1.0
-    padded = np.zeros(batch_size, np.int32)
+    padded = np.full(batch_size, starts[0] if len(starts) else 0, np.int64)
     padded[:len(chunk)] = chunk
     yield padded.reshape(num_devices, per_device), weights.reshape(num_devices, per_device)
 

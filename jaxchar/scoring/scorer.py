@@ -114,15 +114,18 @@ def _pmapped(devices: tuple):
 
 
 def score(restored: Restored, prepared: Prepared, from_start: bool = False,
-          batch_size: int = 1024, show_progress: bool = False, devices=None) -> Score:
+          batch_size: int = 1024, show_progress: bool = False, devices=None,
+          capacity: int = 0) -> Score:
   """Scores `prepared` (check_scorable first) on every local device (or `devices`),
   `batch_size` characters per call; a progress bar on stderr when `show_progress` and there
-  are several batches."""
+  are several batches. The ids go to the devices padded to at least `capacity` (one program
+  for pieces of several lengths)."""
   devices = tuple(devices or jax.local_devices())
   per_device = -(-batch_size // len(devices))
   batch = per_device * len(devices)
   targets = target_indices(len(prepared.ids), restored.maxlen, from_start)
-  padded_ids = np.concatenate([prepared.ids, np.zeros(restored.maxlen, prepared.ids.dtype)])
+  padding = max(restored.maxlen, capacity - len(prepared.ids))
+  padded_ids = np.concatenate([prepared.ids, np.zeros(padding, prepared.ids.dtype)])
   p_params = jax_utils.replicate(restored.params, devices)
   p_ids = jax_utils.replicate(jnp.asarray(padded_ids), devices)
   step = _pmapped(devices)

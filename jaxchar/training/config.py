@@ -178,6 +178,10 @@ class Launch:
   workdir: str = option("ckpt/moe", "Folder for this run: checkpoints/, metrics.jsonl, "
                         "tensorboard/, samples.md, loss.png. Rerunning with the same folder "
                         "resumes from its latest checkpoint.")
+  cache_dir: str = option("", "Folder for the text's id cache (the --data text encoded once, "
+                          "1 to 4 bytes per character; later runs over the unchanged files "
+                          "memory-map it); empty = corpus_cache/ beside --workdir, shared by "
+                          "the runs there.")
   cpu_devices: int = option(0, "JAX devices on a CPU host, each taking its share of the batch: "
                             "0 = one per core (the largest count up to the number of cores that "
                             "divides --batch_size into shares of at least 16 windows; a count "

@@ -10,12 +10,12 @@ import jax
 import numpy as np
 
 from jaxchar.core import checkpoint
-from jaxchar.core import corpus as corpus_lib
 from jaxchar.core.data import Vocab
 from jaxchar.core.restore import restore
 from jaxchar.core.spec import ModelSpec
 from jaxchar.errors import UserError
-from jaxchar.training.config import DEFAULT_DATA, Config, parse_init_from
+from jaxchar.training import text
+from jaxchar.training.config import Config, parse_init_from
 
 # Options that fix the shape of the base's parameters (or what its ids mean): taken from it.
 SHAPE_OPTIONS = ("hidden", "num_layers", "embed_dim", "maxlen", "lowercase")
@@ -143,11 +143,11 @@ def check_workdir(workdir: Path, base: Base) -> dict | None:
       "resume it.")
 
 
-def preflight(config: Config, workdir: Path, base: Base) -> None:
+def preflight(config: Config, workdir: Path, base: Base, cache_dir=None) -> None:
   """The checks that must stop a run before it writes anything: a workdir whose run did not
   start from `base` (unless --restart), and new characters under --init_vocab=strict."""
   if not config.restart:
     check_workdir(workdir, base)
   if config.init_vocab == "strict":
-    text = corpus_lib.read_text(config.data, DEFAULT_DATA)
-    vocabulary(base, text.lower() if config.lowercase else text, config.init_vocab)
+    encoded, _ = text.encoded_text(config, text.cache_folder(workdir, cache_dir))
+    vocabulary(base, encoded.present, config.init_vocab)

@@ -26,6 +26,7 @@ LOG_EVERY = 10  # steps between progress updates and stop checks (each is a host
 
 
 def _train_on_starts(state, ids, starts, *, maxlen: int, every_position: bool):
+  """`ids`: this device's windows end to end (data.device_batch), `starts`: where each begins."""
   return steps.train_step(state, data.gather_windows(ids, starts, maxlen, every_position))
 
 
@@ -53,14 +54,17 @@ def _check_finite(loss: float, step: int, config: Config) -> None:
         f"--learning_rate={config.learning_rate / 10:g}.")
 
 
-def evaluate(p_eval_step, p_state, p_ids, val_starts: np.ndarray, batch_size: int) -> float:
-  """Mean next-character cross-entropy (nats) over the windows at `val_starts`, all processes."""
+def evaluate(p_eval_step, p_state, corpus: data.Corpus, val_starts: np.ndarray,
+             batch_size: int) -> float:
+  """Mean next-character cross-entropy (nats) over the windows at `val_starts`, all processes;
+  each process reads only its share of each batch's windows."""
   num_batches = -(-len(val_starts) // batch_size)
   totals = []
   with progress.ValidationProgress(num_batches, len(val_starts),
                                    enabled=distributed.is_primary()) as bar:
     for starts, weights in data.eval_batches(val_starts, batch_size, jax.device_count()):
-      totals.append(p_eval_step(p_state, p_ids, distributed.process_slice(starts),
+      totals.append(p_eval_step(p_state, *data.device_batch(corpus,
+                                                            distributed.process_slice(starts)),
                                 distributed.process_slice(weights)))
       if len(totals) > 1:  # the previous batch: keeps one batch queued behind the wait
         jax.block_until_ready(totals[-2])
@@ -86,10 +90,14 @@ def train_epoch(run: Run, epoch: int, p_train_step,
                 stop: StopRequests) -> tuple[int, float] | None:
   """Trains one epoch from the run's position: (steps run, start time), or None when a stop
   request ended it early (after saving a checkpoint there)."""
-  config = run.config
-  batches = data.train_batches(run.corpus.train_starts,
-                               data.epoch_order(run.corpus.num_train_windows, config.seed, epoch),
-                               config.batch_size, jax.device_count())[:run.steps_per_epoch]
+  config, corpus, num_devices = run.config, run.corpus, jax.device_count()
+  num_batches = run.steps_per_epoch
+
+  def batch_at(index: int) -> tuple[np.ndarray, np.ndarray]:
+    starts = data.train_batch_starts(corpus, index, config.batch_size, config.seed, epoch)
+    return data.device_batch(corpus, distributed.process_slice(
+        starts.reshape(num_devices, config.batch_size // num_devices)))
+
   first = run.start_batch if epoch == run.start_epoch else 0
   if first == 0:
     run.epoch_losses = []
@@ -102,20 +110,19 @@ def train_epoch(run: Run, epoch: int, p_train_step,
       pending.clear()
 
   done = first
-  with progress.EpochProgress(epoch, config.epochs, len(batches), config.batch_size,
+  with progress.EpochProgress(epoch, config.epochs, num_batches, config.batch_size,
                               first_step=first, enabled=distributed.is_primary()) as bar:
-    while done < len(batches):
+    while done < num_batches:
       if _should_stop(stop, done):
         fetch_pending()
         run.save(epoch, done, complete=False)
         return None
-      run.p_state, step_metrics = p_train_step(run.p_state, run.p_ids,
-                                               distributed.process_slice(batches[done]))
+      run.p_state, step_metrics = p_train_step(run.p_state, *batch_at(done))
       pending.append(step_metrics["loss"])
       done += 1
       run.global_step += 1
       at_log = run.global_step % config.log_every == 0
-      if len(pending) == LOG_EVERY or done == len(batches) or at_log:
+      if len(pending) == LOG_EVERY or done == num_batches or at_log:
         fetch_pending()
         running = float(np.mean(run.epoch_losses[-LOG_EVERY:]))
         _check_finite(running, run.global_step, config)
@@ -126,11 +133,11 @@ def train_epoch(run: Run, epoch: int, p_train_step,
                        "train_loss": float(np.mean(run.epoch_losses[-config.log_every:])),
                        "learning_rate": _rate_at(run.learning_rate, run.global_step),
                        "windows_per_s": rate, "elapsed_s": run.elapsed()})
-      if (config.save_every_steps and done < len(batches)
+      if (config.save_every_steps and done < num_batches
           and run.global_step % config.save_every_steps == 0):
         fetch_pending()
         run.save(epoch, done, complete=False)
-  return len(batches) - first, epoch_start
+  return num_batches - first, epoch_start
 
 
 def end_epoch(run: Run, epoch: int, trained: tuple[int, float], p_eval_step) -> dict:
@@ -140,7 +147,7 @@ def end_epoch(run: Run, epoch: int, trained: tuple[int, float], p_eval_step) -> 
   train_loss = float(np.mean(run.epoch_losses)) if run.epoch_losses else float("nan")
   _check_finite(train_loss, run.global_step, config)
   train_seconds = time.perf_counter() - epoch_start
-  val_loss = (evaluate(p_eval_step, run.p_state, run.p_ids, run.val_starts, run.eval_batch_size)
+  val_loss = (evaluate(p_eval_step, run.p_state, run.corpus, run.val_starts, run.eval_batch_size)
               if len(run.val_starts) else None)
   summary = {"epoch": epoch, "step": run.global_step, "train_loss": train_loss,
              "val_loss": val_loss, "val_bpc": val_loss / math.log(2) if val_loss else None,
@@ -170,7 +177,7 @@ def end_epoch(run: Run, epoch: int, trained: tuple[int, float], p_eval_step) -> 
 def validate_the_start(run: Run, p_eval_step) -> None:
   """A run started from another's parameters (--init_from) first says, and records as
   kind "start", what those score on this text's validation windows: where fine-tuning begins."""
-  val_loss = evaluate(p_eval_step, run.p_state, run.p_ids, run.val_starts, run.eval_batch_size)
+  val_loss = evaluate(p_eval_step, run.p_state, run.corpus, run.val_starts, run.eval_batch_size)
   began = run.run_meta["init_from"]
   say(f"before training: val loss {val_loss:.4f} nats ({val_loss / math.log(2):.3f} bits/char) "
       f"with the parameters of {began['workdir']} step {began['step']}")
@@ -202,16 +209,18 @@ def train_epochs(run: Run, stop: StopRequests) -> list[dict]:
 
 
 def train_and_evaluate(config: Config, workdir: str | Path,
-                       base: init_from.Base | None = None) -> list[dict]:
+                       base: init_from.Base | None = None,
+                       cache_dir: str | Path | None = None) -> list[dict]:
   """Trains (resuming from workdir's latest checkpoint, else starting from `base`, the run
-  --init_from names, if given); returns a summary dict per epoch run.
+  --init_from names, if given); returns a summary dict per epoch run. The text's id cache is
+  kept in `cache_dir` (default: corpus_cache/ beside the workdir).
 
   Holds <workdir>/train.lock for the whole run: a second trainer on it stops at once."""
   workdir = Path(workdir)
   if base is not None:
-    init_from.preflight(config, workdir, base)  # its errors leave a new workdir uncreated
+    init_from.preflight(config, workdir, base, cache_dir)  # errors leave a new workdir uncreated
   with distributed.primary_holds(WorkdirLock(workdir)), StopRequests() as stop:
-    run = start_run(config, workdir, base)
+    run = start_run(config, workdir, base, cache_dir)
     try:
       history = [] if nothing_to_train(run) else train_epochs(run, stop)
     except BaseException:

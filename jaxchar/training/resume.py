@@ -29,7 +29,7 @@ def run_metadata(config: Config, corpus: Corpus) -> dict:
   and the corpus' identity."""
   return {"spec": ModelSpec.of(config, corpus.vocab).to_dict(),
           "config": _as_saved(dataclasses.asdict(config)),
-          "corpus_sha256": corpus.sha256, "corpus_chars": len(corpus.ids)}
+          "corpus_sha256": corpus.sha256, "corpus_chars": corpus.num_chars}
 
 
 def _as_saved(values: dict) -> dict:

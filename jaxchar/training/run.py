@@ -2,6 +2,7 @@
 checkpoints and records; created fresh or restored from the latest checkpoint."""
 
 import dataclasses
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -12,12 +13,10 @@ from flax import jax_utils
 from jax.experimental import multihost_utils
 
 from jaxchar.core import checkpoint, data
-from jaxchar.core import corpus as corpus_lib
 from jaxchar.core.model import CharLSTM, count_params
 from jaxchar.errors import UserError
-from jaxchar.training import distributed, init_from, metrics, resume, steps
-from jaxchar.training.config import (AUTO_TRAIN_CHARS, DEFAULT_DATA, MAX_AUTO_EPOCHS, Config,
-                                     auto_epochs)
+from jaxchar.training import distributed, init_from, metrics, resume, steps, text
+from jaxchar.training.config import AUTO_TRAIN_CHARS, MAX_AUTO_EPOCHS, Config, auto_epochs
 from jaxchar.training.distributed import say
 from jaxchar.training.early_stopping import EarlyStopping
 
@@ -39,7 +38,6 @@ class Run:
   val_starts: Any  # the validation windows' start offsets
   eval_batch_size: int
   p_state: Any
-  p_ids: jax.Array
   checkpoints: checkpoint.Checkpoints
   log: metrics.RunLog | None  # None on processes other than 0
   early: EarlyStopping
@@ -98,18 +96,29 @@ def check_batch_fits(batch_size: int, num_devices: int) -> None:
         f"--batch_size={max(1, batch_size // num_devices) * num_devices}.")
 
 
-def start_run(config: Config, workdir: Path, base: init_from.Base | None = None) -> Run:
-  """Reads the corpus, builds the model and resumes from the latest checkpoint if any; else
-  starts from `base`'s parameters (--init_from), or a fresh initialisation."""
-  text = corpus_lib.read_text(config.data, DEFAULT_DATA)
+def load_corpus(config: Config, workdir: Path, cache_dir: str | Path | None = None,
+                base: init_from.Base | None = None) -> tuple[data.Corpus, str | None, str]:
+  """The run's corpus, streamed from the id cache; the characters the text adds to `base`'s
+  vocabulary (None without a base); and what the first line says of the text."""
+  encoded, num_files = text.encoded_text(config, text.cache_folder(workdir, cache_dir))
   vocab = new_symbols = None
   if base is not None:
-    vocab, new_symbols = init_from.vocabulary(base, text.lower() if config.lowercase else text,
-                                              config.init_vocab)
-  corpus = data.build_corpus(text, maxlen=config.maxlen, stride=config.stride,
-                             val_fraction=config.val_fraction, lowercase=config.lowercase,
-                             vocab=vocab)
-  del text  # the corpus keeps only its ids: host memory stays about 1 byte per character
+    vocab, new_symbols = init_from.vocabulary(base, encoded.present, config.init_vocab)
+  corpus = data.from_encoded(encoded, maxlen=config.maxlen, stride=config.stride,
+                             val_fraction=config.val_fraction, vocab=vocab, num_files=num_files)
+  how = "id cache read" if encoded.reused else "encoded into the id cache"
+  shown = os.path.relpath(encoded.path)
+  note = (f"{num_files} file{'s' * (num_files > 1)}, {corpus.num_chars:,} characters ({how} "
+          f"in {encoded.seconds:.1f} s: {encoded.path if shown.startswith('..') else shown}, "
+          f"{encoded.path.stat().st_size / 1e6:,.1f} MB)")
+  return corpus, new_symbols, note
+
+
+def start_run(config: Config, workdir: Path, base: init_from.Base | None = None,
+              cache_dir: str | Path | None = None) -> Run:
+  """Opens the corpus, builds the model and resumes from the latest checkpoint if any; else
+  starts from `base`'s parameters (--init_from), or a fresh initialisation."""
+  corpus, new_symbols, text_note = load_corpus(config, workdir, cache_dir, base)
   num_devices = jax.device_count()  # all processes' devices share every global batch
   check_batch_fits(config.batch_size, num_devices)
   if config.restart and distributed.is_primary() and (moved := checkpoint.set_aside_run(workdir)):
@@ -126,11 +135,11 @@ def start_run(config: Config, workdir: Path, base: init_from.Base | None = None)
   model = steps.model_from_config(config, corpus.vocab.size)
   tx, learning_rate = steps.optimizer_from_config(config, steps_per_epoch)
   state = steps.create_train_state(jax.random.PRNGKey(config.seed), model, config.maxlen, tx)
-  val_starts = data.evenly_spaced(corpus.val_starts, config.val_windows)
+  val_starts = data.validation_starts(corpus, config.val_windows)
   subsampled = (f" (validating on {len(val_starts):,} evenly spaced of them, --val_windows)"
                 if len(val_starts) < corpus.num_val_windows else "")
   say(f"devices: {num_devices} x {jax.devices()[0].platform} in {jax.process_count()} "
-      f"process(es); corpus: {len(corpus.ids):,} characters, vocabulary {corpus.vocab.size}; "
+      f"process(es); corpus: {text_note}, vocabulary {corpus.vocab.size}; "
       f"{corpus.num_train_windows:,} training and {corpus.num_val_windows:,} validation "
       f"windows{subsampled}; model: {count_params(state.params):,} parameters "
       f"({config.lstm_impl} LSTM)")
@@ -177,7 +186,7 @@ def start_run(config: Config, workdir: Path, base: init_from.Base | None = None)
              learning_rate=learning_rate, steps_per_epoch=steps_per_epoch,
              val_starts=val_starts,
              eval_batch_size=global_eval_batch(config.eval_batch_size, num_devices),
-             p_state=jax_utils.replicate(state), p_ids=jax_utils.replicate(jnp.asarray(corpus.ids)),
+             p_state=jax_utils.replicate(state),
              checkpoints=checkpoints, log=log, early=early, run_meta=run_meta,
              global_step=int(state.step), **position)
 

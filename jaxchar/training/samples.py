@@ -16,7 +16,7 @@ def epoch_samples(params, model: CharLSTM, corpus: Corpus, config: Config,
   (text for the terminal, Markdown for samples.md, {temperature: seed window + sample})."""
   rng = np.random.default_rng([config.seed, epoch, 1])
   start = int(rng.integers(0, corpus.cut - config.maxlen))
-  seed_ids = corpus.ids[start:start + config.maxlen]
+  seed_ids = corpus.read(start, start + config.maxlen)
   temps = jnp.asarray(config.temperatures, jnp.float32)
   context = jnp.broadcast_to(jnp.asarray(seed_ids), (len(temps), config.maxlen))
   key = jax.random.fold_in(jax.random.PRNGKey(config.seed), epoch)
