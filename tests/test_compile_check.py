@@ -106,10 +106,10 @@ def test_train_step_compiles_across_options(resolved, dtype, impl, layers, objec
 def test_an_oversized_run_does_not_fit_and_the_largest_batch_that_fits_does(resolved,
                                                                             monkeypatch):
   topology, hbm = resolved["v5e-8"], resolved["v5e-8"].chip.hbm_bytes
-  # Long windows make the boundary a small batch, which compiles quickly; twice the largest
-  # batch that fits (8,192 to 16,384) leaves the search one halving, not seven.
-  config = Config(hidden=128, maxlen=1000, batch_size=16_384, sample_len=0)
-  compiled = {}  # each batch compiled once: the check below reuses the search's compile
+  # Long windows make the boundary a small batch, which compiles quickly. Far above it XLA
+  # refuses a program fast; near it a compile takes longest.
+  config = Config(hidden=128, maxlen=1000, batch_size=1_048_576, sample_len=0)
+  compiled = {}  # each batch compiled once: `fits` below reuses the search's compile
   compile_once = programs.train_step
   monkeypatch.setattr(programs, "train_step", lambda config, vocab, chars, devices, batch: (
       compiled.get(batch) or compiled.setdefault(
@@ -123,7 +123,7 @@ def test_an_oversized_run_does_not_fit_and_the_largest_batch_that_fits_does(reso
   twice = programs.train_step(config, 65, 305_270, topology.devices, 2 * largest)
   assert twice.peak_bytes > hbm
   report = Report(topology, config, 65, 305_270, False, [too_big], None, largest)
-  assert (f"train step (global batch 16384) needs {too_big.peak_bytes / 2**30:.2f} GiB per "
+  assert (f"train step (global batch 1048576) needs {too_big.peak_bytes / 2**30:.2f} GiB per "
           "chip, more than the 16 GiB HBM of a TPU v5e; the largest global batch found to fit "
           f"(compiled, to within 12.5%) is {largest}: --batch_size={largest}") in verdict(report)
 

@@ -9,7 +9,7 @@ import pytest
 
 from jaxchar import host
 
-from helpers import run_module, run_python
+from helpers import run_cases, run_module, run_python
 
 TINY = ["--maxlen=8", "--step=2", "--hidden=16", "--epochs=1", "--steps_per_epoch=2",
         "--sample_len=0", "--eval_batch_size=64"]
@@ -46,14 +46,16 @@ def test_auto_keeps_a_count_forced_through_xla_flags(tmp_path, tiny_file):
   assert result.stdout.startswith("devices: 3 x cpu")
 
 
-@pytest.mark.parametrize("count", [5, -1])
-def test_a_bad_explicit_count_is_a_clear_error(tmp_path, tiny_file, count):
-  result = run_trainer(tmp_path, tiny_file, ["--batch_size=12", f"--cpu_devices={count}"])
-  assert result.returncode == 2
-  assert "Traceback" not in result.stderr
-  expected = ("does not split evenly over the 5 devices" if count == 5
-              else "--cpu_devices=-1 must be >= 0")
-  assert expected in result.stderr, result.stderr
+def test_a_bad_explicit_count_is_a_clear_error(tmp_path, tiny_file):
+  # Both mains in one process: -1 is refused before JAX starts, 5 once it has 5 devices.
+  cases = {-1: "--cpu_devices=-1 must be >= 0", 5: "does not split evenly over the 5 devices"}
+  results = run_cases("jaxchar.train", [
+      [f"--data={tiny_file}", f"--workdir={tmp_path / 'run'}", *TINY, "--batch_size=12",
+       f"--cpu_devices={count}"] for count in cases], devices=None, drop=("XLA_FLAGS",))
+  for (count, expected), result in zip(cases.items(), results, strict=True):
+    assert result.returncode == 2, (count, result.stderr)
+    assert "Traceback" not in result.stderr
+    assert expected in result.stderr, (count, result.stderr)
 
 
 def test_malloc_setting_is_accepted_by_glibc():

@@ -57,6 +57,7 @@ def bad_input_cases(tmp_path: Path, tiny_file: Path) -> list[tuple[list[str], st
       ([data, "--temperatures=0.5,-1"], "temperature -1.0"),
       ([data, "--temperatures=0.5,hot"], "not a comma-separated list of numbers"),
       ([data, "--batch_size=6"], "does not split evenly over the 4 devices"),
+      ([data, "--heartbeat_timeout_s=0"], "--heartbeat_timeout_s=0 must be at least 1"),
       ([data, *TINY_ARGS, "--learning_rate=1e38"], "the training loss became nan"),
   ]
 
