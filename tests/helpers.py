@@ -1,5 +1,7 @@
 """Helpers shared by the tests (fixtures are in conftest.py): the tiny text and config, the
-repository root, what the resume tests compare, and a server started as a user would."""
+repository root, what the resume tests compare, the one way tests start a process (run_module,
+start_module, run_cases for many error cases of one entry point in one process), and a server
+started as a user would."""
 
 import json
 import os
