@@ -35,7 +35,8 @@ def _set_up_host(config: Config, launch: Launch) -> None:
     jax.config.update("jax_compilation_cache_dir", launch.compilation_cache)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
   distributed.initialize(launch.distributed, launch.coordinator_address, launch.num_processes,
-                         launch.process_id, launch.distributed_timeout_s)
+                         launch.process_id, launch.distributed_timeout_s,
+                         launch.heartbeat_timeout_s)
 
 
 def base_from_flags(config: Config) -> tuple[Config, init_from.Base | None]:
@@ -56,7 +57,7 @@ def main() -> None:
     train_and_evaluate(config, launch.workdir, base, launch.cache_dir)
   except Exception as e:  # noqa: BLE001 - only re-labelled when a peer process is gone
     if jax.process_count() > 1 and not isinstance(e, UserError):
-      distributed.exit_on_peer_failure(e)
+      distributed.exit_on_peer_failure(e, launch.heartbeat_timeout_s)
     raise
 
 

@@ -1,5 +1,7 @@
 """Shared fixtures. Four CPU devices are forced before jax is imported, so multi-device code runs
-on this machine; single-device tests pick one of them explicitly."""
+on this machine; single-device tests pick one of them explicitly. Trained runs and the browser
+are made once per session; in-process training draws no loss.png unless a test asks for
+`epoch_plots`."""
 
 import atexit
 import os
@@ -19,11 +21,38 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 from pathlib import Path  # noqa: E402
 
+import jax  # noqa: E402
 import pytest  # noqa: E402
 
 from helpers import TINY_TEXT, tiny_config, write_tiny_text  # noqa: E402
 from jaxchar import train  # noqa: E402
 from jaxchar.core import corpus  # noqa: E402
+from jaxchar.training import loop, plots  # noqa: E402
+
+
+class _PlotsWithoutTheEpochPlot:
+  """jaxchar.training.plots as the training loop sees it in tests: loss.png is not drawn after
+  every epoch (a matplotlib figure per epoch of every tiny run); everything else is plots'."""
+
+  @staticmethod
+  def write_loss_plot(*args, **kwargs) -> None:
+    return None
+
+  def __getattr__(self, name):
+    return getattr(plots, name)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_epoch_plots():
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(loop, "plots", _PlotsWithoutTheEpochPlot())
+    yield
+
+
+@pytest.fixture
+def epoch_plots(monkeypatch):
+  """Training in this test draws loss.png after every epoch, as it does outside the tests."""
+  monkeypatch.setattr(loop, "plots", plots)
 
 
 @pytest.fixture(scope="session")
@@ -49,3 +78,51 @@ def tiny_run(tmp_path_factory) -> Path:
   root = tmp_path_factory.mktemp("tiny_run")
   train.train_and_evaluate(tiny_config(write_tiny_text(root), epochs=2), root / "run")
   return root / "run"
+
+
+@pytest.fixture(scope="session")
+def checkpointed_run(tmp_path_factory) -> Path:
+  """A tiny run trained on this process's 4 devices with checkpoints every 15 steps (45 steps an
+  epoch); --keep=3 leaves 60, 75 and 90 (epoch 2, the best). Tests that change it use a copy."""
+  assert jax.local_device_count() == 4
+  root = tmp_path_factory.mktemp("checkpointed_run")
+  config = tiny_config(write_tiny_text(root), epochs=2, save_every_steps=15, keep=3)
+  train.train_and_evaluate(config, root / "run")
+  return root / "run"
+
+
+def chromium(javascript: bool = True):
+  """Headless Debian chromium through its chromedriver (CI installs both; skipped elsewhere)."""
+  chrome = shutil.which("chromium") or shutil.which("chromium-browser")
+  driver = shutil.which("chromedriver")
+  if not (chrome and driver):
+    if os.environ.get("CI"):
+      pytest.fail("CI must install Debian's chromium and chromium-driver (.ci/run does)")
+    pytest.skip("needs Debian's chromium and chromium-driver: apt install chromium "
+                "chromium-driver (CI installs them)")
+  from selenium import webdriver
+  options = webdriver.ChromeOptions()
+  options.binary_location = chrome
+  for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1100,900"):
+    options.add_argument(arg)
+  if not javascript:
+    options.add_experimental_option(
+        "prefs", {"profile.managed_default_content_settings.javascript": 2})
+  return webdriver.Chrome(options=options,
+                          service=webdriver.ChromeService(executable_path=driver))
+
+
+@pytest.fixture(scope="session")
+def browser():
+  """One headless Chromium for every page test of the session."""
+  session = chromium()
+  yield session
+  session.quit()
+
+
+@pytest.fixture
+def browser_without_javascript():
+  """Chromium with JavaScript turned off (a browser setting fixed when it starts)."""
+  session = chromium(javascript=False)
+  yield session
+  session.quit()

@@ -1,11 +1,8 @@
 """Checkpoints: exact resume, preemption by a real signal, corrupt-checkpoint fallback."""
 
 import errno
-import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 
 import jax
@@ -13,8 +10,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from helpers import (REPO, StopAfterPolls, assert_same_run, damage_checkpoint, final_checkpoint,
-                     run_main, tiny_config)
+from helpers import (StopAfterPolls, assert_same_run, damage_checkpoint, final_checkpoint,
+                     run_main, start_module, tiny_config)
 from jaxchar import train
 from jaxchar.core import checkpoint
 from jaxchar.errors import UserError
@@ -105,20 +102,14 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tiny_file, tmp_pat
   assert_same_run(tmp_path / "clean", tmp_path / "run")
 
 
-def run_cli(args: list[str], devices: int = 1, **kwargs) -> subprocess.Popen:
-  env = {**os.environ, "JAX_PLATFORMS": "cpu",
-         "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
-  return subprocess.Popen([sys.executable, "-m", "jaxchar.train", *args], cwd=REPO, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
-
-
 def test_sigterm_saves_and_the_resumed_run_matches_an_uninterrupted_one(tiny_file, tmp_path):
   """A real SIGTERM to a training subprocess on 1 device, sent once its first periodic
   checkpoint exists (so the handler is installed and training is under way)."""
   args = [f"--data={tiny_file}", "--maxlen=8", "--stride=1", "--hidden=16", "--batch_size=16",
           "--epochs=4", "--sample_len=0", "--save_every_steps=10"]
   interrupted = tmp_path / "interrupted"
-  proc = run_cli([*args, f"--workdir={interrupted}"])
+  full = start_module("jaxchar.train", *args, f"--workdir={tmp_path / 'full'}")  # alongside
+  proc = start_module("jaxchar.train", *args, f"--workdir={interrupted}")
   deadline = time.monotonic() + 120
   while not checkpoint.checkpoint_steps(interrupted) and time.monotonic() < deadline:
     time.sleep(0.05)
@@ -129,11 +120,10 @@ def test_sigterm_saves_and_the_resumed_run_matches_an_uninterrupted_one(tiny_fil
   stopped_at = checkpoint.checkpoint_steps(interrupted)[-1]
   assert stopped_at < 4 * 90  # 90 steps an epoch: it really stopped early
 
-  resumed = run_cli([*args, f"--workdir={interrupted}"])
+  resumed = start_module("jaxchar.train", *args, f"--workdir={interrupted}")
   out, _ = resumed.communicate(timeout=300)
   assert resumed.returncode == 0, out
   assert f"resuming from the checkpoint at step {stopped_at}" in out
-  full = run_cli([*args, f"--workdir={tmp_path / 'full'}"])
   out, _ = full.communicate(timeout=300)
   assert full.returncode == 0, out
   assert_same_run(tmp_path / "full", interrupted)

@@ -1,17 +1,15 @@
 """TPU programs compiled on this machine, no TPU needed (libtpu's compile-only devices): every
-program of the reference run and of launch/tpu.flags for v4-8 and v5e-8, the train step across
-dtypes, LSTM implementations, layers and objectives, and an oversized run refused with the
-largest batch that fits."""
+program of the reference run and of launch/tpu.flags, each topology family (v4-8, v5e-8) with
+each, the train step across dtypes, LSTM implementations, layers and objectives, and an oversized
+run refused with the largest batch that fits."""
 
 import dataclasses
 import importlib.util
 import os
-import subprocess
-import sys
 
 import pytest
 
-from helpers import REPO
+from helpers import run_cases, run_module
 from jaxchar.aot import flops, programs, topologies
 from jaxchar.aot.check import CheckConfig, Report, largest_fitting_batch, run_check, verdict
 from jaxchar.errors import UserError
@@ -67,9 +65,11 @@ def test_missing_libtpu_names_the_install_command(monkeypatch):
 
 
 @needs_libtpu
-@pytest.mark.parametrize("name", ["v4-8", "v5e-8"])
-@pytest.mark.parametrize("config", [Config(), TPU_FLAGS], ids=["reference", "tpu.flags"])
+@pytest.mark.parametrize("name,config", [("v4-8", Config()), ("v5e-8", TPU_FLAGS)],
+                         ids=["v4-8-reference", "v5e-8-tpu.flags"])
 def test_every_program_of_the_run_compiles_and_fits(resolved, name, config):
+  """Each topology family and each option family once (the command below checks v5e-8 with
+  tpu.flags again, as a user runs it)."""
   report = run_check(config, CheckConfig(topology=name), resolved[name])
   kinds = [p.name.split(" (")[0] for p in report.compiled]
   assert kinds == ["train step", "eval step", "epoch samples", "server window start",
@@ -86,9 +86,10 @@ def test_every_program_of_the_run_compiles_and_fits(resolved, name, config):
 
 @needs_libtpu
 @pytest.mark.parametrize("dtype,impl,layers,objective,name", [
-    ("float32", "fused", 1, "last", "v5e-8"), ("bfloat16", "fused", 2, "every", "v5e-8"),
-    ("float32", "flax", 2, "last", "v4-8"), ("bfloat16", "flax", 1, "every", "v4-8"),
-    ("float32", "fused", 2, "every", "v4-8"), ("bfloat16", "flax", 2, "last", "v5e-8")])
+    # With the reference (float32, fused, 1 layer, last) and tpu.flags (bfloat16) runs above,
+    # every value of every option on both topology families, and fused with 2 layers.
+    ("bfloat16", "fused", 2, "every", "v5e-8"), ("float32", "flax", 2, "last", "v4-8"),
+    ("bfloat16", "flax", 1, "every", "v4-8")])
 def test_train_step_compiles_across_options(resolved, dtype, impl, layers, objective, name):
   config = Config(dtype=dtype, lstm_impl=impl, num_layers=layers, objective=objective,
                   embed_dim=16 if layers == 2 else 0)
@@ -102,10 +103,17 @@ def test_train_step_compiles_across_options(resolved, dtype, impl, layers, objec
 
 
 @needs_libtpu
-def test_an_oversized_run_does_not_fit_and_the_largest_batch_that_fits_does(resolved):
+def test_an_oversized_run_does_not_fit_and_the_largest_batch_that_fits_does(resolved,
+                                                                            monkeypatch):
   topology, hbm = resolved["v5e-8"], resolved["v5e-8"].chip.hbm_bytes
-  # Long windows make the boundary a small batch, which compiles quickly.
+  # Long windows make the boundary a small batch, which compiles quickly. Far above it XLA
+  # refuses a program fast; near it a compile takes longest.
   config = Config(hidden=128, maxlen=1000, batch_size=1_048_576, sample_len=0)
+  compiled = {}  # each batch compiled once: `fits` below reuses the search's compile
+  compile_once = programs.train_step
+  monkeypatch.setattr(programs, "train_step", lambda config, vocab, chars, devices, batch: (
+      compiled.get(batch) or compiled.setdefault(
+          batch, compile_once(config, vocab, chars, devices, batch))))
   too_big = programs.train_step(config, 65, 305_270, topology.devices, config.batch_size)
   assert too_big.out_of_memory and too_big.peak_bytes > hbm  # XLA refused it
   largest = largest_fitting_batch(config, 65, 305_270, topology)
@@ -120,15 +128,14 @@ def test_an_oversized_run_does_not_fit_and_the_largest_batch_that_fits_does(reso
           f"(compiled, to within 12.5%) is {largest}: --batch_size={largest}") in verdict(report)
 
 
-def _check(*args: str) -> subprocess.CompletedProcess:
-  env = {k: v for k, v in os.environ.items() if k not in ("JAX_PLATFORMS", "XLA_FLAGS")}
-  return subprocess.run([sys.executable, "-m", "jaxchar.compile_check", *args], cwd=REPO,
-                        env=env, capture_output=True, text=True, timeout=600)
+# As a user's shell runs it: no forced CPU platform or device count.
+COMMAND_ENV = {"devices": None, "drop": ("JAX_PLATFORMS", "XLA_FLAGS"), "timeout": 600}
 
 
 @needs_libtpu
 def test_the_command_on_tpu_flags_prints_the_table_and_only_its_own_lines():
-  result = _check("--topology=v5e-8", "--flagfile=launch/tpu.flags")
+  result = run_module("jaxchar.compile_check", "--topology=v5e-8", "--flagfile=launch/tpu.flags",
+                      **COMMAND_ENV)
   assert result.returncode == 0, result.stderr
   lines = result.stdout.splitlines()
   assert lines[0].startswith("topology v5e-8 = v5e:2x4: 8 x TPU v5e in 1 host(s), 16.0 GiB HBM")
@@ -138,29 +145,32 @@ def test_the_command_on_tpu_flags_prints_the_table_and_only_its_own_lines():
   assert result.stderr == ""  # libtpu's notes about missing TPU metadata are not shown
 
 
-@needs_libtpu
-@pytest.mark.parametrize("args,message", [
+BAD_INPUT = [
     (["--topology=v9-8"], "--topology=v9-8 is not a TPU topology this check knows; use one of"),
     (["--topology=v5e-8", "--batch_size=100"], "--batch_size=100 does not split evenly over the "
      "8 devices"),
     (["--topology=v4-8", "--data=missing.txt"], "--data=missing.txt: no such file"),
     ([], "give the TPU topology to check for"),
-])
-def test_bad_input_is_one_clear_error_with_exit_code_2(args, message):
-  result = _check("--flagfile=launch/tpu.flags", *args)
-  assert result.returncode == 2, result.stderr
-  assert message in " ".join(result.stderr.split()) and "Traceback" not in result.stderr
+]
 
 
 @needs_libtpu
-def test_an_oversized_run_exits_2_before_anything_is_spent():
-  result = _check("--topology=v5e-8", "--flagfile=launch/tpu.flags", "--batch_size=2097152",
-                  "--sample_len=0", "--nosearch_batch")  # the search is tested above
-  assert result.returncode == 2, result.stderr
-  error = " ".join(result.stderr.split())
+def test_bad_input_and_an_oversized_run_exit_2_before_anything_is_spent():
+  """Every bad input is one clear error with exit code 2; so is a run that does not fit (the
+  batch search is tested above). Their mains run in one process."""
+  oversized = ["--topology=v5e-8", "--batch_size=2097152", "--sample_len=0", "--nosearch_batch"]
+  cases = [args for args, _ in BAD_INPUT] + [oversized]
+  *bad, too_big = run_cases("jaxchar.compile_check",
+                            [["--flagfile=launch/tpu.flags", *args] for args in cases],
+                            **COMMAND_ENV)
+  for (args, message), result in zip(BAD_INPUT, bad, strict=True):
+    assert result.returncode == 2, (args, result.stderr)
+    assert message in " ".join(result.stderr.split()) and "Traceback" not in result.stderr
+  assert too_big.returncode == 2, too_big.stderr
+  error = " ".join(too_big.stderr.split())
   assert "the run does not fit on v5e-8: train step (global batch 2097152) needs" in error
   assert "than the 16 GiB HBM of a TPU v5e; lower --batch_size, --hidden or --num_layers." in error
-  assert "| train step (global batch 2097152) |" in result.stdout and "| NO |" in result.stdout
+  assert "| train step (global batch 2097152) |" in too_big.stdout and "| NO |" in too_big.stdout
 
 
 CUDA_SITE = os.environ.get("JAXCHAR_CUDA_AOT_SITE")  # .ci/run installs JAX's CUDA compiler there
@@ -173,11 +183,8 @@ if not CUDA_SITE and os.environ.get("CI"):
 
 @pytest.mark.skipif(not CUDA_SITE, reason=CUDA_REASON)
 def test_every_program_compiles_for_8_h100s_without_a_gpu():
-  env = {k: v for k, v in os.environ.items() if k not in ("JAX_PLATFORMS", "XLA_FLAGS")}
-  env["PYTHONPATH"] = os.path.abspath(CUDA_SITE)
-  result = subprocess.run([sys.executable, "-m", "jaxchar.compile_check", "--topology=h100-8",
-                           "--flagfile=launch/tpu.flags"], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
+  result = run_module("jaxchar.compile_check", "--topology=h100-8", "--flagfile=launch/tpu.flags",
+                      env={"PYTHONPATH": os.path.abspath(CUDA_SITE)}, **COMMAND_ENV)
   assert result.returncode == 0, result.stderr
   lines = result.stdout.splitlines()
   assert lines[0].startswith("topology h100-8 = cuda:h100:1x1x8: 8 x NVIDIA H100 SXM 80 GB")

@@ -5,7 +5,6 @@ uniforms), with the page's controls."""
 import json
 import os
 import re
-import shutil
 import subprocess
 
 import jax
@@ -13,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import run_module, tiny_config, write_tiny_text
+from helpers import run_cases, run_module, tiny_config, write_tiny_text
 from jaxchar import train
 from jaxchar.errors import UserError
 from jaxchar.core.model import fused_tensors
@@ -37,27 +36,6 @@ def two_layer_run(tmp_path_factory):
                        objective="every")
   train.train_and_evaluate(config, root / "run")
   return root / "run"
-
-
-@pytest.fixture(scope="module")
-def browser():
-  """Headless Chromium through chromedriver (CI installs both)."""
-  chrome = shutil.which("chromium") or shutil.which("chromium-browser")
-  driver = shutil.which("chromedriver")
-  if not (chrome and driver):
-    if os.environ.get("CI"):
-      pytest.fail("CI must install Debian's chromium and chromium-driver (.ci/run does)")
-    pytest.skip("needs Debian's chromium and chromium-driver (apt install chromium "
-                "chromium-driver; CI installs them)")
-  from selenium import webdriver
-  options = webdriver.ChromeOptions()
-  options.binary_location = chrome
-  for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1100,900"):
-    options.add_argument(arg)
-  session = webdriver.Chrome(options=options,
-                             service=webdriver.ChromeService(executable_path=driver))
-  yield session
-  session.quit()
 
 
 def exported(run, folder, float16=False):
@@ -224,17 +202,23 @@ def test_a_model_over_100_mb_is_refused_with_the_way_out(tiny_run, monkeypatch, 
   assert not list(tmp_path.iterdir())  # nothing written
 
 
-@pytest.mark.parametrize("case", ["missing run", "missing folder", "out is a folder"])
-def test_bad_input_exits_2_with_one_paragraph_and_writes_nothing(case, tiny_run, tmp_path):
-  workdir = tmp_path / "nowhere" if case == "missing run" else tiny_run
-  out = {"missing folder": tmp_path / "no" / "model.html", "out is a folder": tmp_path}.get(
-      case, tmp_path / "model.html")
-  result = run_export(f"--workdir={workdir}", f"--out={out}")
-  assert result.returncode == 2 and result.stderr.startswith("error: "), result.stderr
-  assert "Traceback" not in result.stderr
-  assert {"missing run": "does not exist; point it at a training run's folder",
-          "missing folder": "the folder", "out is a folder": "is a folder"}[case] in \
-      " ".join(result.stderr.split())
+def test_bad_input_exits_2_with_one_paragraph_and_writes_nothing(tiny_run, tmp_path):
+  messages = {"missing run": "does not exist; point it at a training run's folder",
+              "missing folder": "the folder", "out is a folder": "is a folder"}
+  cases = []
+  for i, case in enumerate(messages):
+    folder = tmp_path / str(i)  # short paths: the error's first line is as long as it was
+    folder.mkdir()
+    workdir = folder / "nowhere" if case == "missing run" else tiny_run
+    out = {"missing folder": folder / "no" / "model.html", "out is a folder": folder}.get(
+        case, folder / "model.html")
+    cases.append([f"--workdir={workdir}", f"--out={out}"])
+  # The first as its own process; the others' mains in one process.
+  results = [run_export(*cases[0]), *run_cases("jaxchar.export", cases[1:])]
+  for case, result in zip(messages, results, strict=True):
+    assert result.returncode == 2 and result.stderr.startswith("error: "), (case, result.stderr)
+    assert "Traceback" not in result.stderr
+    assert messages[case] in " ".join(result.stderr.split()), (case, result.stderr)
   assert not list(tmp_path.glob("**/*.html"))
 
 
@@ -265,23 +249,10 @@ def test_the_page_writes_with_its_controls_and_stops_where_told(tiny_run, browse
     browser.save_screenshot(os.environ["JAXCHAR_SCREENSHOT"])
 
 
-def test_with_javascript_off_the_page_says_it_needs_it(tiny_run, tmp_path):
-  if not (shutil.which("chromium") and shutil.which("chromedriver")):
-    pytest.skip("needs Debian's chromium and chromium-driver") if not os.environ.get("CI") \
-        else pytest.fail("CI must install chromium and chromium-driver")
-  from selenium import webdriver
+def test_with_javascript_off_the_page_says_it_needs_it(tiny_run, browser_without_javascript,
+                                                        tmp_path):
   from selenium.webdriver.common.by import By
   _, page = exported(tiny_run, tmp_path)
-  options = webdriver.ChromeOptions()
-  options.binary_location = shutil.which("chromium")
-  for arg in ("--headless=new", "--no-sandbox", "--disable-gpu"):
-    options.add_argument(arg)
-  options.add_experimental_option("prefs", {"profile.managed_default_content_settings.javascript": 2})
-  session = webdriver.Chrome(options=options, service=webdriver.ChromeService(
-      executable_path=shutil.which("chromedriver")))
-  try:
-    session.get(page.as_uri())
-    body = session.find_element(By.TAG_NAME, "body").text
-  finally:
-    session.quit()
+  browser_without_javascript.get(page.as_uri())
+  body = browser_without_javascript.find_element(By.TAG_NAME, "body").text
   assert "turn JavaScript on for this file" in body and "loading the model" in body

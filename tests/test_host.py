@@ -9,7 +9,7 @@ import pytest
 
 from jaxchar import host
 
-from helpers import REPO
+from helpers import run_cases, run_module, run_python
 
 TINY = ["--maxlen=8", "--stride=2", "--hidden=16", "--epochs=1", "--steps_per_epoch=2",
         "--sample_len=0", "--eval_batch_size=64"]
@@ -26,12 +26,10 @@ def test_auto_is_one_device_per_core_or_the_largest_count_that_divides_the_batch
 
 
 def run_trainer(tmp_path, tiny_file, args, xla_flags=None) -> subprocess.CompletedProcess:
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  if xla_flags:
-    env["XLA_FLAGS"] = xla_flags
-  return subprocess.run([sys.executable, "-m", "jaxchar.train", f"--data={tiny_file}",
-                         f"--workdir={tmp_path / 'run'}", *TINY, *args], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=300)
+  """The trainer as a user's shell starts it: no device count forced unless `xla_flags` says."""
+  return run_module("jaxchar.train", f"--data={tiny_file}", f"--workdir={tmp_path / 'run'}",
+                    *TINY, *args, devices=None, drop=("XLA_FLAGS",),
+                    env={"XLA_FLAGS": xla_flags} if xla_flags else None, timeout=300)
 
 
 def test_the_trainer_uses_every_core_by_default_and_says_so_first(tmp_path, tiny_file):
@@ -48,14 +46,16 @@ def test_auto_keeps_a_count_forced_through_xla_flags(tmp_path, tiny_file):
   assert result.stdout.startswith("devices: 3 x cpu")
 
 
-@pytest.mark.parametrize("count", [5, -1])
-def test_a_bad_explicit_count_is_a_clear_error(tmp_path, tiny_file, count):
-  result = run_trainer(tmp_path, tiny_file, ["--batch_size=12", f"--cpu_devices={count}"])
-  assert result.returncode == 2
-  assert "Traceback" not in result.stderr
-  expected = ("does not split evenly over the 5 devices" if count == 5
-              else "--cpu_devices=-1 must be >= 0")
-  assert expected in result.stderr, result.stderr
+def test_a_bad_explicit_count_is_a_clear_error(tmp_path, tiny_file):
+  # Both mains in one process: -1 is refused before JAX starts, 5 once it has 5 devices.
+  cases = {-1: "--cpu_devices=-1 must be >= 0", 5: "does not split evenly over the 5 devices"}
+  results = run_cases("jaxchar.train", [
+      [f"--data={tiny_file}", f"--workdir={tmp_path / 'run'}", *TINY, "--batch_size=12",
+       f"--cpu_devices={count}"] for count in cases], devices=None, drop=("XLA_FLAGS",))
+  for (count, expected), result in zip(cases.items(), results, strict=True):
+    assert result.returncode == 2, (count, result.stderr)
+    assert "Traceback" not in result.stderr
+    assert expected in result.stderr, (count, result.stderr)
 
 
 def test_malloc_setting_is_accepted_by_glibc():
@@ -68,14 +68,13 @@ def test_with_libtpu_but_no_tpu_the_entry_points_go_straight_to_the_cpu(tmp_path
   """Without JAX_PLATFORMS, JAX would try the TPU first and libtpu would print its notes about
   missing TPU metadata; the entry points take the CPU at once instead."""
   assert not host.tpu_hardware_present()  # this project's machines have no TPU
-  env = {k: v for k, v in os.environ.items() if k not in ("JAX_PLATFORMS", "XLA_FLAGS")
-         and not k.startswith("TPU_") and k != "ALLOW_MULTIPLE_LIBTPU_LOAD"}
-  result = subprocess.run([sys.executable, "-m", "jaxchar.train", f"--data={tiny_file}",
-                           f"--workdir={tmp_path / 'run'}", *TINY, "--batch_size=16"], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=300)
+  drop = tuple(k for k in os.environ if k in ("JAX_PLATFORMS", "XLA_FLAGS")
+               or k.startswith("TPU_") or k == "ALLOW_MULTIPLE_LIBTPU_LOAD")
+  result = run_module("jaxchar.train", f"--data={tiny_file}", f"--workdir={tmp_path / 'run'}",
+                      *TINY, "--batch_size=16", devices=None, drop=drop, timeout=300)
   assert result.returncode == 0, result.stderr
   assert result.stdout.startswith("devices: 1 x cpu") and "TPU" not in result.stderr, (
       result.stderr)
-  probe = subprocess.run([sys.executable, "-c", "import jax; print(jax.devices())"], cwd=REPO,
-                         env=env, capture_output=True, text=True, timeout=120)
+  probe = run_python("-c", "import jax; print(jax.devices())", devices=None, drop=drop,
+                     timeout=120)
   assert "TPU_WORKER_HOSTNAMES" in probe.stderr  # what a plain JAX program prints here

@@ -5,12 +5,10 @@ reported only when it stopped a run early)."""
 
 import ast
 import json
-import subprocess
-import sys
 
 import pytest
 
-from helpers import REPO, tiny_config
+from helpers import REPO, run_python, tiny_config
 from jaxchar.sampling import sampler as sampler_lib
 from jaxchar.sampling.config import SampleConfig
 from jaxchar.training.loop import train_and_evaluate
@@ -28,38 +26,49 @@ ENTRY_POINTS = {  # module: the config classes its flags come from
     "jaxchar.compile_check": ["jaxchar.training.config:Config", "jaxchar.training.config:Launch",
                               "jaxchar.aot.check:CheckConfig"],
 }
-# Run in a fresh process per entry point (each defines --workdir etc. in absl's global FLAGS):
-# its own flags, and for every option the flag's default and help against the definition's.
+# Run in one fresh process for all entry points, one after the other: each defines --workdir
+# etc. in absl's global FLAGS, so the flags one defined are deleted before the next is imported.
+# For each: its own flags, and for every option the flag's default and help against the
+# definition's.
 PROBE = """
 import dataclasses, importlib, json, sys
 from absl import flags
 from jaxchar import options
-module = importlib.import_module(sys.argv[1])
-flags.FLAGS(["probe"])
-own = {f.name for f in flags.FLAGS.get_flags_for_module(module.__name__)}
-report = {"own_flags": sorted(own), "options": []}
-for spec in sys.argv[2:]:
-  cls = getattr(importlib.import_module(spec.split(":")[0]), spec.split(":")[1])
-  report["defaults_equal"] = report.get("defaults_equal", True) and (
-      options.from_flags(cls) == cls())
-  for field in options.option_fields(cls):
-    flag = flags.FLAGS[options.flag_name(field)]
-    report["options"].append({"flag": flag.name, "field": repr(field.default),
-                              "flag_default": repr(flag.default),
-                              # enum flags put <a|b>: before the help, repeatable ones
-                              # say so after it
-                              "same_help": field.metadata["help"] in flag.help,
-                              "from_flag": repr(getattr(options.from_flags(cls), field.name))})
-print(json.dumps(report))
+reports = {}
+for name, specs in json.loads(sys.argv[1]).items():
+  module = importlib.import_module(name)
+  flags.FLAGS.unparse_flags()
+  flags.FLAGS(["probe"])
+  own = {f.name for f in flags.FLAGS.get_flags_for_module(module.__name__)}
+  report = reports[name] = {"own_flags": sorted(own), "options": []}
+  for spec in specs:
+    cls = getattr(importlib.import_module(spec.split(":")[0]), spec.split(":")[1])
+    report["defaults_equal"] = report.get("defaults_equal", True) and (
+        options.from_flags(cls) == cls())
+    for field in options.option_fields(cls):
+      flag = flags.FLAGS[options.flag_name(field)]
+      report["options"].append({"flag": flag.name, "field": repr(field.default),
+                                "flag_default": repr(flag.default),
+                                # enum flags put <a|b>: before the help, repeatable ones
+                                # say so after it
+                                "same_help": field.metadata["help"] in flag.help,
+                                "from_flag": repr(getattr(options.from_flags(cls), field.name))})
+  for flag_name in own:
+    delattr(flags.FLAGS, flag_name)
+print(json.dumps(reports))
 """
 
 
-@pytest.mark.parametrize("module", sorted(ENTRY_POINTS))
-def test_every_flag_comes_from_its_one_option_definition(module):
-  result = subprocess.run([sys.executable, "-c", PROBE, module, *ENTRY_POINTS[module]],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+@pytest.fixture(scope="module")
+def flag_reports() -> dict:
+  result = run_python("-c", PROBE, json.dumps(ENTRY_POINTS), devices=None, timeout=300)
   assert result.returncode == 0, result.stderr
-  report = json.loads(result.stdout.splitlines()[-1])
+  return json.loads(result.stdout.splitlines()[-1])
+
+
+@pytest.mark.parametrize("module", sorted(ENTRY_POINTS))
+def test_every_flag_comes_from_its_one_option_definition(module, flag_reports):
+  report = flag_reports[module]
   defined = sorted(o["flag"] for o in report["options"])
   assert report["own_flags"] == defined  # no flag of the entry point outside the definitions
   assert report["defaults_equal"]

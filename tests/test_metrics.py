@@ -1,13 +1,9 @@
 """Run records: metrics.jsonl, TensorBoard events, samples.md, loss.png; exact across resumes."""
 
-import os
-import subprocess
-import sys
-
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from helpers import REPO, tiny_config
+from helpers import run_cases, run_module, tiny_config
 from jaxchar.training import loop, metrics
 from jaxchar import train
 from jaxchar.training import plots as plot
@@ -42,7 +38,7 @@ def scalar_steps(workdir, tag: str) -> list[int]:
   return [e.step for e in events.Scalars(tag)]
 
 
-def test_a_run_records_metrics_events_samples_and_plot(tiny_file, tmp_path):
+def test_a_run_records_metrics_events_samples_and_plot(tiny_file, tmp_path, epoch_plots):
   config = tiny_config(tiny_file, epochs=2, log_every=10, sample_len=20)
   train.train_and_evaluate(config, tmp_path / "run")
   records = metrics.read_metrics(tmp_path / "run")
@@ -90,31 +86,25 @@ def test_a_crash_and_resume_neither_duplicates_nor_loses_records(tiny_file, tmp_
   assert samples == (tmp_path / "full" / metrics.SAMPLES_FILE).read_text()
 
 
-def test_plot_command(tiny_file, tmp_path):
+def test_plot_command(tiny_file, tmp_path, epoch_plots):
   with pytest.raises(UserError, match="no finished epoch"):
     plot.write_loss_plot(tmp_path)
   train.train_and_evaluate(tiny_config(tiny_file, epochs=1), tmp_path / "run")
   (tmp_path / "run" / plot.PLOT_FILE).unlink()
-  result = subprocess.run([sys.executable, "-m", "jaxchar.plot", f"--workdir={tmp_path / 'run'}"],
-                          cwd=REPO, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
-  assert result.returncode == 0, result.stderr
-  assert (tmp_path / "run" / plot.PLOT_FILE).read_bytes().startswith(b"\x89PNG")
   out = tmp_path / "compare.png"
-  result = subprocess.run([sys.executable, "-m", "jaxchar.plot",
-                           f"--compare={tmp_path / 'run'},{tmp_path / 'run'}", f"--out={out}"],
-                          cwd=REPO, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
-  assert result.returncode == 0, result.stderr
+  written, compared = run_cases("jaxchar.plot", [
+      [f"--workdir={tmp_path / 'run'}"],
+      [f"--compare={tmp_path / 'run'},{tmp_path / 'run'}", f"--out={out}"]])
+  assert written.returncode == 0, written.stderr
+  assert (tmp_path / "run" / plot.PLOT_FILE).read_bytes().startswith(b"\x89PNG")
+  assert compared.returncode == 0, compared.stderr
   assert out.read_bytes().startswith(b"\x89PNG")
   with pytest.raises(UserError, match="no finished epoch"):
     plot.write_comparison_plot([tmp_path / "run", tmp_path / "empty"], out)
 
 
 def test_helpfull_documents_every_flag_with_its_default():
-  result = subprocess.run([sys.executable, "-m", "jaxchar.train", "--helpfull"], cwd=REPO,
-                          capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  result = run_module("jaxchar.train", "--helpfull", timeout=120)
   assert "Traceback" not in result.stderr  # absl exits 1 after printing help
   section = result.stdout.split("train.py:")[1].split("\n\n")[0]
   names = ["data", "lowercase", "maxlen", "step", "val_fraction", "hidden", "batch_size",

@@ -148,11 +148,14 @@ def test_fast_samplers_match_the_model_with_layers_and_embedding(top_k):
   np.testing.assert_array_equal(fast, generate.generate_window_rerun(*args))
   stateful = np.asarray(generate.generate_stateful(*args))
   if top_k == 1:  # greedy: the next id is the argmax of the model on everything so far
-    text = np.asarray(context)
+    # One shape for every prefix (the model reads the first `lengths` ids): one compile.
+    apply = jax.jit(lambda ids, lengths: model.apply({"params": params}, ids, lengths))
+    text = np.zeros((2, MAXLEN + 25), np.int32)
+    text[:, :MAXLEN] = np.asarray(context)
     for k in range(25):
-      logits = model.apply({"params": params}, jnp.asarray(text))
+      logits = apply(jnp.asarray(text), jnp.full(2, MAXLEN + k, jnp.int32))
       np.testing.assert_array_equal(stateful[:, k], np.argmax(logits, axis=1))
-      text = np.concatenate([text, stateful[:, k:k + 1]], axis=1)
+      text[:, MAXLEN + k] = stateful[:, k]
 
 
 def test_patience_stops_early_and_keeps_the_best_checkpoint(tiny_file, tmp_path, capsys):

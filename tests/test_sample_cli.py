@@ -1,62 +1,50 @@
 """The sampler: restore on one device whatever trained it, primes, top-k, and every bad input."""
 
 import json
-import os
 import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import REPO, run_module, tiny_config, write_tiny_text
+from helpers import run_cases, run_module
 from jaxchar.core import checkpoint
 from jaxchar.sampling import generate
-from jaxchar import train
 from jaxchar.sampling import sampler as sampler_lib
 from jaxchar.sampling.config import SampleConfig
 from jaxchar.errors import UserError
 from jaxchar.core.model import CharLSTM
 
 
-@pytest.fixture(scope="module")
-def trained_workdir(tmp_path_factory):
-  """A tiny run trained on the 4 forced devices of this test process, 2 epochs."""
-  root = tmp_path_factory.mktemp("sampling")
-  text_file = write_tiny_text(root)
-  assert jax.local_device_count() == 4
-  train.train_and_evaluate(tiny_config(text_file, epochs=2, save_every_steps=10), root / "run")
-  return root / "run"
-
-
 def run_sample(*args: str) -> subprocess.CompletedProcess:
   return run_module("jaxchar.sample", *args)
 
 
-def test_checkpoint_from_4_devices_samples_on_1(trained_workdir):
-  result = run_sample(f"--workdir={trained_workdir}", "--prime=Moe: ", "--temperature=0.5,1.0",
+def test_checkpoint_from_4_devices_samples_on_1(checkpointed_run):
+  result = run_sample(f"--workdir={checkpointed_run}", "--prime=Moe: ", "--temperature=0.5,1.0",
                       "--num_samples=2", "--length=50", "--seed=3")
   assert result.returncode == 0, result.stderr
   blocks = result.stdout.split("----- temperature ")[1:]
   assert len(blocks) == 4
   assert all(b.split("\n", 1)[1].startswith("moe: ") for b in blocks)  # as the model saw it
   # The same samples in this 4-device process, from the same checkpoint: device-independent.
-  in_process = sampler_lib.run_sampling(SampleConfig(workdir=str(trained_workdir), prime="Moe: ",
-                                       temperatures=(0.5, 1.0), num_samples=2, length=50, seed=3))
+  in_process = sampler_lib.run_sampling(SampleConfig(
+      workdir=str(checkpointed_run), prime="Moe: ", temperatures=(0.5, 1.0), num_samples=2,
+      length=50, seed=3))
   assert in_process.strip() == result.stdout.strip()
 
 
-def test_default_step_is_the_best_by_validation_loss(trained_workdir):
-  steps = checkpoint.checkpoint_steps(trained_workdir)
-  scored = {s: checkpoint.read_meta(trained_workdir, s)["val_loss"] for s in steps}
+def test_default_step_is_the_best_by_validation_loss(checkpointed_run):
+  steps = checkpoint.checkpoint_steps(checkpointed_run)
+  scored = {s: checkpoint.read_meta(checkpointed_run, s)["val_loss"] for s in steps}
   best = min((v, s) for s, v in scored.items() if v is not None)[1]
-  assert sampler_lib.load_sampler(trained_workdir).step == best
-  assert sampler_lib.load_sampler(trained_workdir, steps[0]).step == steps[0]
+  assert sampler_lib.load_sampler(checkpointed_run).step == best
+  assert sampler_lib.load_sampler(checkpointed_run, steps[0]).step == steps[0]
 
 
-def test_top_k_1_equals_argmax(trained_workdir):
-  sampler = sampler_lib.load_sampler(trained_workdir)
+def test_top_k_1_equals_argmax(checkpointed_run):
+  sampler = sampler_lib.load_sampler(checkpointed_run)
   top1 = sampler.sample("moe: ", [1.0], 40, num_samples=3, seed=1, top_k=1)[0]
   assert [len(t) for t in top1] == [40, 40, 40]
   assert len(set(top1)) == 1  # deterministic whatever the seed
@@ -75,8 +63,8 @@ def test_top_k_1_equals_argmax(trained_workdir):
   assert top1[0] == sampler.vocab.decode(expected)
 
 
-def test_primes_of_any_length(trained_workdir):
-  sampler = sampler_lib.load_sampler(trained_workdir)
+def test_primes_of_any_length(checkpointed_run):
+  sampler = sampler_lib.load_sampler(checkpointed_run)
   window, filled = sampler.encode_prime("")
   assert filled == 1 and sampler.vocab.decode(window[:1]) == "\n"
   long_prime = "homer: hi moe.\nmoe: no.\n" * 3
@@ -89,9 +77,9 @@ def test_primes_of_any_length(trained_workdir):
   assert sampler.vocab.decode(window[:filled]) == "moe"
 
 
-def test_sampling_function_is_usable_from_python(trained_workdir):
+def test_sampling_function_is_usable_from_python(checkpointed_run):
   """The README's few lines: restore, then call the pure jitted generate_window."""
-  sampler = sampler_lib.load_sampler(trained_workdir)
+  sampler = sampler_lib.load_sampler(checkpointed_run)
   context = jnp.asarray(sampler.vocab.encode("homer: h"))[None, :]
   ids = generate.generate_window(sampler.model, sampler.params, context, jnp.array([0.5]),
                                  jax.random.PRNGKey(0), 20)
@@ -118,22 +106,24 @@ def bad_sample_cases(tmp_path, workdir):
   ]
 
 
-def test_every_bad_input_is_one_clear_error(trained_workdir, tmp_path):
-  for args, message in bad_sample_cases(tmp_path, trained_workdir):
-    result = run_sample(*args)
+def test_every_bad_input_is_one_clear_error(checkpointed_run, tmp_path):
+  cases = bad_sample_cases(tmp_path, checkpointed_run)
+  first, *others = cases  # one as its own process; the others' mains in one process
+  results = [run_sample(*first[0]), *run_cases("jaxchar.sample", [a for a, _ in others])]
+  for (args, message), result in zip(cases, results, strict=True):
     assert result.returncode == 2, (args, result.stderr)
     assert "Traceback" not in result.stderr
     assert message in " ".join(result.stderr.split()), (args, result.stderr)
 
 
-def test_incompatible_checkpoint_version_is_refused(trained_workdir, monkeypatch):
+def test_incompatible_checkpoint_version_is_refused(checkpointed_run, monkeypatch):
   monkeypatch.setattr(checkpoint, "READABLE_FORMATS", (checkpoint.FORMAT_VERSION + 1,))
   with pytest.raises(UserError, match="checkpoint format 2; this jaxchar .* reads formats 3"):
-    sampler_lib.load_sampler(trained_workdir)
+    sampler_lib.load_sampler(checkpointed_run)
 
 
-def test_stateful_mode_equals_window_mode_until_the_window_is_full(trained_workdir):
-  sampler = sampler_lib.load_sampler(trained_workdir)
+def test_stateful_mode_equals_window_mode_until_the_window_is_full(checkpointed_run):
+  sampler = sampler_lib.load_sampler(checkpointed_run)
   window = sampler.sample("mo", [1e-4], 6, mode="window")[0][0]
   stateful = sampler.sample("mo", [1e-4], 6, mode="stateful")[0][0]
   assert window == stateful  # 2 + 6 = maxlen characters: the same sequence either way
@@ -143,10 +133,10 @@ def test_stateful_mode_equals_window_mode_until_the_window_is_full(trained_workd
 
 
 @pytest.mark.parametrize("prime", ["moe", "homer: hi moe.\nmoe: "])
-def test_fast_window_sampling_equals_rerunning_the_window(trained_workdir, prime):
+def test_fast_window_sampling_equals_rerunning_the_window(checkpointed_run, prime):
   """The staggered generate_window against the reference rerun-per-character algorithm, for a
   short prime (growing window) and a full one; greedy and at T=1 with the same key."""
-  sampler = sampler_lib.load_sampler(trained_workdir)
+  sampler = sampler_lib.load_sampler(checkpointed_run)
   window, filled = sampler.encode_prime(prime)
   context = jnp.asarray(np.broadcast_to(window, (3, sampler.maxlen)))
   temps = jnp.array([1e-4, 1.0, 1.3])
@@ -182,10 +172,8 @@ def test_benchmark_table_and_generated_corpus(tmp_path):
 def test_benchmark_role_runs_as_the_trainer_does():
   """One configuration of the benchmark, end to end in its own process (a tiny budget)."""
   from jaxchar import bench, host
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  result = subprocess.run([sys.executable, "-m", "jaxchar.bench", "--role=trainer",
-                           "--seconds=0.2"], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=300)
+  result = run_module("jaxchar.bench", "--role=trainer", "--seconds=0.2", devices=None,
+                      drop=("XLA_FLAGS",), timeout=300)
   assert result.returncode == 0, result.stderr
   measured = json.loads(result.stdout.split("RESULT=")[1])
   assert measured["devices"] == host.cpu_device_count(0, bench.BATCH)

@@ -1,15 +1,13 @@
 """Top-p (nucleus) sampling and stop strings: in the jitted generators, the sampler and its
 command line, and the server's API."""
 
-import subprocess
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from helpers import run_module
+from helpers import run_cases
 from jaxchar.errors import UserError
 from jaxchar.sampling import generate
 from jaxchar.sampling import sampler as sampler_lib
@@ -71,18 +69,14 @@ def test_bad_top_p_and_stops_are_clear_errors():
     SampleConfig(stops=("\n", "")).validate()
 
 
-def run_sample(*args: str) -> subprocess.CompletedProcess:
-  return run_module("jaxchar.sample", *args)
-
-
 def test_the_command_line_says_which_stop_ended_each_sample(tiny_run):
-  result = run_sample(f"--workdir={tiny_run}", "--prime=moe: ", "--length=300",
-                      "--num_samples=3", "--stop=\\n", "--stop=zzz", "--top_p=0.95",
-                      "--temperature=1.0")
+  result, refused = run_cases("jaxchar.sample", [  # both mains in one process
+      [f"--workdir={tiny_run}", "--prime=moe: ", "--length=300", "--num_samples=3",
+       "--stop=\\n", "--stop=zzz", "--top_p=0.95", "--temperature=1.0"],
+      [f"--workdir={tiny_run}", "--top_p=0"]])
   assert result.returncode == 0, result.stderr
   headers = [line for line in result.stdout.splitlines() if line.startswith("----- ")]
   assert len(headers) == 3 and all(h.endswith("(stopped after '\\n')") for h in headers), headers
-  refused = run_sample(f"--workdir={tiny_run}", "--top_p=0")
   assert refused.returncode == 2 and "Traceback" not in refused.stderr
   assert "--top_p=0.0 must be above 0" in refused.stderr
 

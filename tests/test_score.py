@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from helpers import TINY_TEXT, run_module
+from helpers import TINY_TEXT, run_cases, run_module
 from jaxchar.core import checkpoint, corpus, data
 from jaxchar.errors import UserError
 from jaxchar.sampling import sampler as sampler_lib
@@ -114,18 +114,23 @@ def test_config_errors(tmp_path):
       corpus.read_text(tmp_path / name)
 
 
-@pytest.mark.parametrize("case", ["missing file", "no known character"])
-def test_bad_input_exits_2_with_one_paragraph_and_writes_nothing(case, tiny_run, tmp_path):
-  path = tmp_path / "text.txt"
-  if case == "no known character":
-    path.write_text("ЖЖЖЖЖЖЖЖЖЖЖЖ", encoding="utf-8")
-  tsv = tmp_path / "out.tsv"
-  result = run_score(f"--workdir={tiny_run}", f"--data={path}", f"--per_char={tsv}")
-  assert result.returncode == 2, result.stderr
-  assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr
-  assert ("no such file" if case == "missing file" else "no character the model knows") in \
-      " ".join(result.stderr.split())
-  assert not tsv.exists() and list(tmp_path.iterdir()) == ([path] if path.exists() else [])
+def test_bad_input_exits_2_with_one_paragraph_and_writes_nothing(tiny_run, tmp_path):
+  messages = {"missing file": "no such file", "no known character": "no character the model knows"}
+  cases, folders = [], []
+  for i, case in enumerate(messages):
+    folder = tmp_path / str(i)  # short paths: the error's first line is as long as it was
+    folder.mkdir()
+    path = folder / "text.txt"
+    if case == "no known character":
+      path.write_text("ЖЖЖЖЖЖЖЖЖЖЖЖ", encoding="utf-8")
+    folders.append((folder, path))
+    cases.append([f"--workdir={tiny_run}", f"--data={path}", f"--per_char={folder / 'out.tsv'}"])
+  results = run_cases("jaxchar.score", cases, devices=2)  # both mains in one process
+  for case, result, (folder, path) in zip(messages, results, folders, strict=True):
+    assert result.returncode == 2, (case, result.stderr)
+    assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr
+    assert messages[case] in " ".join(result.stderr.split()), (case, result.stderr)
+    assert list(folder.iterdir()) == ([path] if path.exists() else [])  # no out.tsv
 
 
 @pytest.mark.parametrize("from_start", [False, True])

@@ -5,7 +5,6 @@ import json
 import math
 import os
 import re
-import shutil
 import threading
 
 import jax
@@ -201,32 +200,12 @@ def test_rows_with_different_primes_in_one_batch_equal_each_alone(workdir):
       np.testing.assert_array_equal(together[i], sampler.generate_rows([row], 40, mode)[0])
 
 
-def browser_paths() -> tuple[str, str] | None:
-  chrome = shutil.which("chromium") or shutil.which("chromium-browser")
-  driver = shutil.which("chromedriver")
-  return (chrome, driver) if chrome and driver else None
-
-
-def test_the_page_generates_in_a_real_headless_browser(workdir, tmp_path):
-  paths = browser_paths()
-  if paths is None:
-    if os.environ.get("CI"):
-      pytest.fail("CI must install Debian's chromium and chromium-driver (.ci/run does)")
-    pytest.skip("needs Debian's chromium and chromium-driver: apt install chromium "
-                "chromium-driver (CI installs them)")
-  from selenium import webdriver
+def test_the_page_generates_in_a_real_headless_browser(workdir, browser, tmp_path):
   from selenium.webdriver.common.by import By
   from selenium.webdriver.support.ui import WebDriverWait
 
   server, port = start_server(workdir, tmp_path / "server.log")
-  options = webdriver.ChromeOptions()
-  options.binary_location = paths[0]
-  for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1100,900"):
-    options.add_argument(arg)
-  browser = None
   try:
-    browser = webdriver.Chrome(options=options,
-                               service=webdriver.ChromeService(executable_path=paths[1]))
     browser.get(f"http://127.0.0.1:{port}/")
     WebDriverWait(browser, 30).until(
         lambda b: "vocabulary 15" in b.find_element(By.ID, "model").text)
@@ -269,7 +248,5 @@ def test_the_page_generates_in_a_real_headless_browser(workdir, tmp_path):
     if os.environ.get("JAXCHAR_SCREENSHOT"):
       browser.save_screenshot(os.environ["JAXCHAR_SCREENSHOT"])
   finally:
-    if browser is not None:
-      browser.quit()
     server.terminate()
     assert server.wait(timeout=30) == 0  # a clean stop on SIGTERM

@@ -1,8 +1,6 @@
 """The trainer entry point: a tiny end-to-end run, every bad input, and the launch flagfiles."""
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +10,7 @@ from jaxchar.core import checkpoint, corpus, textstream
 from jaxchar import train
 from jaxchar.training.config import DEFAULT_DATA
 
-from helpers import REPO, run_main
+from helpers import REPO, run_cases, run_main, run_module
 
 FLAGS = flags.FLAGS
 TINY_ARGS = ["--maxlen=8", "--stride=2", "--hidden=16", "--batch_size=16", "--epochs=2",
@@ -74,6 +72,7 @@ def bad_input_cases(tmp_path: Path, tiny_file: Path) -> list[tuple[list[str], st
       ([data, "--temperatures=0.5,-1"], "--temperatures=-1 must be a positive number"),
       ([data, "--temperatures=0.5,hot"], "not a comma-separated list of numbers"),
       ([data, "--batch_size=6"], "does not split evenly over the 4 devices"),
+      ([data, "--heartbeat_timeout_s=0"], "--heartbeat_timeout_s=0 must be at least 1"),
       ([data, *TINY_ARGS, "--learning_rate=1e38"], "the training loss became nan"),
   ]
 
@@ -119,14 +118,15 @@ def test_default_corpus_is_fetched_from_the_mirror_and_checked(tmp_path, monkeyp
     corpus.read_text(DEFAULT_DATA, DEFAULT_DATA)
 
 
-@pytest.mark.parametrize("args", [["--maxlen=0"], ["--maxlen=abc"], ["surplus"]])
-def test_command_line_errors_exit_without_traceback(args):
-  result = subprocess.run([sys.executable, "-m", "jaxchar.train", *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
-  assert result.returncode != 0
-  assert "Traceback" not in result.stderr
-  assert "error" in result.stderr.lower()
+def test_command_line_errors_exit_without_traceback():
+  cases = [["--maxlen=0"], ["--maxlen=abc"], ["surplus"]]
+  # The first as its own process; the others' mains in one process.
+  results = [run_module("jaxchar.train", *cases[0], devices=None, timeout=120),
+             *run_cases("jaxchar.train", cases[1:], devices=None, timeout=120)]
+  for args, result in zip(cases, results, strict=True):
+    assert result.returncode != 0, args
+    assert "Traceback" not in result.stderr, (args, result.stderr)
+    assert "error" in result.stderr.lower(), (args, result.stderr)
 
 
 @pytest.mark.parametrize("flagfile", sorted((REPO / "launch").glob("*.flags")),

@@ -199,11 +199,16 @@ class Launch:
   process_id: int | None = option(None, "This process's index, 0 to --num_processes - 1.")
   distributed_timeout_s: int = option(120, "Seconds to wait for every process to reach the "
                                       "coordinator before giving up with an error.")
+  heartbeat_timeout_s: int = option(30, "Seconds without a heartbeat after which a process "
+                                    "of a multi-process run is declared dead and the others "
+                                    "stop with an error instead of waiting for it.")
 
   def validate(self) -> "Launch":
     """Raises UserError for a bad value; returns self."""
     if self.cpu_devices < 0:
       raise UserError(f"--cpu_devices={self.cpu_devices} must be >= 0 (0 = one per core).")
+    if self.heartbeat_timeout_s < 1:
+      raise UserError(f"--heartbeat_timeout_s={self.heartbeat_timeout_s} must be at least 1.")
     check_choices(self)
     return self
 

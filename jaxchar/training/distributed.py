@@ -15,7 +15,6 @@ import numpy as np
 
 from jaxchar.errors import UserError
 
-HEARTBEAT_TIMEOUT_S = 30  # a silent (dead) process is declared failed after this
 SHUTDOWN_TIMEOUT_S = 60
 
 
@@ -33,11 +32,12 @@ def requested(mode: str, coordinator_address: str | None) -> bool:
 
 
 def initialize(mode: str, coordinator_address: str | None, num_processes: int | None,
-               process_id: int | None, timeout_s: int = 120) -> None:
+               process_id: int | None, timeout_s: int, heartbeat_timeout_s: int) -> None:
   """Starts jax.distributed when asked to (or, in 'auto', when a cluster is detected).
 
   Must run before anything touches a JAX device. mode: 'auto', 'on' (JAX's own cluster
-  detection) or 'off'. timeout_s bounds the wait for every process to reach the coordinator.
+  detection) or 'off'. timeout_s bounds the wait for every process to reach the coordinator;
+  a process silent for heartbeat_timeout_s is declared dead.
   """
   explicit = [coordinator_address, num_processes, process_id]
   if any(v is not None for v in explicit) and not all(v is not None for v in explicit):
@@ -53,7 +53,7 @@ def initialize(mode: str, coordinator_address: str | None, num_processes: int | 
     jax.distributed.initialize(
         coordinator_address=coordinator_address, num_processes=num_processes,
         process_id=process_id, initialization_timeout=timeout_s,
-        heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT_S,
+        heartbeat_timeout_seconds=heartbeat_timeout_s,
         shutdown_timeout_seconds=SHUTDOWN_TIMEOUT_S)
   except Exception as e:  # the runtime raises several types for an unreachable coordinator
     where = coordinator_address or "the cluster's coordinator"
@@ -109,7 +109,7 @@ def any_process(flag: bool) -> bool:
   return bool(multihost_utils.process_allgather(jnp.asarray(flag, jnp.int32)).max())
 
 
-def exit_on_peer_failure(error: Exception) -> NoReturn:
+def exit_on_peer_failure(error: Exception, heartbeat_timeout_s: int) -> NoReturn:
   """Reports a collective that failed because another process died, and exits at once.
 
   os._exit skips jax.distributed's shutdown barrier, which would otherwise abort the process
@@ -119,7 +119,7 @@ def exit_on_peer_failure(error: Exception) -> NoReturn:
       f"error: process {jax.process_index()} of {jax.process_count()} stopped: a collective "
       f"operation failed ({type(error).__name__}: {str(error).splitlines()[0][:160]}), which "
       f"almost always means another process of the run died or was preempted (a silent process "
-      f"is declared dead after {HEARTBEAT_TIMEOUT_S} s). Check the other processes' logs, then "
+      f"is declared dead after {heartbeat_timeout_s} s, --heartbeat_timeout_s). Check the other processes' logs, then "
       "rerun the same commands on every host: training resumes from the last checkpoint.")
   print(textwrap.fill(message, width=100, break_long_words=False, break_on_hyphens=False),
         file=sys.stderr, flush=True)
