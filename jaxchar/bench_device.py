@@ -118,7 +118,7 @@ def train_cell(sizes: Sizes, corpus, batch: int, impl: str, dtype: str, unroll: 
     for i in range(count):
       holder[0], metrics = p_train_step(holder[0], p_ids, batches[i % len(batches)])
     metrics["loss"].block_until_ready()
-  with scan_unroll(unroll):  # the second step compiles again, for the donated state's layout
+  with scan_unroll(unroll):  # the second step compiles again (BENCHMARKS.md)
     start = time.perf_counter()
     run(2)
     compile_s = time.perf_counter() - start

@@ -12,7 +12,8 @@
 # 3.11+ (found or installed as launch/python.sh says) and installs jaxchar[$ACCEL] from PyPI
 # (ACCEL=cuda: an NVIDIA GPU with a CUDA 12 driver, about 3 GB of wheels; ACCEL=tpu: a Cloud TPU
 # VM). ACCEL=cpu runs the same suite at tiny sizes on the CPU, offline, with the active Python (the
-# test suite does, so the script cannot rot). Costs: nothing beyond the machine.
+# test suite does, so the script cannot rot). BUDGET_S (default 270) bounds the measuring: cells
+# not reached by then are listed as skipped. Costs: nothing beyond the machine.
 #
 #   launch/bench_device.sh [out.json]            (ACCEL=auto: the active JAX's GPU or TPU)
 #   ACCEL=cpu launch/bench_device.sh out.json
@@ -20,13 +21,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ACCEL=${ACCEL:-auto}
 OUT=${1:-bench-device.json}
+BUDGET_S=${BUDGET_S:-270}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # this checkout's jaxchar, installed or not
 sees_accelerator() {
   python -c 'import jax, sys; sys.exit(jax.default_backend() not in ("gpu", "tpu"))' 2>/dev/null
 }
 case "$ACCEL" in
   cpu)
-    JAX_PLATFORMS=cpu exec python -m jaxchar.bench_device --profile=cpu --json="$OUT" ;;
+    JAX_PLATFORMS=cpu exec python -m jaxchar.bench_device --profile=cpu --json="$OUT" \
+      --budget_s="$BUDGET_S" ;;
   auto|cuda|tpu)
     if command -v python >/dev/null && sees_accelerator; then
       echo "using the active environment: $(command -v python)" >&2
@@ -41,7 +44,7 @@ case "$ACCEL" in
       sees_accelerator || { echo "error: JAX sees no GPU or TPU even with jaxchar[$ACCEL]" \
                                  "installed (python -c 'import jax; print(jax.devices())')." >&2; exit 2; }
     fi
-    exec python -m jaxchar.bench_device --profile=device --json="$OUT" ;;
+    exec python -m jaxchar.bench_device --profile=device --json="$OUT" --budget_s="$BUDGET_S" ;;
   *)
     echo "error: ACCEL=$ACCEL; use auto, cuda, tpu or cpu." >&2
     exit 2 ;;
