@@ -29,7 +29,7 @@ def test_the_cpu_run_measures_every_cell_and_writes_json_and_the_table(tmp_path)
   sizes = bench_device.PROFILES["cpu"]
   assert results["profile"] == "cpu" and results["backend"] == "cpu"
   assert results["memory_gib"] > 0 and results["local_devices"] == 1
-  kinds = [(c["kind"], c.get("impl"), c.get("dtype"), c.get("batch"), c.get("unroll"))
+  kinds = [tuple(c.get(k) for k in ("kind", "impl", "dtype", "batch", "unroll", "mode", "rows"))
            for c in results["cells"]]
   assert len(kinds) == len(set(kinds)) == len(bench_device.cells(sizes))
   for cell in results["cells"]:
