@@ -11,6 +11,7 @@ import glob
 import importlib.util
 import os
 import sys
+from pathlib import Path
 
 import jax
 
@@ -81,7 +82,7 @@ def tpu_hardware_present() -> bool:
   """Whether this machine has TPU chips (any PCI device of Google's vendor id)."""
   for path in glob.glob("/sys/bus/pci/devices/*/vendor"):
     try:
-      if open(path, encoding="ascii").read().strip() == GOOGLE_PCI_VENDOR:
+      if Path(path).read_text(encoding="ascii").strip() == GOOGLE_PCI_VENDOR:
         return True
     except OSError:
       continue

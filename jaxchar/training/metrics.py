@@ -9,8 +9,6 @@ import os
 import re
 from pathlib import Path
 
-from tensorboardX import SummaryWriter
-
 from jaxchar.errors import writing
 
 METRICS_FILE = "metrics.jsonl"
@@ -46,7 +44,9 @@ class RunLog:
     with writing("the metrics", self.workdir):
       self._drop_records_after(resume_step, resume_epoch)
       self.metrics = open(self.workdir / METRICS_FILE, "a", encoding="utf-8")
-    # purge_step drops events a previous process wrote after the checkpoint.
+    # Imported here, so that the device benchmark can import the loop where tensorboardX is not
+    # installed. purge_step drops events a previous process wrote after the checkpoint.
+    from tensorboardX import SummaryWriter
     self.writer = SummaryWriter(str(self.workdir / TENSORBOARD_DIR),
                                 purge_step=resume_step + 1 if resume_step else None,
                                 flush_secs=30)
