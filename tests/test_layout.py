@@ -53,7 +53,8 @@ for name, specs in json.loads(sys.argv[1]).items():
                                 # enum flags put <a|b>: before the help, repeatable ones
                                 # say so after it
                                 "same_help": field.metadata["help"] in flag.help,
-                                "from_flag": repr(getattr(options.from_flags(cls), field.name))})
+                                "from_flag": repr(getattr(options.from_flags(cls), field.name)),
+                                "old_names": list(field.metadata.get("old_names", ()))})
   for flag_name in own:
     delattr(flags.FLAGS, flag_name)
 print(json.dumps(reports))
@@ -70,7 +71,8 @@ def flag_reports() -> dict:
 @pytest.mark.parametrize("module", sorted(ENTRY_POINTS))
 def test_every_flag_comes_from_its_one_option_definition(module, flag_reports):
   report = flag_reports[module]
-  defined = sorted(o["flag"] for o in report["options"])
+  defined = sorted([o["flag"] for o in report["options"]]
+                   + [old for o in report["options"] for old in o["old_names"]])  # aliases
   assert report["own_flags"] == defined  # no flag of the entry point outside the definitions
   assert report["defaults_equal"]
   for o in report["options"]:
