@@ -5,14 +5,14 @@ window before them (the validation metric: a run's own validation text gives its
 loss); needs no training flags.
 """
 
-import json
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from jaxchar import host, options
-from jaxchar.cli import entry_point
+from jaxchar.cli import entry_point, run
 from jaxchar.core import atomic, corpus
+from jaxchar.core.terminal import json_line, shown
 from jaxchar.sampling.sampler import checkpoint_header, load_sampler
 from jaxchar.scoring import scorer
 from jaxchar.scoring.config import ScoreConfig
@@ -59,20 +59,20 @@ def main() -> None:
   del text
   scorer.check_scorable(prepared, sampler.maxlen, config.from_start, f"--data={config.data}")
   if prepared.excluded:
-    print(excluded_warning(prepared.excluded, config.data), file=sys.stderr, flush=True)
+    print(shown(excluded_warning(prepared.excluded, config.data)), file=sys.stderr, flush=True)
   result = scorer.score(sampler, prepared, config.from_start, config.batch_size,
                         show_progress=True)
   if config.per_char:
     atomic.write_text(config.per_char, scorer.per_char_lines(result), "the per-character scores")
   figures = result.figures()
   if config.as_json:
-    print(json.dumps({"workdir": config.workdir, "step": sampler.step, "data": config.data,
-                      **figures}, ensure_ascii=False))
+    print(json_line({"workdir": config.workdir, "step": sampler.step, "data": config.data,
+                     **figures}))
   else:
-    print(report(figures, sampler, config))
+    print(shown(report(figures, sampler, config)))
     if config.per_char:
       print(f"wrote {figures['scored']:,} per-character log-probabilities to {config.per_char}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  run(main)

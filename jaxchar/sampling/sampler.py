@@ -16,6 +16,7 @@ import numpy as np
 from jaxchar.core import checkpoint
 from jaxchar.core.data import Vocab
 from jaxchar.core.model import CharLSTM, init_params
+from jaxchar.core.terminal import shown
 from jaxchar.errors import UserError
 from jaxchar.sampling import generate
 from jaxchar.sampling.config import SampleConfig
@@ -157,7 +158,7 @@ def _describe(error: Exception) -> str:
 
 
 def _warn(message: str) -> None:
-  print(f"warning: {message}", file=sys.stderr, flush=True)
+  print(shown(f"warning: {message}"), file=sys.stderr, flush=True)
 
 
 def _restore_sampler(workdir: Path, step: int, meta: dict,
@@ -269,7 +270,8 @@ def checkpoint_header(sampler: Sampler) -> str:
 
 
 def run_sampling(config: SampleConfig) -> str:
-  """Restores the checkpoint and returns the samples as printable text."""
+  """Restores the checkpoint and returns the samples as printable text (control characters
+  the model wrote or the prime holds escaped, core.terminal.shown)."""
   sampler = load_sampler(config.workdir, config.step)
   samples = sampler.sample(config.prime, config.temperatures, config.length, config.num_samples,
                            config.seed, config.top_k, config.unknown, config.mode, config.top_p)
@@ -283,4 +285,4 @@ def run_sampling(config: SampleConfig) -> str:
         ended = (f" (stopped after {stop!r})" if stop is not None
                  else f" (no stop string in {config.length} characters)")
       lines.append(f"----- temperature {temperature}, sample {n}{ended}\n{shown_prime}{text}")
-  return "\n".join(lines)
+  return shown("\n".join(lines))
