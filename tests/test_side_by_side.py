@@ -16,7 +16,8 @@ import pytest
 
 from helpers import REPO, damage_checkpoint, tiny_config
 from jaxchar.core import checkpoint
-from jaxchar.training import lock, metrics
+from jaxchar.core import lock
+from jaxchar.training import metrics
 from jaxchar import train
 from jaxchar.sampling import sampler as sampler_lib
 from jaxchar.sampling.config import SampleConfig

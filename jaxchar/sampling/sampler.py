@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxchar.core import checkpoint
+from jaxchar.core import checkpoint, lock
 from jaxchar.core.data import Vocab
 from jaxchar.core.model import CharLSTM, init_params
 from jaxchar.core.terminal import shown
@@ -176,6 +176,10 @@ def _finished_steps(workdir: Path, flag: str) -> list[int]:
     raise UserError(f"{flag}={workdir} does not exist; point it at a training run's folder "
                     "(the trainer's --workdir, default ckpt/moe).")
   steps = checkpoint.checkpoint_steps(workdir)
+  if not steps and (trainer := lock.holder(workdir)):
+    raise UserError(f"{flag}={workdir} has no finished checkpoint yet: a trainer is running "
+                    f"there ({trainer}) and saves its first at the end of epoch 1 (or every "
+                    "--save_every_steps). Wait for that save and retry.")
   if not steps and checkpoint.unfinished_checkpoints(workdir):
     raise UserError(f"{flag}={workdir} has no finished checkpoint yet: the first one is still "
                     "being written (or its writer stopped midway). Wait for the trainer's first "

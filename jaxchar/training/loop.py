@@ -17,7 +17,7 @@ from jaxchar.errors import UserError
 from jaxchar.training import distributed, init_from, plots, progress, steps
 from jaxchar.training.config import Config
 from jaxchar.training.distributed import say
-from jaxchar.training.lock import WorkdirLock
+from jaxchar.core.lock import WorkdirLock
 from jaxchar.training.preemption import StopRequests
 from jaxchar.training.run import Run, nothing_to_train, start_run
 from jaxchar.training.samples import epoch_samples

@@ -1,4 +1,5 @@
-"""One trainer per workdir: an OS file lock held for the whole run.
+"""One trainer per workdir: an OS file lock held for the whole run, which the sampler also
+reads to tell a folder whose trainer has not saved yet from one nobody trains in.
 
 `fcntl.flock` locks belong to the open file, so the OS releases them when the process ends in
 any way (kill -9 included): a lock file left by a dead run never blocks the next one.
@@ -62,3 +63,20 @@ class WorkdirLock:
 
   def __exit__(self, *exc) -> None:
     self.release()
+
+
+def holder(workdir: Path) -> str | None:
+  """Who holds <workdir>/train.lock now (the trainer's pid, host, start and command), None when
+  no one does. Writes nothing: the file is opened for reading and a shared lock tried and
+  released at once."""
+  try:
+    file = open(Path(workdir) / LOCK_FILE, encoding="utf-8")
+  except OSError:
+    return None
+  with file:
+    try:
+      fcntl.flock(file, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+      return file.read().strip() or "another process"
+    fcntl.flock(file, fcntl.LOCK_UN)
+  return None
