@@ -38,14 +38,15 @@ def test_the_trainer_uses_every_core_by_default_and_says_so_first(tmp_path, tiny
   result = run_trainer(tmp_path, tiny_file, ["--batch_size=32"])
   assert result.returncode == 0, result.stderr
   expected = host.cpu_device_count(0, 32)
-  assert result.stdout.splitlines()[0].startswith(f"devices: {expected} x cpu in 1 process(es)")
+  assert result.stdout.splitlines()[0].startswith("training in ")  # the workdir, then devices
+  assert result.stdout.splitlines()[1].startswith(f"devices: {expected} x cpu in 1 process(es)")
 
 
 def test_auto_keeps_a_count_forced_through_xla_flags(tmp_path, tiny_file):
   result = run_trainer(tmp_path, tiny_file, ["--batch_size=12"],
                        xla_flags=f"{host.FORCE_FLAG}=3")
   assert result.returncode == 0, result.stderr
-  assert result.stdout.startswith("devices: 3 x cpu")
+  assert result.stdout.splitlines()[1].startswith("devices: 3 x cpu")
 
 
 @pytest.mark.parametrize("count", [5, -1])

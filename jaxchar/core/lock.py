@@ -24,8 +24,10 @@ class WorkdirLock:
   def __init__(self, workdir: Path):
     self.path = Path(workdir) / LOCK_FILE
     self._file = None
+    self._created: list[Path] = []  # the lock file and folders acquire() made, newest first
 
   def acquire(self) -> "WorkdirLock":
+    self._created = [p for p in [self.path, *self.path.parents] if not p.exists()]
     with writing("the run's lock file", self.path.parent):
       self.path.parent.mkdir(parents=True, exist_ok=True)
       # Opened without truncating: the holder's description must survive a refused attempt.
@@ -51,6 +53,17 @@ class WorkdirLock:
     file.flush()
     self._file = file
     return self
+
+  def discard(self) -> None:
+    """Releases the lock and removes what acquiring it created (the lock file, folders still
+    empty): a run that stopped on bad input before writing leaves nothing behind."""
+    self.release()
+    for path in self._created:
+      try:
+        path.unlink() if path == self.path else path.rmdir()
+      except OSError:
+        break  # written to since (not empty): kept, and so are the folders above it
+    self._created = []
 
   def release(self) -> None:
     if self._file is not None:

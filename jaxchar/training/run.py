@@ -50,6 +50,7 @@ class Run:
   global_step: int = 0  # counted on the host: reading p_state.step would wait for the device
   last_saved: int | None = None
   elapsed_before: float = 0.0
+  epoch_end_s: float = 0.0  # seconds the last epoch's end took (validation, samples, save)
   started: float = dataclasses.field(default_factory=time.perf_counter)
 
   def elapsed(self) -> float:
@@ -101,7 +102,8 @@ def check_batch_fits(batch_size: int, num_devices: int) -> None:
 def start_run(config: Config, workdir: Path, base: init_from.Base | None = None) -> Run:
   """Reads the corpus, builds the model and resumes from the latest checkpoint if any; else
   starts from `base`'s parameters (--init_from), or a fresh initialisation."""
-  text = corpus_lib.read_text(config.data, DEFAULT_DATA)
+  say(f"training in {workdir} (checkpoints, metrics.jsonl, samples.md, loss.png, tensorboard/)")
+  text = corpus_lib.read_text(config.data, DEFAULT_DATA, say)
   vocab = new_symbols = None
   if base is not None:
     vocab, new_symbols = init_from.vocabulary(base, text.lower() if config.lowercase else text,
@@ -155,11 +157,14 @@ def start_run(config: Config, workdir: Path, base: init_from.Base | None = None)
                 "elapsed_before": meta["elapsed_s"], "last_saved": int(state.step)}
     run_meta["init_from"] = meta.get("init_from")  # where this run began, not today's base
     began = run_meta["init_from"]
-    say(f"resuming from the checkpoint at step {int(state.step)} (epoch "
-        f"{position['start_epoch']}, batch {position['start_batch']})"
+    where = (f"the end of epoch {meta['epoch']}" if complete else
+             f"epoch {meta['epoch']}, batch {meta['batch_in_epoch']} of {steps_per_epoch}")
+    say(f"resuming from the checkpoint at step {int(state.step)} ({where})"
         + (f"; this run started from {began['workdir']} step {began['step']}" if began else ""))
   elif base is not None:
     say(init_from.describe(base, new_symbols))
+    if warning := init_from.carry_over_warning(base, new_symbols, corpus):
+      say(warning)
     params = jax.tree_util.tree_map(jnp.asarray, init_from.start_params(
         jax.device_get(state.params), base.params, base.vocab.size))
     state = state.replace(params=params, opt_state=tx.init(params))
