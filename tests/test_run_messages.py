@@ -33,7 +33,8 @@ def test_a_run_names_its_workdir_first_and_ends_with_its_best_checkpoint_and_nex
                       r"metrics.jsonl, .*tensorboard/", out[-6]), out[-6]
   assert out[-5:] == [
       "next, with this model:",
-      "  python -m jaxchar.sample --workdir=runs/tiny --prime='...' --temperature=0.5,1.0",
+      "  python -m jaxchar.sample --workdir=runs/tiny --temperature=0.5,1.0    # --prime=TEXT to "
+      "begin with",
       "  python -m jaxchar.score --workdir=runs/tiny --data=some.txt",
       "  python -m jaxchar.export --workdir=runs/tiny --out=tiny.html",
       "  python -m jaxchar.serve --workdir=runs/tiny    # after pip install -e '.[serve]'"]

@@ -33,7 +33,8 @@ def final_lines(workdir: str | Path) -> str:
       f"best checkpoint: step {best} (epoch {meta.get('epoch')}{loss}) in "
       f"{Path(workdir) / 'checkpoints' / str(best)}; records in {workdir}: {', '.join(records)}",
       "next, with this model:",
-      f"  python -m jaxchar.sample --workdir={folder} --prime='...' --temperature=0.5,1.0",
+      f"  python -m jaxchar.sample --workdir={folder} --temperature=0.5,1.0    # --prime=TEXT to "
+      "begin with",
       f"  python -m jaxchar.score --workdir={folder} --data=some.txt",
       f"  python -m jaxchar.export --workdir={folder} --out={shlex.quote(name + '.html')}",
       f"  python -m jaxchar.serve --workdir={folder}    # after pip install -e '.[serve]'"])
