@@ -102,8 +102,8 @@ def check_batch_fits(batch_size: int, num_devices: int) -> None:
 def start_run(config: Config, workdir: Path, base: init_from.Base | None = None) -> Run:
   """Reads the corpus, builds the model and resumes from the latest checkpoint if any; else
   starts from `base`'s parameters (--init_from), or a fresh initialisation."""
+  text = corpus_lib.read_text(config.data, DEFAULT_DATA, say)  # bad --data: an error, no line
   say(f"training in {workdir} (checkpoints, metrics.jsonl, samples.md, loss.png, tensorboard/)")
-  text = corpus_lib.read_text(config.data, DEFAULT_DATA, say)
   vocab = new_symbols = None
   if base is not None:
     vocab, new_symbols = init_from.vocabulary(base, text.lower() if config.lowercase else text,
