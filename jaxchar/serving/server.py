@@ -134,12 +134,10 @@ def serve(config: ServeConfig) -> None:
 
   batcher.on_failure = worker_failed
   val = sampler.meta.get("val_loss")
-  shapes = len(batcher.batch_buckets) * 2 * len(SAMPLE_MODES)
   _say(f"serving {config.workdir} checkpoint step {sampler.step}"
        + (f" (validation loss {val:.4f} nats)" if val is not None else "")
-       + f"; ready in {time.perf_counter() - start:.1f} s ({shapes} generation shapes "
-       "compiled)" + ("; one line per request follows (--access_log)" if config.access_log
-                      else ""))
+       + f"; ready in {time.perf_counter() - start:.1f} s"
+       + ("; one line per request follows (--access_log)" if config.access_log else ""))
   if config.host in guards.WILDCARD_HOSTS:
     print(f"warning: --host={config.host} listens on every network this machine is on, with no "
           "authentication; anyone who can reach the port can use it.", flush=True)
