@@ -99,8 +99,8 @@ def test_a_ctrl_c_as_the_run_ends_is_answered_completely(tmp_path, monkeypatch, 
   monkeypatch.setattr(run_lib.Run, "close", interrupted_close)
   train_and_evaluate(tiny_config(write_tiny_text(tmp_path), epochs=1), tmp_path / "run")
   printed = capsys.readouterr()
-  assert ("SIGINT received: the run has finished training and is completing its last "
-          "checkpoint; it exits when that is saved.") in printed.err
+  assert ("SIGINT received: the run's training steps are done; it ends its last epoch, saves "
+          "its last checkpoint and exits.") in printed.err
   assert (f"SIGINT came as the run ended: its training was complete and its last checkpoint is "
           f"saved in {tmp_path / 'run'}.") in printed.out
   assert "best checkpoint: step" in printed.out

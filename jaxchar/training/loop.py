@@ -197,6 +197,7 @@ def train_epochs(run: Run, stop: StopRequests) -> list[dict]:
           f"step {run.global_step} in {run.workdir}; run the same command again to resume "
           "from it.")
       sys.exit(stop.exit_code)
+    stop.finishing = epoch == config.epochs  # a stop now has no step left to end at
     history.append(end_epoch(run, epoch, trained, p_eval_step))
     if run.early.stopped and epoch < config.epochs:  # else it ended as planned anyway
       say(f"early stopping: {run.early.describe()}; the best checkpoint is kept in "

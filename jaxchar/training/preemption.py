@@ -39,7 +39,7 @@ class StopRequests:
             flush=True)
       return
     self.signal_name = name
-    doing = ("the run has finished training and is completing its last checkpoint; it exits "
-             "when that is saved." if self.finishing else
+    doing = ("the run's training steps are done; it ends its last epoch, saves its last "
+             "checkpoint and exits." if self.finishing else
              "saving a checkpoint at the end of this step, then exiting.")
     print(f"\n{name} received: {doing}", file=sys.stderr, flush=True)
