@@ -75,7 +75,7 @@ def test_with_libtpu_but_no_tpu_the_entry_points_go_straight_to_the_cpu(tmp_path
                            f"--workdir={tmp_path / 'run'}", *TINY, "--batch_size=16"], cwd=REPO,
                           env=env, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr
-  assert result.stdout.startswith("devices: 1 x cpu") and "TPU" not in result.stderr, (
+  assert result.stdout.splitlines()[1].startswith("devices: 1 x cpu") and "TPU" not in result.stderr, (
       result.stderr)
   probe = subprocess.run([sys.executable, "-c", "import jax; print(jax.devices())"], cwd=REPO,
                          env=env, capture_output=True, text=True, timeout=120)

@@ -235,6 +235,6 @@ def train_and_evaluate(config: Config, workdir: str | Path,
       say(f"{stop.signal_name} came as the run ended: its training was complete and its last "
           f"checkpoint is saved in {typed}.")
   distributed.check_processes_agree(jax_utils.unreplicate(run.p_state).params)
-  if distributed.is_primary():
-    say(outcome.final_lines(typed))
+  if lines := outcome.final_lines(typed):  # on every process: orbax reads metadata together
+    say(lines)
   return history

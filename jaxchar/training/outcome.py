@@ -15,11 +15,15 @@ RECORDS = (METRICS_FILE, "samples.md", PLOT_FILE, "tensorboard")
 
 def final_lines(workdir: str | Path) -> str:
   """The best checkpoint (as the sampler chooses it), the records written, and what to run
-  next; empty when the folder holds no checkpoint."""
-  steps = checkpoint.checkpoint_steps(Path(workdir))
-  if not steps:
+  next; empty when the folder holds no checkpoint whose metadata reads."""
+  metas = {}
+  for step in checkpoint.checkpoint_steps(Path(workdir)):
+    try:
+      metas[step] = checkpoint.read_meta(Path(workdir), step)
+    except Exception:  # noqa: BLE001 - a damaged one is the sampler's to report, not this line's
+      continue
+  if not metas:
     return ""
-  metas = checkpoint.read_metas(Path(workdir), steps)
   best = candidate_steps(metas)[0]
   meta = metas[best]
   val = meta.get("val_loss")
