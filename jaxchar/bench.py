@@ -18,10 +18,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from absl import app, flags
+from absl import flags
 
 import jaxchar
 from jaxchar import logs, options
+from jaxchar.cli import run
 from jaxchar.options import option
 
 HIDDEN, MAXLEN, BATCH = 128, 60, 128
@@ -308,4 +309,4 @@ def format_table(r: dict) -> str:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  run(main)

@@ -7,13 +7,13 @@ the run does not fit."""
 import time
 
 import jax
-from absl import app, flags
+from absl import flags
 
 from jaxchar import options
 from jaxchar.aot import topologies
 from jaxchar.aot.check import CheckConfig, corpus_shape, format_report, run_check, verdict
 from jaxchar.aot.fit_table import fit_table
-from jaxchar.cli import entry_point
+from jaxchar.cli import entry_point, run
 from jaxchar.errors import UserError
 from jaxchar.training.config import Config, Launch
 
@@ -52,4 +52,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  run(main)

@@ -9,6 +9,8 @@ import sys
 import textwrap
 from typing import Callable, NoReturn
 
+from jaxchar.core.terminal import shown
+
 EXIT_USER_ERROR = 2
 
 
@@ -18,7 +20,7 @@ class UserError(Exception):
 
 def fail(message: str) -> NoReturn:
   """Prints `message` as one wrapped paragraph on stderr and exits with EXIT_USER_ERROR."""
-  paragraph = " ".join(message.split())
+  paragraph = " ".join(shown(message).split())  # a file name or text may hold escapes
   text = textwrap.fill("error: " + paragraph, width=100, break_long_words=False,
                        break_on_hyphens=False)
   print(text, file=sys.stderr, flush=True)

@@ -7,10 +7,10 @@ network. `--format=json` writes the model as JSON and the JavaScript as a module
 
 from pathlib import Path
 
-from absl import app, flags
+from absl import flags
 
 from jaxchar import host, options
-from jaxchar.cli import entry_point
+from jaxchar.cli import entry_point, run
 from jaxchar.exporting import files
 from jaxchar.exporting.config import ExportConfig
 from jaxchar.core.restore import checkpoint_header, restore
@@ -39,4 +39,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  run(main)

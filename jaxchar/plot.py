@@ -2,10 +2,10 @@
 `python -m jaxchar.plot --compare=ckpt/moe,ckpt/moe_best --out=runs.png` plots validation loss
 against wall time for several runs."""
 
-from absl import app, flags
+from absl import flags
 
 from jaxchar import options
-from jaxchar.cli import entry_point
+from jaxchar.cli import entry_point, run
 from jaxchar.training.plots import PlotConfig, write_comparison_plot, write_loss_plot
 
 options.define_flags(PlotConfig)
@@ -22,4 +22,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  run(main)

@@ -3,10 +3,10 @@
 Needs no training flags: vocabulary, model shape and window length come from the checkpoint.
 """
 
-from absl import app, flags
+from absl import flags
 
 from jaxchar import host, options
-from jaxchar.cli import entry_point
+from jaxchar.cli import entry_point, run
 from jaxchar.sampling.config import SampleConfig
 from jaxchar.sampling.sampler import run_sampling
 
@@ -29,4 +29,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  run(main)

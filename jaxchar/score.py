@@ -6,16 +6,16 @@ loss); needs no training flags. The file is read and scored in pieces: any size,
 """
 
 import collections
-import json
 import sys
 from pathlib import Path
 
-from absl import app, flags
+from absl import flags
 
 from jaxchar import host, options
-from jaxchar.cli import entry_point
+from jaxchar.cli import entry_point, run
 from jaxchar.core import atomic
 from jaxchar.core.restore import checkpoint_header, restore
+from jaxchar.core.terminal import json_line, shown
 from jaxchar.errors import UserError
 from jaxchar.scoring import stream
 from jaxchar.scoring.config import ScoreConfig
@@ -31,10 +31,10 @@ def config_from_flags() -> ScoreConfig:
 
 def excluded_warning(excluded: dict[str, int], data: str) -> str:
   """One line naming the characters left out, most frequent first."""
-  shown = ", ".join(f"{c!r} x{n:,}" for c, n in list(excluded.items())[:20])
+  listed = ", ".join(f"{c!r} x{n:,}" for c, n in list(excluded.items())[:20])
   more = f" and {len(excluded) - 20} more" if len(excluded) > 20 else ""
   return (f"warning: {sum(excluded.values()):,} character(s) of {data} are not in the model's "
-          f"vocabulary and were left out (neither scored nor used as context): {shown}{more}.")
+          f"vocabulary and were left out (neither scored nor used as context): {listed}{more}.")
 
 
 def report(figures: dict, restored, config: ScoreConfig) -> str:
@@ -78,17 +78,17 @@ def main() -> None:
   else:
     collections.deque(pieces, maxlen=0)
   if totals.excluded:
-    print(excluded_warning(dict(totals.excluded.most_common()), config.data), file=sys.stderr,
-          flush=True)
+    print(shown(excluded_warning(dict(totals.excluded.most_common()), config.data)),
+          file=sys.stderr, flush=True)
   figures = totals.figures()
   if config.as_json:
-    print(json.dumps({"workdir": config.workdir, "step": restored.step, "data": config.data,
-                      **figures}, ensure_ascii=False))
+    print(json_line({"workdir": config.workdir, "step": restored.step, "data": config.data,
+                     **figures}))
   else:
-    print(report(figures, restored, config))
+    print(shown(report(figures, restored, config)))
     if config.per_char:
       print(f"wrote {figures['scored']:,} per-character log-probabilities to {config.per_char}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  run(main)

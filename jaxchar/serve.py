@@ -5,10 +5,10 @@ the default request's shapes, prints the URL, then serves the web page and the A
 jaxchar/serving/README.md). Needs the extra: pip install -e '.[serve]'.
 """
 
-from absl import app, flags
+from absl import flags
 
 from jaxchar import host, options
-from jaxchar.cli import entry_point
+from jaxchar.cli import entry_point, run
 from jaxchar.errors import UserError
 from jaxchar.serving.config import ServeConfig
 
@@ -36,4 +36,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  run(main)

@@ -1,10 +1,10 @@
 """Trains a character-level LSTM: `python -m jaxchar.train --flagfile=launch/moe.flags`."""
 
 import jax
-from absl import app, flags
+from absl import flags
 
 from jaxchar import host, options
-from jaxchar.cli import entry_point
+from jaxchar.cli import entry_point, run
 from jaxchar.errors import UserError
 from jaxchar.training import distributed, init_from
 from jaxchar.training.config import Config, Launch
@@ -62,4 +62,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  run(main)

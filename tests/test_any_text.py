@@ -35,7 +35,7 @@ def test_any_text_recipe_runs_end_to_end_and_says_what_it_chose(tiny_file, tmp_p
     FLAGS.unparse_flags()
   out = capsys.readouterr().out
   lines = out.splitlines()
-  assert lines[1].startswith("epochs: 30, chosen for 1,458 training characters (--epochs=0")
+  assert lines[2].startswith("epochs: 30, chosen for 1,458 training characters (--epochs=0")
   epochs = [line for line in lines if line.startswith("epoch ")]
   assert 1 <= len(epochs) <= 30
   steps = checkpoint.checkpoint_steps(tmp_path / "run")

@@ -256,3 +256,36 @@ def test_with_javascript_off_the_page_says_it_needs_it(tiny_run, browser_without
   browser_without_javascript.get(page.as_uri())
   body = browser_without_javascript.find_element(By.TAG_NAME, "body").text
   assert "turn JavaScript on for this file" in body and "loading the model" in body
+
+
+def test_the_page_names_prime_characters_the_model_never_saw(tiny_run, browser, tmp_path):
+  """As the sampler refuses them (--unknown=error) unless told to drop them; never silently."""
+  from selenium.webdriver.common.by import By
+  from selenium.webdriver.support.ui import WebDriverWait
+  _, page = exported(tiny_run, tmp_path)
+  browser.get(page.as_uri())
+  browser.find_element(By.ID, "prime").send_keys("Moe: {hey}")
+  browser.find_element(By.ID, "length").clear()
+  browser.find_element(By.ID, "length").send_keys("20")
+  browser.find_element(By.ID, "generate").click()
+  status = browser.find_element(By.ID, "status").text
+  assert 'never saw: "{", "}". Remove them, or tick "Drop characters it never saw"' in status
+  assert browser.find_element(By.ID, "generated").get_attribute("textContent") == ""
+  browser.find_element(By.ID, "skip_unknown").click()
+  browser.find_element(By.ID, "generate").click()
+  WebDriverWait(browser, 30).until(
+      lambda b: "characters/s" in b.find_element(By.ID, "status").text)
+  assert browser.find_element(By.ID, "status").text.endswith(
+      '; dropped from the beginning: "{", "}"')
+  assert browser.find_element(By.ID, "shown_prime").get_attribute("textContent") == "moe: hey"
+
+
+def test_the_pages_need_no_favicon_request(tiny_run, tmp_path):
+  """An inline empty icon: the browser asks neither the server nor a file:// folder for
+  /favicon.ico (a 404 in the server's log and the console)."""
+  from importlib import resources
+  _, page = exported(tiny_run, tmp_path)
+  served = resources.files("jaxchar.serving").joinpath("page.html").read_text(encoding="utf-8")
+  for html in (page.read_text(encoding="utf-8"), served):
+    head = html[:html.index("</head>")]
+    assert '<link rel="icon" href="data:,">' in head

@@ -36,14 +36,15 @@ def test_the_trainer_uses_every_core_by_default_and_says_so_first(tmp_path, tiny
   result = run_trainer(tmp_path, tiny_file, ["--batch_size=32"])
   assert result.returncode == 0, result.stderr
   expected = host.cpu_device_count(0, 32)
-  assert result.stdout.splitlines()[0].startswith(f"devices: {expected} x cpu in 1 process(es)")
+  assert result.stdout.splitlines()[0].startswith("training in ")  # the workdir, then devices
+  assert result.stdout.splitlines()[1].startswith(f"devices: {expected} x cpu in 1 process(es)")
 
 
 def test_auto_keeps_a_count_forced_through_xla_flags(tmp_path, tiny_file):
   result = run_trainer(tmp_path, tiny_file, ["--batch_size=12"],
                        xla_flags=f"{host.FORCE_FLAG}=3")
   assert result.returncode == 0, result.stderr
-  assert result.stdout.startswith("devices: 3 x cpu")
+  assert result.stdout.splitlines()[1].startswith("devices: 3 x cpu")
 
 
 def test_a_bad_explicit_count_is_a_clear_error(tmp_path, tiny_file):
@@ -73,7 +74,7 @@ def test_with_libtpu_but_no_tpu_the_entry_points_go_straight_to_the_cpu(tmp_path
   result = run_module("jaxchar.train", f"--data={tiny_file}", f"--workdir={tmp_path / 'run'}",
                       *TINY, "--batch_size=16", devices=None, drop=drop, timeout=300)
   assert result.returncode == 0, result.stderr
-  assert result.stdout.startswith("devices: 1 x cpu") and "TPU" not in result.stderr, (
+  assert result.stdout.splitlines()[1].startswith("devices: 1 x cpu") and "TPU" not in result.stderr, (
       result.stderr)
   probe = run_python("-c", "import jax; print(jax.devices())", devices=None, drop=drop,
                      timeout=120)

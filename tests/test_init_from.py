@@ -74,11 +74,11 @@ def test_the_fine_tuned_run_trains_resumes_samples_and_records_its_origin(tiny_r
   workdir = tmp_path / "ft"
   first = train.train_and_evaluate(fine_tune_config(base, new_text, epochs=1), workdir, base)
   lines = capsys.readouterr().out.splitlines()
-  assert lines[1] == (f"init_from: parameters of {tiny_run} step {base.step} (epoch 2, "
+  assert lines[2] == (f"init_from: parameters of {tiny_run} step {base.step} (epoch 2, "
                       f"validation loss {base.meta['val_loss']:.4f} nats); optimizer, schedule "
                       f"and step start fresh; vocabulary: {base.vocab.size} from {tiny_run} + 3 "
                       "new ('è', 'ï', '—')")
-  assert lines[2].startswith("before training: val loss ")  # the base's loss on this text
+  assert lines[3].startswith("before training: val loss ")  # the base's loss on this text
   # Rerunning the same command with more epochs resumes the new run.
   second = train.train_and_evaluate(fine_tune_config(base, new_text, epochs=2), workdir, base)
   out = capsys.readouterr().out
@@ -87,7 +87,7 @@ def test_the_fine_tuned_run_trains_resumes_samples_and_records_its_origin(tiny_r
   assert "before training" not in out
   starts = [r for r in metrics.read_metrics(workdir) if r["kind"] == "start"]
   assert len(starts) == 1 and starts[0]["step"] == 0
-  assert float(lines[2].split()[4]) == pytest.approx(starts[0]["val_loss"], abs=1e-4)
+  assert float(lines[3].split()[4]) == pytest.approx(starts[0]["val_loss"], abs=1e-4)
   assert starts[0]["val_loss"] > first[0]["val_loss"]  # one epoch on the new text improved it
   plot = plots.write_comparison_plot([workdir], tmp_path / "runs.png", "linear")
   assert plot.stat().st_size > 10_000

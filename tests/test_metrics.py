@@ -115,3 +115,37 @@ def test_helpfull_documents_every_flag_with_its_default():
   for name in names:
     assert f"--{name}" in flat or f"--[no]{name}" in flat, name
   assert flat.count("(default:") >= len(names)
+
+
+@pytest.mark.parametrize("curves", ["overfitting", "still improving"])
+def test_the_best_validation_label_covers_no_curve(tmp_path, curves):
+  """The label is a legend entry for a star at the best point, and the legend covers no point
+  of any curve (it was an annotation beside the point, over the validation curve)."""
+  import json
+  import math
+  from matplotlib import pyplot as plt
+  val = [1.78, 1.665, 1.625] if curves == "still improving" else [1.78, 1.6, 1.7]
+  records = [{"kind": "train", "step": s, "epoch": s // 100 + 1, "train_loss": 1.5 + 1.7 *
+              math.exp(-s / 40), "learning_rate": 0.01, "windows_per_s": 1.0, "elapsed_s": s}
+             for s in range(10, 300, 10)]
+  records += [{"kind": "epoch", "epoch": e, "step": 100 * e, "train_loss": t, "val_loss": v,
+               "val_bpc": v / math.log(2), "windows_per_s": 1.0, "seconds": 1.0,
+               "elapsed_s": 100.0 * e, "learning_rate": 0.01}
+              for e, (t, v) in enumerate(zip([2.09, 1.65, 1.525], val), 1)]
+  (tmp_path / metrics.METRICS_FILE).write_text(
+      "".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+  fig = plot.loss_figure(plt, tmp_path)
+  try:
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    assert not ax.texts  # no free-floating label
+    legend = ax.get_legend()
+    labels = [t.get_text() for t in legend.get_texts()]
+    best = min(range(3), key=lambda i: val[i])
+    assert f"best validation {val[best]:.3f} (epoch {best + 1})" in labels
+    box = legend.get_window_extent()
+    for line in ax.get_lines():
+      for x, y in line.get_transform().transform(line.get_xydata()):
+        assert not box.contains(x, y), (line.get_label(), x, y)
+  finally:
+    plt.close(fig)

@@ -47,3 +47,18 @@ def test_validation_progress_plain_lines_and_bar(monkeypatch):
   with progress.ValidationProgress(4, 4096, stream=stream, interactive=True) as bar:
     bar.update(4)
   assert "validating 4,096 windows" in stream.getvalue() and "\r" in stream.getvalue()
+
+
+def test_the_eta_covers_the_whole_run_not_only_the_epoch(monkeypatch):
+  bar = progress.EpochProgress(2, 4, total_steps=10, batch_size=8, stream=io.StringIO(),
+                               interactive=False, later_steps=20, epoch_end_s=5.0)
+  # 2 s per step: 5 left in this epoch + 20 in epochs 3 and 4, and 3 epoch ends of 5 s.
+  assert bar.run_eta(5, 10.0) == (5 + 20) * 2.0 + 3 * 5.0
+  assert bar.run_eta(0, 1.0) is None  # no step yet: no rate
+  monkeypatch.setattr(progress, "PLAIN_EVERY_SECONDS", 0.0)
+  stream = io.StringIO()
+  with progress.EpochProgress(1, 59, total_steps=100, batch_size=8, stream=stream,
+                              later_steps=58 * 100) as bar:
+    bar.start -= 60.0  # 10 steps took a minute: 5,890 steps left take 9 h 49 min
+    bar.update(10, 2.0)
+  assert "eta 9 min (epoch), 9 h 49 min (run)" in stream.getvalue(), stream.getvalue()

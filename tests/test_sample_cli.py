@@ -178,3 +178,16 @@ def test_benchmark_role_runs_as_the_trainer_does():
   measured = json.loads(result.stdout.split("RESULT=")[1])
   assert measured["devices"] == host.cpu_device_count(0, bench.BATCH)
   assert measured["windows_per_s"] > 0 and measured["backend"] == "cpu"
+
+
+def test_beside_a_trainer_that_has_not_saved_yet_it_says_so_not_train_first(tmp_path):
+  from jaxchar.core.lock import WorkdirLock
+  workdir = tmp_path / "live"
+  with WorkdirLock(workdir):  # a trainer holding the folder, before its first save
+    with pytest.raises(UserError) as raised:
+      sampler_lib.load_sampler(workdir)
+  message = " ".join(str(raised.value).split())
+  assert "has no finished checkpoint yet: a trainer is running there (pid" in message
+  assert "train first" not in message
+  with pytest.raises(UserError, match="holds no checkpoint; train first"):  # lock released
+    sampler_lib.load_sampler(workdir)

@@ -5,6 +5,7 @@ logs no traceback, and stops on SIGTERM within its deadline whatever state they 
 import http.client
 import json
 import random
+import re
 import signal
 import socket
 import threading
@@ -24,7 +25,7 @@ def server(tiny_run, tmp_path_factory):
   log = tmp_path_factory.mktemp("serve_live") / "server.log"
   process, port = start_server(tiny_run, log, "--max_batch=16",
                                f"--client_timeout_s={CLIENT_TIMEOUT_S}",
-                               f"--shutdown_timeout_s={SHUTDOWN_S}")
+                               f"--shutdown_timeout_s={SHUTDOWN_S}", "--access_log")
   yield process, port, log
   process.kill()
   process.wait()
@@ -65,6 +66,27 @@ def partial_body(port: int) -> bytes:
 def rss_mb(pid: int) -> float:
   with open(f"/proc/{pid}/status") as status:
     return int(status.read().split("VmRSS:")[1].split()[0]) / 1024
+
+
+def test_it_says_its_start_up_steps_and_logs_each_request_without_its_text(server):
+  process, port, log = server
+  started = log.read_text()
+  assert started.index("restoring the model from") < started.index("compiling ")
+  total = re.search(r"compiling (\d+) programs: generation for \d+ batch sizes", started)
+  assert total and f"compiled {total.group(1)}/{total.group(1)} programs" in started, started
+  assert started.index("compiled ") < started.index("ready in")
+  assert post(port, {"prime": "moe: hey barney", "length": 5})[0] == 200
+  connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+  connection.request("GET", "/%1b]0;title%07?prime=PRIVATE")  # a path that would retitle
+  assert connection.getresponse().status == 404
+  deadline = time.monotonic() + 30
+  while "title" not in log.read_text() and time.monotonic() < deadline:
+    time.sleep(0.1)
+  logged = log.read_text()[len(started):]
+  assert re.search(r"\d\d:\d\d:\d\d 127\.0\.0\.1 POST /api/generate 200 \d+\.\d{3} s\n",
+                   logged), logged
+  assert re.search(r"127\.0\.0\.1 GET /\\x1b\]0;title\\x07 404 ", logged), logged
+  assert "barney" not in logged and "PRIVATE" not in logged and "\x1b" not in logged
 
 
 def test_a_stream_closed_midway_leaves_the_server_answering(server):

@@ -15,8 +15,9 @@ import pytest
 
 from helpers import damage_checkpoint, run_cases, run_module, start_module, tiny_config
 from jaxchar.core import checkpoint
+from jaxchar.core import lock
 from jaxchar.core import restore as restore_lib
-from jaxchar.training import lock, metrics
+from jaxchar.training import metrics
 from jaxchar import train
 from jaxchar.sampling import sampler as sampler_lib
 from jaxchar.sampling.config import SampleConfig

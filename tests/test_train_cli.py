@@ -160,7 +160,8 @@ def test_validation_above_val_windows_is_subsampled_and_says_so(tiny_file, tmp_p
   out = capsys.readouterr().out
   total = int(full.split(" training and ")[1].split(" validation")[0].replace(",", ""))
   assert total > 50 and "evenly spaced" not in full
-  assert out.splitlines()[0].count("(validating on 50 evenly spaced of them, --val_windows)") == 1
+  assert out.splitlines()[1].count(  # the devices line, after the workdir line
+      "(validating on 50 evenly spaced of them, --val_windows)") == 1
   epoch = [line for line in out.splitlines() if line.startswith("epoch ")][0]
   assert f"bits/char, 50 of {total:,} windows)" in epoch
   full_epoch = [line for line in full.splitlines() if line.startswith("epoch ")][0]

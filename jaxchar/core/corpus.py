@@ -6,6 +6,7 @@ import shutil
 import tempfile
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from jaxchar.errors import UserError
@@ -31,8 +32,9 @@ def _check_sha(path: Path, source: str, fix: str) -> None:
         "your own text instead, pass --data=path/to/file.txt.")
 
 
-def fetch_moes(dest: Path) -> Path:
-  """Copies the Moe's corpus from $JAXCHAR_DATA_MIRROR or downloads it, verifying its sha256."""
+def fetch_moes(dest: Path, say: Callable[[str], None] = print) -> Path:
+  """Copies the Moe's corpus from $JAXCHAR_DATA_MIRROR or downloads it, verifying its sha256;
+  `say` tells the user which, first."""
   dest = Path(dest)
   dest.parent.mkdir(parents=True, exist_ok=True)
   mirror = os.environ.get(MIRROR_ENV)
@@ -44,10 +46,12 @@ def fetch_moes(dest: Path) -> Path:
         raise UserError(
             f"{MIRROR_ENV}={mirror} holds no {MOES_FILENAME}; point it at the folder that does "
             f"(e.g. ../shared/data) or unset it to download from {MOES_URL}.")
+      say(f"copying the corpus from {source} ({MIRROR_ENV}) to {dest}, checking its sha256")
       shutil.copyfile(source, partial)
       source_name = str(source)
     else:
       source_name = MOES_URL
+      say(f"downloading the corpus from {MOES_URL} to {dest}, checking its sha256")
       try:
         with urllib.request.urlopen(MOES_URL, timeout=60) as response, open(partial, "wb") as f:
           shutil.copyfileobj(response, f)
@@ -61,19 +65,22 @@ def fetch_moes(dest: Path) -> Path:
   return dest
 
 
-def ensure_moes(path: Path) -> None:
-  """The default Moe's corpus at `path`: fetched when missing, else its checksum verified."""
+def ensure_moes(path: Path, say: Callable[[str], None] = print) -> None:
+  """The default Moe's corpus at `path`: fetched (saying so) when missing, else its checksum
+  verified."""
   if not path.exists():
-    fetch_moes(path)
+    fetch_moes(path, say)
   else:
     _check_sha(path, str(path), "Delete that file and rerun to fetch a checked copy.")
 
 
-def read_text(path: str | Path, default_path: str | Path | None = None) -> str:
-  """Reads a UTF-8 corpus; the default Moe's path is fetched and verified when missing."""
+def read_text(path: str | Path, default_path: str | Path | None = None,
+              say: Callable[[str], None] = print) -> str:
+  """Reads a UTF-8 corpus; the default Moe's path is fetched (saying so) and verified when
+  missing."""
   path = Path(path)
   if default_path is not None and path == Path(default_path):
-    ensure_moes(path)
+    ensure_moes(path, say)
   if not path.exists():
     raise UserError(f"--data={path}: no such file. Pass the path of a UTF-8 text file.")
   if path.is_dir():

@@ -10,10 +10,11 @@ from typing import Any
 
 import jax
 
-from jaxchar.core import checkpoint
+from jaxchar.core import checkpoint, lock
 from jaxchar.core.data import Vocab
 from jaxchar.core.model import CharLSTM
 from jaxchar.core.spec import ModelSpec
+from jaxchar.core.terminal import shown
 from jaxchar.errors import UserError
 
 LISTING_ROUNDS = 5  # times a live run's checkpoints are listed before giving up
@@ -63,7 +64,7 @@ def _describe(error: Exception) -> str:
 
 
 def _warn(message: str) -> None:
-  print(f"warning: {message}", file=sys.stderr, flush=True)
+  print(shown(f"warning: {message}"), file=sys.stderr, flush=True)
 
 
 def _read(workdir: Path, step: int, meta: dict, folder: Path | None = None) -> Restored:
@@ -77,6 +78,10 @@ def _finished_steps(workdir: Path, flag: str) -> list[int]:
     raise UserError(f"{flag}={workdir} does not exist; point it at a training run's folder "
                     "(the trainer's --workdir, default ckpt/moe).")
   steps = checkpoint.checkpoint_steps(workdir)
+  if not steps and (trainer := lock.holder(workdir)):
+    raise UserError(f"{flag}={workdir} has no finished checkpoint yet: a trainer is running "
+                    f"there ({trainer}) and saves its first at the end of epoch 1 (or every "
+                    "--save_every_steps). Wait for that save and retry.")
   if not steps and checkpoint.unfinished_checkpoints(workdir):
     raise UserError(f"{flag}={workdir} has no finished checkpoint yet: the first one is still "
                     "being written (or its writer stopped midway). Wait for the trainer's first "

@@ -8,10 +8,10 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from absl import app, flags
+from absl import flags
 
 from jaxchar import options
-from jaxchar.cli import entry_point
+from jaxchar.cli import entry_point, run
 from jaxchar.errors import UserError
 from jaxchar.exporting import files
 from jaxchar.options import option
@@ -85,4 +85,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  run(main)

@@ -101,6 +101,11 @@ const jaxcharModel = (() => {
       return [this.ids.has("\n") ? this.ids.get("\n") : 0];
     }
 
+    unknownChars(prime) {  // the prime's characters the model never saw, each once, in order
+      if (this.spec.lowercase) prime = prime.toLowerCase();
+      return [...new Set(Array.from(prime).filter((c) => !this.ids.has(c)))];
+    }
+
     decode(ids) {
       return ids.map((i) => this.chars[i]).join("");
     }

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxchar.core.restore import Restored, checkpoint_header, restore
+from jaxchar.core.terminal import shown
 from jaxchar.errors import UserError
 from jaxchar.sampling import generate
 from jaxchar.sampling.config import SampleConfig
@@ -137,7 +138,8 @@ def load_sampler(workdir: str | Path, step: int | None = None) -> Sampler:
 
 
 def run_sampling(config: SampleConfig) -> str:
-  """Restores the checkpoint and returns the samples as printable text."""
+  """Restores the checkpoint and returns the samples as printable text (control characters
+  the model wrote or the prime holds escaped, core.terminal.shown)."""
   sampler = load_sampler(config.workdir, config.step)
   samples = sampler.sample(config.prime, config.temperatures, config.length, config.num_samples,
                            config.seed, config.top_k, config.unknown, config.mode, config.top_p)
@@ -151,4 +153,4 @@ def run_sampling(config: SampleConfig) -> str:
         ended = (f" (stopped after {stop!r})" if stop is not None
                  else f" (no stop string in {config.length} characters)")
       lines.append(f"----- temperature {temperature}, sample {n}{ended}\n{shown_prime}{text}")
-  return "\n".join(lines)
+  return shown("\n".join(lines))

@@ -19,9 +19,9 @@ class ScoreConfig(CheckpointChoice):
                             "characters with a full window before them, as validation does.")
   as_json: bool = option(False, "Print the figures as one JSON object instead of text.",
                          flag="json")
-  per_char: str = option("", "Also write each scored character's position, character and "
-                         "log-probability (nats) to this TSV file, to find the surprising "
-                         "parts of a text.")
+  per_char: str = option("", "Also write each scored character's position (its 0-based "
+                         "offset in the text, in characters), character and log-probability "
+                         "(nats) to this TSV file, to find the surprising parts of a text.")
   batch_size: int = option(1024, "Characters scored per batch over all local devices (rounded "
                            "up to a multiple of the device count).")
 

@@ -93,11 +93,13 @@ class Batcher:
     self._inbox.put(job)
     return job
 
-  def warm_up(self, mode: str) -> None:
-    """Compiles `mode`'s start and advance for every batch bucket (start-up, not first use)."""
+  def warm_up(self, mode: str, compiled=lambda programs: None) -> None:
+    """Compiles `mode`'s start and advance for every batch bucket (start-up, not first use),
+    calling `compiled(2)` after each bucket's two programs."""
     row = self.sampler.row("", 1.0)
     for size in self.batch_buckets:
       self.sampler.generate_rows([row], 1, mode, pad_to=size)
+      compiled(2)
 
   def stop(self, grace_s: float) -> None:
     """Takes no new jobs; the ones in progress may finish within grace_s, then fail."""

@@ -19,9 +19,10 @@ import sys
 import threading
 import time
 
-from absl import app, flags
+from absl import flags
 
 from jaxchar import host, logs, options
+from jaxchar.cli import run
 from jaxchar.options import option
 from jaxchar.sampling.controls import SAMPLE_MODES
 
@@ -197,4 +198,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  run(main)

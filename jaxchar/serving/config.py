@@ -31,6 +31,8 @@ class ServeConfig(CheckpointChoice):
                                    "headers, and then its body; then the server answers 408.")
   shutdown_timeout_s: float = option(5.0, "On SIGTERM or Ctrl-C: seconds in-flight requests "
                                      "may take to finish before they are answered 503.")
+  access_log: bool = option(False, "Print one line per request: time, client, method, path, "
+                            "status and seconds (never the body or query).")
   allow_origin: tuple[str, ...] = option((), "Other web sites (e.g. https://example.com) whose "
                                          "pages may use the server, comma-separated; '*' for "
                                          "any. It also answers those sites' host names.")

@@ -11,13 +11,16 @@ import sys
 import time
 
 import uvicorn
+from tqdm import tqdm
 
+from jaxchar.core.terminal import shown
 from jaxchar.errors import UserError
 from jaxchar.sampling.controls import SAMPLE_MODES
 from jaxchar.sampling.sampler import load_sampler
 from jaxchar.scoring import scorer
 from jaxchar.serving import app as app_lib
 from jaxchar.serving import guards
+from jaxchar.serving.access_log import AccessLog
 from jaxchar.serving.batcher import Batcher
 from jaxchar.serving.config import ServeConfig
 from jaxchar.serving.request_checks import Limits
@@ -33,6 +36,33 @@ def check_port(host: str, port: int) -> None:
     except OSError as e:
       raise UserError(f"cannot listen on {host}:{port} ({e.strerror or e}); another program "
                       "may be using the port: pick another with --port, or check --host.") from None
+
+
+class _CompileProgress:
+  """Programs compiled so far: a tqdm bar on a terminal, else a line every 10 s and at the
+  end."""
+
+  def __init__(self, total: int, start: float):
+    self.total, self.done, self.start = total, 0, start
+    self.last_line = time.perf_counter()
+    self.bar = (tqdm(total=total, desc="compiling", unit="program", file=sys.stdout,
+                     leave=False) if sys.stdout.isatty() else None)
+
+  def add(self, programs: int) -> None:
+    self.done += programs
+    if self.bar is not None:
+      self.bar.update(programs)
+    elif time.perf_counter() - self.last_line >= 10 or self.done == self.total:
+      self.last_line = time.perf_counter()
+      print(f"compiled {self.done}/{self.total} programs "
+            f"({time.perf_counter() - self.start:.0f} s since start)", flush=True)
+
+  def __enter__(self) -> "_CompileProgress":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    if self.bar is not None:
+      self.bar.close()
 
 
 class _Server(uvicorn.Server):
@@ -63,20 +93,34 @@ class _Server(uvicorn.Server):
     super().handle_exit(sig, frame)
 
 
+def _say(text: str) -> None:
+  print(shown(text), flush=True)
+
+
 def serve(config: ServeConfig) -> None:
-  """Restores the model, warms the batcher up and serves until stopped."""
+  """Restores the model, warms the batcher up and serves until stopped, saying each start-up
+  step as it begins (compiling takes a while)."""
   start = time.perf_counter()
+  _say(f"restoring the model from {config.workdir}")
   sampler = load_sampler(config.workdir, config.step)
   batcher = Batcher(sampler, config.max_batch, config.batch_wait_ms / 1000, config.max_queue)
-  for mode in SAMPLE_MODES:
-    batcher.warm_up(mode)
   limits = Limits(config.max_length, config.max_prime, config.max_batch,
                   config.request_timeout_s, config.client_timeout_s, config.max_score)
   hosts = guards.allowed_hosts(config.host, config.port, config.allow_origin)
   application = app_lib.create_app(sampler, batcher, limits, hosts, config.allow_origin)
-  for from_start in (False, True):  # compiles scoring at start-up too
-    application.state.score_text(scorer.prepare(sampler.vocab.chars * sampler.maxlen,
-                                                sampler.vocab, False), from_start)
+  generation = len(batcher.batch_buckets) * 2 * len(SAMPLE_MODES)
+  _say(f"compiling {generation + 2} programs: generation for {len(batcher.batch_buckets)} batch "
+       f"sizes (up to --max_batch={config.max_batch}) x {'/'.join(SAMPLE_MODES)} x "
+       "start/advance, and scoring")
+  with _CompileProgress(generation + 2, start) as progress:
+    for mode in SAMPLE_MODES:
+      batcher.warm_up(mode, progress.add)
+    for from_start in (False, True):  # compiles scoring at start-up too
+      application.state.score_text(scorer.prepare(sampler.vocab.chars * sampler.maxlen,
+                                                  sampler.vocab, False), from_start)
+      progress.add(1)
+  if config.access_log:
+    application = AccessLog(application)
   uvicorn_config = uvicorn.Config(
       application, host=config.host, port=config.port,
       http=guards.timed_protocol(config.client_timeout_s), log_level="warning", access_log=False, lifespan="off",
@@ -90,16 +134,15 @@ def serve(config: ServeConfig) -> None:
 
   batcher.on_failure = worker_failed
   val = sampler.meta.get("val_loss")
-  shapes = len(batcher.batch_buckets) * 2 * len(SAMPLE_MODES)
-  print(f"serving {config.workdir} checkpoint step {sampler.step}"
-        + (f" (validation loss {val:.4f} nats)" if val is not None else "")
-        + f"; ready in {time.perf_counter() - start:.1f} s ({shapes} generation shapes "
-        "compiled)", flush=True)
+  _say(f"serving {config.workdir} checkpoint step {sampler.step}"
+       + (f" (validation loss {val:.4f} nats)" if val is not None else "")
+       + f"; ready in {time.perf_counter() - start:.1f} s"
+       + ("; one line per request follows (--access_log)" if config.access_log else ""))
   if config.host in guards.WILDCARD_HOSTS:
     print(f"warning: --host={config.host} listens on every network this machine is on, with no "
           "authentication; anyone who can reach the port can use it.", flush=True)
-  shown = f"[{config.host}]" if ":" in config.host else config.host
-  print(f"open http://{shown}:{config.port}/ (API: POST /api/generate, GET /api/stream, "
+  address = f"[{config.host}]" if ":" in config.host else config.host
+  print(f"open http://{address}:{config.port}/ (API: POST /api/generate, GET /api/stream, "
         "POST /api/score, GET /api/info); Ctrl-C stops", flush=True)
   try:
     server.run()

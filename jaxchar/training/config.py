@@ -46,7 +46,7 @@ class Config:
   learning_rate: float = option(0.01, "Learning rate (the peak, with a schedule).")
   epochs: int = option(59, "Passes over the training windows; 0 = chosen from the corpus size "
                        f"(about {AUTO_TRAIN_CHARS / 1e6:g} M training characters in all, 1 to "
-                       f"{MAX_AUTO_EPOCHS} epochs; the run's second line says how many).")
+                       f"{MAX_AUTO_EPOCHS} epochs; the run says how many as it starts).")
   steps_per_epoch: int = option(0, "Cap on steps per epoch (for quick runs); 0 = every full "
                                 "batch.")
   seed: int = option(0, "Seed for initialisation, shuffling and sampling.")

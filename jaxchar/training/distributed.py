@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxchar.core.terminal import shown
 from jaxchar.errors import UserError
 
 SHUTDOWN_TIMEOUT_S = 60
@@ -89,9 +90,10 @@ def is_primary() -> bool:
 
 
 def say(*args) -> None:
-  """Prints on process 0 only."""
+  """Prints on process 0 only (control characters escaped: it may name a file or a text's
+  characters)."""
   if is_primary():
-    print(*args, flush=True)
+    print(*(shown(str(arg)) for arg in args), flush=True)
 
 
 def process_slice(global_rows: np.ndarray) -> np.ndarray:

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 
 from jaxchar.core import checkpoint
-from jaxchar.core.data import Vocab
+from jaxchar.core.data import Corpus, Vocab
 from jaxchar.core.restore import restore
 from jaxchar.core.spec import ModelSpec
 from jaxchar.errors import UserError
@@ -92,6 +92,24 @@ def describe(base: Base, new: str) -> str:
   return (f"init_from: parameters of {base.workdir} step {base.step} (epoch "
           f"{base.meta.get('epoch')}{scored}); optimizer, schedule and step start fresh; "
           f"vocabulary: {base.vocab.size} from {base.workdir}{added}")
+
+
+# New characters making up this share of the text (by count) leave little of the base to use.
+NEW_SHARE_WARNING = 0.2
+
+
+def carry_over_warning(base: Base, new: str, corpus: Corpus) -> str | None:
+  """A warning when characters new to the base make up much of the new text: their rows start
+  untrained, and the base's parameters have little to say about them."""
+  if not new:
+    return None
+  share = float(np.mean(np.asarray(corpus.ids) >= base.vocab.size))
+  if share < NEW_SHARE_WARNING and len(new) <= base.vocab.size:
+    return None
+  return (f"warning: {len(new):,} characters of --data are new to {base.workdir} (which knows "
+          f"{base.vocab.size:,}), {share:.0%} of the text by count; their input and output rows start "
+          "untrained, so little of the base carries over and this run may do no better than one "
+          "from scratch (compare a run without --init_from).")
 
 
 def origin(base: Base, new: str) -> dict:

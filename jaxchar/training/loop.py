@@ -14,10 +14,10 @@ from flax import jax_utils
 
 from jaxchar.core import data
 from jaxchar.errors import UserError
-from jaxchar.training import distributed, init_from, plots, progress, steps
+from jaxchar.training import distributed, init_from, outcome, plots, progress, steps
 from jaxchar.training.config import Config
 from jaxchar.training.distributed import say
-from jaxchar.training.lock import WorkdirLock
+from jaxchar.core.lock import WorkdirLock
 from jaxchar.training.preemption import StopRequests
 from jaxchar.training.run import Run, nothing_to_train, start_run
 from jaxchar.training.samples import epoch_samples
@@ -111,7 +111,9 @@ def train_epoch(run: Run, epoch: int, p_train_step,
 
   done = first
   with progress.EpochProgress(epoch, config.epochs, num_batches, config.batch_size,
-                              first_step=first, enabled=distributed.is_primary()) as bar:
+                              first_step=first, enabled=distributed.is_primary(),
+                              later_steps=(config.epochs - epoch) * run.steps_per_epoch,
+                              epoch_end_s=run.epoch_end_s) as bar:
     while done < num_batches:
       if _should_stop(stop, done):
         fetch_pending()
@@ -147,6 +149,7 @@ def end_epoch(run: Run, epoch: int, trained: tuple[int, float], p_eval_step) -> 
   train_loss = float(np.mean(run.epoch_losses)) if run.epoch_losses else float("nan")
   _check_finite(train_loss, run.global_step, config)
   train_seconds = time.perf_counter() - epoch_start
+  end_start = time.perf_counter()
   val_loss = (evaluate(p_eval_step, run.p_state, run.corpus, run.val_starts, run.eval_batch_size)
               if len(run.val_starts) else None)
   summary = {"epoch": epoch, "step": run.global_step, "train_loss": train_loss,
@@ -171,6 +174,7 @@ def end_epoch(run: Run, epoch: int, trained: tuple[int, float], p_eval_step) -> 
     plots.write_loss_plot(run.workdir)
   run.early.update(epoch, val_loss)
   run.save(epoch, run.steps_per_epoch, complete=True, val_loss=val_loss)
+  run.epoch_end_s = time.perf_counter() - end_start  # for the next epochs' run ETA
   return summary
 
 
@@ -200,6 +204,7 @@ def train_epochs(run: Run, stop: StopRequests) -> list[dict]:
           f"step {run.global_step} in {run.workdir}; run the same command again to resume "
           "from it.")
       sys.exit(stop.exit_code)
+    stop.finishing = epoch == config.epochs  # a stop now has no step left to end at
     history.append(end_epoch(run, epoch, trained, p_eval_step))
     if run.early.stopped and epoch < config.epochs:  # else it ended as planned anyway
       say(f"early stopping: {run.early.describe()}; the best checkpoint is kept in "
@@ -215,17 +220,30 @@ def train_and_evaluate(config: Config, workdir: str | Path,
   --init_from names, if given); returns a summary dict per epoch run. The text's id cache is
   kept in `cache_dir` (default: corpus_cache/ beside the workdir).
 
-  Holds <workdir>/train.lock for the whole run: a second trainer on it stops at once."""
-  workdir = Path(workdir)
+  Holds <workdir>/train.lock for the whole run: a second trainer on it stops at once. Bad input
+  (a missing or unreadable --data, ...) stops it before it writes: a folder this attempt
+  created is removed again. Ends by saying what the run produced and what to run next."""
+  typed, workdir = workdir, Path(workdir)
   if base is not None:
     init_from.preflight(config, workdir, base, cache_dir)  # errors leave a new workdir uncreated
-  with distributed.primary_holds(WorkdirLock(workdir)), StopRequests() as stop:
-    run = start_run(config, workdir, base, cache_dir)
+  lock = WorkdirLock(workdir)
+  with distributed.primary_holds(lock), StopRequests() as stop:
+    try:
+      run = start_run(config, workdir, base, cache_dir)
+    except UserError:
+      lock.discard()  # the lock file and folders this attempt created go again
+      raise
     try:
       history = [] if nothing_to_train(run) else train_epochs(run, stop)
     except BaseException:
       run.close(after_error=True)
       raise
+    stop.finishing = True
     run.close()
+    if stop.requested:
+      say(f"{stop.signal_name} came as the run ended: its training was complete and its last "
+          f"checkpoint is saved in {typed}.")
   distributed.check_processes_agree(jax_utils.unreplicate(run.p_state).params)
+  if lines := outcome.final_lines(typed):  # on every process: orbax reads metadata together
+    say(lines)
   return history

@@ -32,6 +32,20 @@ def write_loss_plot(workdir: str | Path, quiet_if_unavailable: bool = True) -> P
   if plt is None:
     return None
   workdir = Path(workdir)
+  fig = loss_figure(plt, workdir)
+  path = workdir / PLOT_FILE
+  try:
+    with writing("the loss plot", path):
+      fig.savefig(path)
+  finally:
+    plt.close(fig)
+  return path
+
+
+def loss_figure(plt, workdir: Path):
+  """write_loss_plot's figure. The best validation loss is a star with its value in the
+  legend, and the legend sits where it covers no point of a curve (a label beside the star
+  ran over the curves)."""
   epochs = _epoch_records(workdir)
   records = read_metrics(workdir)
   steps_per_epoch = epochs[0]["step"] / epochs[0]["epoch"]  # x axis in (fractional) epochs
@@ -47,26 +61,20 @@ def write_loss_plot(workdir: str | Path, quiet_if_unavailable: bool = True) -> P
           label="validation loss")
   if val:
     best = min(val, key=lambda r: r["val_loss"])
-    ax.annotate(f"best validation {best['val_loss']:.3f} (epoch {best['epoch']})",
-                (best["epoch"], best["val_loss"]), textcoords="offset points", xytext=(-6, 10),
-                ha="right", fontsize=8, color="tab:orange")
+    ax.plot(best["epoch"], best["val_loss"], "*", markersize=14, color="tab:orange",
+            markeredgecolor="black", markeredgewidth=0.5, linestyle="none",
+            label=f"best validation {best['val_loss']:.3f} (epoch {best['epoch']})")
   ax.margins(x=0.04)
   ax.set_xlabel("epoch")
   ax.set_ylabel("cross-entropy (nats per character)")
   ax.set_title(f"{workdir.name}: loss per epoch")
   ax.grid(alpha=0.3)
-  ax.legend(loc="upper right")
+  ax.legend(loc="best")  # the corner that covers the fewest points of the curves
   bits = ax.secondary_yaxis("right", functions=(lambda n: n / math.log(2),
                                                 lambda b: b * math.log(2)))
   bits.set_ylabel("bits per character")
   fig.tight_layout()
-  path = workdir / PLOT_FILE
-  try:
-    with writing("the loss plot", path):
-      fig.savefig(path)
-  finally:
-    plt.close(fig)
-  return path
+  return fig
 
 
 def write_comparison_plot(workdirs: list[str | Path], out: str | Path,

@@ -10,6 +10,7 @@ class StopRequests:
 
   def __init__(self):
     self.signal_name: str | None = None
+    self.finishing = False  # training is done; the last checkpoint is being completed
     self._previous = {}
 
   def __enter__(self) -> "StopRequests":
@@ -38,5 +39,7 @@ class StopRequests:
             flush=True)
       return
     self.signal_name = name
-    print(f"\n{name} received: saving a checkpoint at the end of this step, then exiting.",
-          file=sys.stderr, flush=True)
+    doing = ("the run's training steps are done; it ends its last epoch, saves its last "
+             "checkpoint and exits." if self.finishing else
+             "saving a checkpoint at the end of this step, then exiting.")
+    print(f"\n{name} received: {doing}", file=sys.stderr, flush=True)

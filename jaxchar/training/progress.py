@@ -45,28 +45,54 @@ class _Progress:
     self.close()
 
 
+def duration(seconds: float) -> str:
+  """'44 s', '12 min', '1 h 05 min'."""
+  if seconds < 100:
+    return f"{seconds:.0f} s"
+  if seconds < 3600:
+    return f"{seconds / 60:.0f} min"
+  return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60):02d} min"
+
+
 class EpochProgress(_Progress):
-  """Shows steps done, running loss, windows/s and ETA for one epoch on `stream` (stderr)."""
+  """Shows steps done, running loss, windows/s, the epoch's ETA (tqdm's) and the whole run's
+  (`run_eta`) on `stream` (stderr).
+
+  later_steps: the steps of the epochs after this one; epoch_end_s: the seconds each epoch's
+  end (validation, samples, checkpoint) took last time, counted once per epoch left."""
 
   def __init__(self, epoch: int, epochs: int, total_steps: int, batch_size: int,
                stream: TextIO | None = None, interactive: bool | None = None,
-               first_step: int = 0, enabled: bool = True):
+               first_step: int = 0, enabled: bool = True, later_steps: int = 0,
+               epoch_end_s: float = 0.0):
     self.desc = f"epoch {epoch}/{epochs}"
     self.batch_size = batch_size
     self.first_step = first_step  # steps already done before this run (a resumed epoch)
+    self.later_steps, self.epoch_ends = later_steps, (epochs - epoch + 1) * epoch_end_s
     super().__init__(total_steps, self.desc, "step", stream, interactive, enabled, first_step)
+
+  def run_eta(self, steps_done: int, seconds: float) -> float | None:
+    """Seconds left in the whole run, from this epoch's step rate; None before a step."""
+    if steps_done <= self.first_step:
+      return None
+    step_s = seconds / (steps_done - self.first_step)
+    return (self.total - steps_done + self.later_steps) * step_s + self.epoch_ends
 
   def update(self, steps_done: int, running_loss: float) -> None:
     """`steps_done` counts from the start of the epoch."""
     now = time.perf_counter()
     rate = (steps_done - self.first_step) * self.batch_size / max(now - self.start, 1e-9)
+    left = self.run_eta(steps_done, now - self.start)
+    run_left = duration(left) if left is not None else "?"
     if self.bar is not None:
-      self.bar.set_postfix(loss=f"{running_loss:.4f}", seq_s=f"{rate:,.0f}", refresh=False)
+      self.bar.set_postfix(loss=f"{running_loss:.4f}", seq_s=f"{rate:,.0f}", run_eta=run_left,
+                           refresh=False)
       self.bar.update(steps_done - self.bar.n)
     elif self._line_due(now, steps_done):
       eta = (self.total - steps_done) * self.batch_size / max(rate, 1e-9)
       print(f"{self.desc} step {steps_done}/{self.total} | loss {running_loss:.4f} | "
-            f"{rate:,.0f} seq/s | eta {eta:.0f} s", file=self.stream, flush=True)
+            f"{rate:,.0f} seq/s | eta {duration(eta)} (epoch), {run_left} (run)",
+            file=self.stream, flush=True)
 
 
 class ValidationProgress(_Progress):

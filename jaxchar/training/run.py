@@ -48,6 +48,7 @@ class Run:
   global_step: int = 0  # counted on the host: reading p_state.step would wait for the device
   last_saved: int | None = None
   elapsed_before: float = 0.0
+  epoch_end_s: float = 0.0  # seconds the last epoch's end took (validation, samples, save)
   started: float = dataclasses.field(default_factory=time.perf_counter)
 
   def elapsed(self) -> float:
@@ -118,7 +119,8 @@ def start_run(config: Config, workdir: Path, base: init_from.Base | None = None,
               cache_dir: str | Path | None = None) -> Run:
   """Opens the corpus, builds the model and resumes from the latest checkpoint if any; else
   starts from `base`'s parameters (--init_from), or a fresh initialisation."""
-  corpus, new_symbols, text_note = load_corpus(config, workdir, cache_dir, base)
+  corpus, new_symbols, text_note = load_corpus(config, workdir, cache_dir, base)  # errors first
+  say(f"training in {workdir} (checkpoints, metrics.jsonl, samples.md, loss.png, tensorboard/)")
   num_devices = jax.device_count()  # all processes' devices share every global batch
   check_batch_fits(config.batch_size, num_devices)
   if config.restart and distributed.is_primary() and (moved := checkpoint.set_aside_run(workdir)):
@@ -168,13 +170,16 @@ def start_run(config: Config, workdir: Path, base: init_from.Base | None = None,
                 "elapsed_before": meta["elapsed_s"], "last_saved": int(state.step)}
     run_meta["init_from"] = meta.get("init_from")  # where this run began, not today's base
     began = run_meta["init_from"]
-    say(f"resuming from the checkpoint at step {int(state.step)} (epoch "
-        f"{position['start_epoch']}, batch {position['start_batch']})"
+    where = (f"the end of epoch {meta['epoch']}" if complete else
+             f"epoch {meta['epoch']}, batch {meta['batch_in_epoch']} of {steps_per_epoch}")
+    say(f"resuming from the checkpoint at step {int(state.step)} ({where})"
         + (f"; this run started from {began['workdir']} step {began['step']}" if began else ""))
     if changed:
       say(f"resumed with {', '.join(changed)}")
   elif base is not None:
     say(init_from.describe(base, new_symbols))
+    if warning := init_from.carry_over_warning(base, new_symbols, corpus):
+      say(warning)
     params = jax.tree_util.tree_map(jnp.asarray, init_from.start_params(
         jax.device_get(state.params), base.params, base.vocab.size))
     state = state.replace(params=params, opt_state=tx.init(params))

@@ -6,6 +6,7 @@ import numpy as np
 
 from jaxchar.core.data import Corpus
 from jaxchar.core.model import CharLSTM
+from jaxchar.core.terminal import shown
 from jaxchar.sampling.generate import GENERATORS
 from jaxchar.training.config import Config
 
@@ -13,7 +14,8 @@ from jaxchar.training.config import Config
 def epoch_samples(params, model: CharLSTM, corpus: Corpus, config: Config,
                   epoch: int) -> tuple[str, str, dict[float, str]]:
   """Generates from a random training window at every temperature:
-  (text for the terminal, Markdown for samples.md, {temperature: seed window + sample})."""
+  (text for the terminal, control characters escaped; Markdown for samples.md and
+  {temperature: seed window + sample}, both exact)."""
   rng = np.random.default_rng([config.seed, epoch, 1])
   start = int(rng.integers(0, corpus.cut - config.maxlen))
   seed_ids = corpus.read(start, start + config.maxlen)
@@ -29,4 +31,4 @@ def epoch_samples(params, model: CharLSTM, corpus: Corpus, config: Config,
   plain += [f"----- temperature {t}\n{text}" for t, text in texts.items()]
   markdown = [f"## Epoch {epoch}\n\nSeed window (in brackets below): `{seed_text!r}`\n"]
   markdown += [f"### Temperature {t}\n\n```\n{text}\n```\n" for t, text in texts.items()]
-  return "\n".join(plain) + "\n", "\n".join(markdown), texts
+  return shown("\n".join(plain)) + "\n", "\n".join(markdown), texts

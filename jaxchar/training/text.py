@@ -22,7 +22,7 @@ def encoded_text(config: Config, cache_dir: Path) -> tuple[idcache.EncodedText, 
   number of files. With several processes, process 0 encodes first and the others then find
   its cache (or, on hosts of their own, encode theirs)."""
   if config.data == DEFAULT_DATA:
-    corpus_lib.ensure_moes(Path(DEFAULT_DATA))
+    corpus_lib.ensure_moes(Path(DEFAULT_DATA), distributed.say)
   sources = textstream.list_sources(config.data)
 
   def open_it() -> idcache.EncodedText:

@@ -1,4 +1,5 @@
-"""One trainer per workdir: an OS file lock held for the whole run.
+"""One trainer per workdir: an OS file lock held for the whole run, which the sampler also
+reads to tell a folder whose trainer has not saved yet from one nobody trains in.
 
 `fcntl.flock` locks belong to the open file, so the OS releases them when the process ends in
 any way (kill -9 included): a lock file left by a dead run never blocks the next one.
@@ -23,8 +24,10 @@ class WorkdirLock:
   def __init__(self, workdir: Path):
     self.path = Path(workdir) / LOCK_FILE
     self._file = None
+    self._created: list[Path] = []  # the lock file and folders acquire() made, newest first
 
   def acquire(self) -> "WorkdirLock":
+    self._created = [p for p in [self.path, *self.path.parents] if not p.exists()]
     with writing("the run's lock file", self.path.parent):
       self.path.parent.mkdir(parents=True, exist_ok=True)
       # Opened without truncating: the holder's description must survive a refused attempt.
@@ -51,6 +54,17 @@ class WorkdirLock:
     self._file = file
     return self
 
+  def discard(self) -> None:
+    """Releases the lock and removes what acquiring it created (the lock file, folders still
+    empty): a run that stopped on bad input before writing leaves nothing behind."""
+    self.release()
+    for path in self._created:
+      try:
+        path.unlink() if path == self.path else path.rmdir()
+      except OSError:
+        break  # written to since (not empty): kept, and so are the folders above it
+    self._created = []
+
   def release(self) -> None:
     if self._file is not None:
       fcntl.flock(self._file, fcntl.LOCK_UN)
@@ -62,3 +76,20 @@ class WorkdirLock:
 
   def __exit__(self, *exc) -> None:
     self.release()
+
+
+def holder(workdir: Path) -> str | None:
+  """Who holds <workdir>/train.lock now (the trainer's pid, host, start and command), None when
+  no one does. Writes nothing: the file is opened for reading and a shared lock tried and
+  released at once."""
+  try:
+    file = open(Path(workdir) / LOCK_FILE, encoding="utf-8")
+  except OSError:
+    return None
+  with file:
+    try:
+      fcntl.flock(file, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+      return file.read().strip() or "another process"
+    fcntl.flock(file, fcntl.LOCK_UN)
+  return None
