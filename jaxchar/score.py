@@ -65,7 +65,8 @@ def check_readable(data: str) -> None:
 @entry_point
 def main() -> None:
   config = config_from_flags()
-  host.keep_freed_memory()
+  # No host.keep_freed_memory(): scoring's per-call temporaries are small, and a heap that
+  # keeps every freed page grew RSS about 1 MB per piece scored (BENCHMARKS.md).
   host.use_cpu_devices(0, config.batch_size)  # scoring batches split over every core
   check_readable(config.data)
   restored = restore(config.workdir, config.step)

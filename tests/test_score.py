@@ -157,3 +157,17 @@ def test_a_file_streamed_in_pieces_scores_as_the_whole_text(tiny_run, tmp_path, 
                                                   float(b.split("\t")[2])) < 1e-4
       for a, b in zip(lines[1:], list(scorer.per_char_lines(whole))[1:]))
   assert len(lines) == len(whole.log_probs) + 1
+
+
+def test_scoring_piece_by_piece_holds_no_device_buffers_across_pieces(tiny_run, tmp_path,
+                                                                      monkeypatch):
+  """Each piece's ids, parameters and results leave the devices once it is scored: the count of
+  live device arrays is the same after every piece (memory bounded whatever the file's size)."""
+  from jaxchar.scoring import stream
+  monkeypatch.setattr(stream, "PIECE_BYTES", 50)
+  path = tmp_path / "text.txt"
+  path.write_text(TINY_TEXT[:1000], encoding="utf-8")
+  sampler = sampler_lib.load_sampler(tiny_run)
+  totals = stream.Totals(sampler.maxlen, False)
+  live = [len(jax.live_arrays()) for _ in stream.score_pieces(sampler, path, totals, 64)]
+  assert len(live) >= 15 and len(set(live)) == 1, live
