@@ -89,15 +89,14 @@ def _model(sizes: Sizes, impl: str, dtype: str):
 
 
 def _corpus(sizes: Sizes):
-  """Random ids on every device, and every window start."""
-  import jax.numpy as jnp
+  """A corpus of random ids (every window a training window), as the loop reads windows from
+  its text: on the host, each batch's windows sent with the step."""
   import numpy as np
-  from flax import jax_utils
   from jaxchar.core import data
   ids = np.random.default_rng(0).integers(0, VOCAB, sizes.corpus_chars).astype(
       data.ids_dtype(VOCAB))
-  return jax_utils.replicate(jnp.asarray(ids)), np.arange(sizes.corpus_chars - sizes.maxlen - 1,
-                                                          dtype=np.int32)
+  return data.Corpus(data.Vocab("".join(map(chr, range(VOCAB)))), ids, None, len(ids),
+                     sizes.maxlen, 1, "")
 
 
 def train_cell(sizes: Sizes, corpus, batch: int, impl: str, dtype: str, unroll: int) -> dict:
@@ -106,17 +105,17 @@ def train_cell(sizes: Sizes, corpus, batch: int, impl: str, dtype: str, unroll: 
   from flax import jax_utils
   from jaxchar.core import data
   from jaxchar.training import loop, steps
-  p_ids, starts = corpus
   state = steps.create_train_state(jax.random.PRNGKey(0), _model(sizes, impl, dtype),
                                    sizes.maxlen, steps.make_optimizer(0.01))
   holder = [jax_utils.replicate(state)]
-  order = data.epoch_order(len(starts), 0, 1)[:batch * (CHUNK + 1)]
-  batches = data.train_batches(starts, order, batch, jax.local_device_count())
+  devices, num_batches = jax.local_device_count(), max(1, corpus.num_train_windows // batch)
   p_train_step, _ = loop.pmapped_steps(sizes.maxlen)
 
   def run(count: int = CHUNK) -> None:
     for i in range(count):
-      holder[0], metrics = p_train_step(holder[0], p_ids, batches[i % len(batches)])
+      starts = data.train_batch_starts(corpus, i % num_batches, batch, 0, 1)
+      holder[0], metrics = p_train_step(
+          holder[0], *data.device_batch(corpus, starts.reshape(devices, -1)))
     metrics["loss"].block_until_ready()
   with scan_unroll(unroll):  # the second step compiles again (BENCHMARKS.md)
     start = time.perf_counter()
@@ -133,21 +132,22 @@ def train_cell(sizes: Sizes, corpus, batch: int, impl: str, dtype: str, unroll: 
 def validation_cell(sizes: Sizes, corpus) -> dict:
   """The trainer's validation pass (loop.evaluate) at its default eval batch, fused, float32."""
   import jax
+  import numpy as np
   from flax import jax_utils
   from jaxchar.training import loop, steps
   from jaxchar.training.config import Config
   from jaxchar.training.run import global_eval_batch
-  p_ids, starts = corpus
+  starts = np.arange(corpus.num_chars - sizes.maxlen - 1)  # any window validates the same way
   state = steps.create_train_state(jax.random.PRNGKey(0), _model(sizes, "fused", "float32"),
                                    sizes.maxlen, steps.make_optimizer(0.01))
   p_state = jax_utils.replicate(state)
   _, p_eval_step = loop.pmapped_steps(sizes.maxlen)
   batch = global_eval_batch(Config.eval_batch_size, jax.device_count())
   start = time.perf_counter()
-  loop.evaluate(p_eval_step, p_state, p_ids, starts[:batch], batch)
+  loop.evaluate(p_eval_step, p_state, corpus, starts[:batch], batch)
   compile_s = time.perf_counter() - start
   start = time.perf_counter()
-  loop.evaluate(p_eval_step, p_state, p_ids, starts[:sizes.val_windows], batch)
+  loop.evaluate(p_eval_step, p_state, corpus, starts[:sizes.val_windows], batch)
   return {"windows_per_s": sizes.val_windows / (time.perf_counter() - start),
           "compile_s": compile_s, "eval_batch": batch}
 
