@@ -62,9 +62,9 @@ def test_options_that_may_change_between_sessions_are_accepted_and_said(tiny_fil
       tiny_config(tiny_file, epochs=2, learning_rate=0.02, patience=3), tmp_path / "run")
   assert [h["epoch"] for h in history] == [2]
   lines = capsys.readouterr().out.splitlines()
-  assert lines[1] == "resuming from the checkpoint at step 45 (epoch 2, batch 0)"
-  assert lines[2] == ("resumed with --learning_rate=0.02 (was 0.01), --epochs=2 (was 1), "
-                      "--patience=3 (was 0)")
+  at = lines.index("resuming from the checkpoint at step 45 (the end of epoch 1)")
+  assert lines[at + 1] == ("resumed with --learning_rate=0.02 (was 0.01), --epochs=2 (was 1), "
+                           "--patience=3 (was 0)")
 
 
 def test_a_schedule_that_changes_the_optimizer_state_is_refused(tiny_file, tmp_path):
