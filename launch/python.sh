@@ -7,6 +7,10 @@
 # ~/.local/share/uv (no root needed; uv itself comes from PyPI through the stock python3's pip,
 # or from astral.sh's installer with curl; the Python from GitHub's python-build-standalone
 # releases). With none of those possible the scripts stop with one paragraph saying what to do.
+#
+# Assumes: bash on Linux or macOS; network access only when uv or its Python must be fetched.
+# Costs: nothing when a supported Python is found; else about 50 MB of downloads (uv and a
+# CPython build) into the user's home, nothing installed system-wide.
 
 SUPPORTED_PYTHON=3.11
 PYTHON_VERSION=${PYTHON_VERSION:-3.12}

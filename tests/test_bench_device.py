@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from helpers import REPO
-from jaxchar import bench_device
+from jaxchar.benchmarking import device_suite
 from jaxchar.core.model import CharLSTM
 
 
@@ -26,12 +26,12 @@ def test_the_cpu_run_measures_every_cell_and_writes_json_and_the_table(tmp_path)
                           capture_output=True, text=True, timeout=3000, cwd=tmp_path)
   assert result.returncode == 0, result.stderr
   results = json.loads(out.read_text())
-  sizes = bench_device.PROFILES["cpu"]
+  sizes = device_suite.PROFILES["cpu"]
   assert results["profile"] == "cpu" and results["backend"] == "cpu"
   assert results["memory_gib"] > 0 and results["local_devices"] == 1
   kinds = [tuple(c.get(k) for k in ("kind", "impl", "dtype", "batch", "unroll", "mode", "rows"))
            for c in results["cells"]]
-  assert len(kinds) == len(set(kinds)) == len(bench_device.cells(sizes))
+  assert len(kinds) == len(set(kinds)) == len(device_suite.cells(sizes))
   for cell in results["cells"]:
     assert "skipped" not in cell and "error" not in cell, cell
     assert cell.get("windows_per_s", cell.get("chars_per_s")) > 0 and cell["compile_s"] > 0
@@ -49,7 +49,7 @@ def test_scan_unroll_reaches_the_lstm_loops_of_both_cells():
 
     def loss(p):
       return model.apply(p, jnp.zeros((2, 6), jnp.int32), train=True).sum()
-    with bench_device.scan_unroll(4):
+    with device_suite.scan_unroll(4):
       text = str(jax.make_jaxpr(jax.grad(loss))(params))
     assert "unroll=4" in text and "unroll=1" not in text, impl
   assert "unroll=4" not in str(jax.make_jaxpr(jax.grad(loss))(params))  # undone afterwards

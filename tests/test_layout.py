@@ -22,7 +22,7 @@ ENTRY_POINTS = {  # module: the config classes its flags come from
     "jaxchar.serve": ["jaxchar.serving.config:ServeConfig"],
     "jaxchar.plot": ["jaxchar.training.plots:PlotConfig"],
     "jaxchar.bench": ["jaxchar.bench:BenchConfig"],
-    "jaxchar.bench_device": ["jaxchar.bench_device:DeviceBenchConfig"],
+    "jaxchar.bench_device": ["jaxchar.benchmarking.device_suite:DeviceBenchConfig"],
     "jaxchar.serving.bench": ["jaxchar.serving.bench:ServeBenchConfig"],
     "jaxchar.compile_check": ["jaxchar.training.config:Config", "jaxchar.training.config:Launch",
                               "jaxchar.aot.check:CheckConfig"],

@@ -6,14 +6,16 @@ last the best checkpoint with the commands to run next."""
 import os
 import re
 import signal
-import types
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from helpers import tiny_config, write_tiny_text
 from jaxchar.core import corpus as corpus_lib
+from jaxchar.core import data
 from jaxchar.core.data import Vocab
+from jaxchar.core.spec import ModelSpec
 from jaxchar.errors import UserError
 from jaxchar.training import init_from, run as run_lib
 from jaxchar.training.loop import train_and_evaluate
@@ -53,7 +55,7 @@ def test_a_run_names_its_workdir_first_and_ends_with_its_best_checkpoint_and_nex
 def test_a_missing_or_folder_data_creates_no_workdir_and_no_lock(data, tmp_path):
   (tmp_path / "a_folder").mkdir()
   workdir = tmp_path / "ckpt" / "new"
-  with pytest.raises(UserError, match="no such file|is a directory"):
+  with pytest.raises(UserError, match="no such file|is a folder with no files in it"):
     train_and_evaluate(tiny_config(tmp_path / data), workdir)
   assert not (tmp_path / "ckpt").exists()
   existing = tmp_path / "existing"  # a folder that was there keeps what it had, no lock added
@@ -77,14 +79,18 @@ def test_copying_the_corpus_from_the_mirror_says_so(tmp_path, monkeypatch):
 
 
 def test_a_base_that_knows_few_of_the_new_characters_is_warned_about():
-  base = init_from.Base("ckpt/base", "ckpt/base", 10, {"vocab": "abc"}, None)
-  mostly_new = types.SimpleNamespace(ids=np.array([0, 3, 4, 5, 5, 6, 3, 1]),
-                                     vocab=Vocab("abcdefg"))
+  base = init_from.Base("ckpt/base", Path("ckpt/base"), 10, {}, None,
+                        ModelSpec("abc", hidden=16, num_layers=1, embed_dim=0, maxlen=8,
+                                  lowercase=True))
+
+  def corpus(ids: list[int], chars: str) -> data.Corpus:
+    return data.Corpus(Vocab(chars), np.array(ids, np.uint8), None, len(ids), 2, 1, "")
+  mostly_new = corpus([0, 3, 4, 5, 5, 6, 3, 1], "abcdefg")
   warning = init_from.carry_over_warning(base, "defg", mostly_new)
   assert warning.startswith("warning: 4 characters of --data are new to ckpt/base (which knows "
                             "3), 75% of the text by count")
   assert "little of the base carries over" in warning
-  few_new = types.SimpleNamespace(ids=np.array([0, 1, 2] * 10 + [3]), vocab=Vocab("abcd"))
+  few_new = corpus([0, 1, 2] * 10 + [3], "abcd")
   assert init_from.carry_over_warning(base, "d", few_new) is None
   assert init_from.carry_over_warning(base, "", few_new) is None
 

@@ -174,12 +174,13 @@ def test_the_first_line_says_how_many_files_and_characters(tmp_path, capsys):
     (folder / name).write_text(TINY_TEXT, encoding="utf-8")
   from jaxchar.training import loop
   loop.train_and_evaluate(tiny_config(folder, epochs=1, steps_per_epoch=2), tmp_path / "run")
-  first = capsys.readouterr().out.splitlines()[0]
+  first = next(line for line in capsys.readouterr().out.splitlines()
+               if line.startswith("devices: "))  # after the workdir line
   chars = 2 * len(TINY_TEXT) + 1
   assert f"corpus: 2 files, {chars:,} characters (encoded into the id cache" in first, first
   assert str(tmp_path / "corpus_cache") in first  # beside the workdir by default
   loop.train_and_evaluate(tiny_config(folder, epochs=2, steps_per_epoch=2), tmp_path / "run")
-  assert "(id cache read in" in capsys.readouterr().out.splitlines()[0]
+  assert "(id cache read in" in capsys.readouterr().out
 
 
 def test_non_utf8_deep_in_a_file_names_its_byte_and_line_and_leaves_nothing(tmp_path,

@@ -109,6 +109,13 @@ class Corpus:
     raw = np.asarray(self.raw[start:stop])
     return raw if self.table is None else self.table[raw]
 
+  def share_from(self, first_id: int, chunk: int = 1 << 24) -> float:
+    """The share of the text's characters whose vocabulary id is `first_id` or above (read in
+    chunks: any size of text)."""
+    count = sum(int(np.count_nonzero(self.read(start, start + chunk) >= first_id))
+                for start in range(0, self.num_chars, chunk))
+    return count / max(self.num_chars, 1)
+
   def windows(self, starts: np.ndarray) -> np.ndarray:
     """Vocabulary ids [..., maxlen + 1] of the windows at `starts` and their targets, read
     from the memory map: only these windows' pages are touched."""

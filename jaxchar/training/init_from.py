@@ -103,7 +103,7 @@ def carry_over_warning(base: Base, new: str, corpus: Corpus) -> str | None:
   untrained, and the base's parameters have little to say about them."""
   if not new:
     return None
-  share = float(np.mean(np.asarray(corpus.ids) >= base.vocab.size))
+  share = corpus.share_from(base.vocab.size)
   if share < NEW_SHARE_WARNING and len(new) <= base.vocab.size:
     return None
   return (f"warning: {len(new):,} characters of --data are new to {base.workdir} (which knows "
