@@ -3,6 +3,7 @@ checkpoint choice (best, latest, older ones when one fails), read from a private
 its description. Never changes the run's folder."""
 
 import dataclasses
+import functools
 import sys
 import tempfile
 from pathlib import Path
@@ -29,11 +30,12 @@ class Restored:
   step: int
   meta: dict
 
-  @property
+  # Built once: the server's batcher asks for them every round.
+  @functools.cached_property
   def model(self) -> CharLSTM:
     return self.spec.model()
 
-  @property
+  @functools.cached_property
   def vocab(self) -> Vocab:
     return Vocab(self.spec.vocab)
 
