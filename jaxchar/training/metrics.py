@@ -47,9 +47,12 @@ class RunLog:
     # Imported here, so that the device benchmark can import the loop where tensorboardX is not
     # installed. purge_step drops events a previous process wrote after the checkpoint.
     from tensorboardX import SummaryWriter
+    # Readers take event files in name order, and a name holds the time in whole seconds: a
+    # session resumed within the second of the last one must still sort after it.
+    suffix = f".from-step-{resume_step:012d}" if resume_step else ""
     self.writer = SummaryWriter(str(self.workdir / TENSORBOARD_DIR),
                                 purge_step=resume_step + 1 if resume_step else None,
-                                flush_secs=30)
+                                flush_secs=30, filename_suffix=suffix)
 
   def _drop_records_after(self, resume_step: int | None, resume_epoch: int) -> None:
     kept = ([] if resume_step is None
