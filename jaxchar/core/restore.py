@@ -61,10 +61,6 @@ def candidate_steps(metas: dict[int, dict]) -> list[int]:
   return list(dict.fromkeys(first + sorted(metas, reverse=True)))
 
 
-def _describe(error: Exception) -> str:
-  return f"{type(error).__name__}: {' '.join(str(error).split())[:160]}"
-
-
 def _warn(message: str) -> None:
   print(shown(f"warning: {message}"), file=sys.stderr, flush=True)
 
@@ -145,9 +141,10 @@ def _skip(workdir: Path, step: int, error: Exception, failures: list[str], what:
   was linked (then it is as if never there)."""
   if not checkpoint.has_step(workdir, step):
     return
-  failures.append(f"step {step}: {_describe(error)}")
-  _warn(f"skipping the checkpoint at step {step} in {workdir}: {what} ({_describe(error)}); "
-        "trying the next one.")
+  cause = checkpoint.describe_error(error)
+  failures.append(f"step {step}: {cause}")
+  _warn(f"skipping the checkpoint at step {step} in {workdir}: {what} ({cause}); trying the "
+        "next one.")
 
 
 def _restore_step(workdir: Path, step: int, steps: list[int], private: Path,
@@ -164,8 +161,8 @@ def _restore_step(workdir: Path, step: int, steps: list[int], private: Path,
     raise
   except Exception as e:  # orbax raises many types for missing or damaged files
     raise UserError(f"the checkpoint at step {step} in {workdir} cannot be restored "
-                    f"({_describe(e)}): it is damaged, or was deleted meanwhile by a running "
-                    "trainer's --keep. Leave out the step to use the best one that "
+                    f"({checkpoint.describe_error(e)}): it is damaged, or was deleted meanwhile "
+                    "by a running trainer's --keep. Leave out the step to use the best one that "
                     "restores.") from None
 
 
