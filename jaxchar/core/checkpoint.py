@@ -21,16 +21,21 @@ from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
 import jaxchar
-from jaxchar.errors import UserError, writing
+from jaxchar.core import storage
+from jaxchar.core.storage import writing
+from jaxchar.errors import UserError
 
 # 2: one ModelSpec ("spec") and the training config once. 1: flat shape keys beside "config".
 FORMAT_VERSION = 2
 READABLE_FORMATS = (1, 2)
 CORRUPT = "corrupt_checkpoints"
+# On object storage orbax writes a checkpoint in place and adds this file once it is complete
+# (locally it renames a temporary folder instead).
+COMMITTED_MARKER = "commit_success.txt"
 
 
-def _checkpoint_dir(workdir: Path) -> Path:
-  return Path(workdir).resolve() / "checkpoints"
+def _checkpoint_dir(workdir: Any) -> Any:
+  return storage.absolute(workdir) / "checkpoints"
 
 
 def _manager(workdir: Path, keep: int) -> ocp.CheckpointManager:
@@ -45,16 +50,18 @@ def _manager(workdir: Path, keep: int) -> ocp.CheckpointManager:
 class Checkpoints:
   """Saving and resuming a training run's checkpoints in `workdir`."""
 
-  def __init__(self, workdir: Path, keep: int):
-    self.workdir = Path(workdir)
+  def __init__(self, workdir: Any, keep: int):
+    self.workdir = storage.location(workdir)
     self.keep = keep
     self.manager = _manager(self.workdir, keep)
+    self.guard: Callable[[], None] = lambda: None  # raises UserError when saving must stop
 
   def save(self, step: int, state: dict, meta: dict, val_loss: float | None = None) -> None:
     """Starts an asynchronous save of host (numpy) `state` and JSON `meta` at `step`.
 
     A failed write (this one, or the previous one still in the background) raises UserError."""
     meta = {**meta, "format_version": FORMAT_VERSION, "jaxchar_version": jaxchar.__version__}
+    self.guard()
     metrics = {"val_loss": val_loss} if val_loss is not None else None
     with writing("a checkpoint", _checkpoint_dir(self.workdir)):
       self.manager.save(step, args=ocp.args.Composite(
@@ -93,7 +100,7 @@ class Checkpoints:
         return restored.state, meta
       except Exception as e:  # noqa: BLE001 - classified: damage, mismatch or a stop
         self._damaged_or_raise(step, e, probe=True)
-    set_aside = sorted((self.workdir / CORRUPT).glob("*")) if (self.workdir / CORRUPT).is_dir() else []
+    set_aside = storage.names_in(self.workdir / CORRUPT)
     if set_aside:
       raise UserError(
           f"{self.workdir} holds no checkpoint that restores: {len(set_aside)} damaged one(s) "
@@ -129,12 +136,12 @@ class Checkpoints:
       print(f"warning: the checkpoint at step {step} is damaged ({describe_error(error)}); "
             f"moved it to {moved} and falling back to the previous one.", flush=True)
 
-  def _set_aside(self, step: int) -> Path:
+  def _set_aside(self, step: int) -> Any:
     self.manager.close()
     dest = self.workdir / CORRUPT / f"{step}-{_now()}"
     if jax.process_index() == 0:
-      dest.parent.mkdir(parents=True, exist_ok=True)
-      shutil.move(str(_checkpoint_dir(self.workdir) / str(step)), dest)
+      with writing("a damaged checkpoint set aside", dest):
+        storage.move(_checkpoint_dir(self.workdir) / str(step), dest)
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices(f"jaxchar: set aside checkpoint {step}")
     self.manager = _manager(self.workdir, self.keep)
@@ -166,22 +173,23 @@ def describe_error(error: BaseException) -> str:
   return f"{type(error).__name__}: {' '.join(str(error).split())[:200]}"
 
 
-def read_raw(workdir: Path, step: int) -> Any:
+def read_raw(workdir: Any, step: int) -> Any:
   """One checkpoint's state as saved, without a template (numpy arrays): proof that its files
   are sound."""
   return ocp.Checkpointer(ocp.PyTreeCheckpointHandler()).restore(
       _checkpoint_dir(workdir) / str(step) / "state")
 
 
-def set_aside_run(workdir: Path) -> Path | None:
+def set_aside_run(workdir: Any) -> Any:
   """Moves a run's outputs to <workdir>/replaced/<time>/ (for --restart); None if none."""
-  present = [Path(workdir) / name for name in RUN_OUTPUTS if (Path(workdir) / name).exists()]
-  if not present:
-    return None
-  dest = Path(workdir) / "replaced" / _now()
-  dest.mkdir(parents=True)
-  for path in present:
-    shutil.move(str(path), dest / path.name)
+  workdir = storage.location(workdir)
+  with writing("the previous run's outputs set aside", workdir):
+    present = [name for name in RUN_OUTPUTS if name in storage.names_in(workdir)]
+    if not present:
+      return None
+    dest = workdir / "replaced" / _now()
+    for name in present:
+      storage.move(workdir / name, dest / name)
   return dest
 
 
@@ -196,14 +204,22 @@ def _link_or_copy(source: str, target: str) -> None:
     shutil.copy2(source, target)
 
 
-def snapshot(workdir: Path, step: int, into: Path) -> Path:
+def snapshot(workdir: Any, step: int, into: Path) -> Path:
   """A private copy of one checkpoint's folder inside `into`, made of hard links (copies
-  across file systems): its files outlive a running trainer deleting the checkpoint, so a
-  reader cannot lose the race however often it saves. Raises OSError if the checkpoint
-  vanished (or was being deleted) while it was being linked."""
+  across file systems; downloaded from a bucket): its files outlive a running trainer
+  deleting the checkpoint, so a reader cannot lose the race however often it saves. Raises
+  OSError if the checkpoint vanished (or was being deleted) while it was being linked."""
   target = Path(into) / str(step)
   try:
-    shutil.copytree(_checkpoint_dir(workdir) / str(step), target, copy_function=_link_or_copy)
+    if storage.is_remote(workdir):
+      try:
+        storage.download(_checkpoint_dir(workdir) / str(step), target)
+      except FileNotFoundError:
+        raise  # deleted since listed
+      except Exception as e:  # noqa: BLE001 - the network or the bucket: not the checkpoint
+        raise storage.bucket_error(workdir, "read a checkpoint from", e) from None
+    else:
+      shutil.copytree(_checkpoint_dir(workdir) / str(step), target, copy_function=_link_or_copy)
   except shutil.Error as e:  # some files vanished midway: the checkpoint is gone
     raise FileNotFoundError(f"the checkpoint at step {step} changed while it was read "
                             f"({str(e)[:200]})") from None
@@ -213,7 +229,7 @@ def snapshot(workdir: Path, step: int, into: Path) -> Path:
   return target
 
 
-def read_meta(workdir: Path, step: int, folder: Path | None = None) -> dict:
+def read_meta(workdir: Any, step: int, folder: Path | None = None) -> dict:
   """The JSON metadata of one checkpoint (read from `folder`, its snapshot, if given), checked
   for a compatible format.
 
@@ -231,36 +247,47 @@ def read_meta(workdir: Path, step: int, folder: Path | None = None) -> dict:
   return meta
 
 
-def read_metas(workdir: Path, steps: list[int]) -> dict[int, dict]:
+def read_metas(workdir: Any, steps: list[int]) -> dict[int, dict]:
   """The JSON metadata of several checkpoints."""
   return {step: read_meta(workdir, step) for step in steps}
 
 
-def checkpoint_steps(workdir: Path) -> list[int]:
+def checkpoint_steps(workdir: Any) -> list[int]:
   """Steps of the finished checkpoints in `workdir`, oldest first.
 
   Listed directly rather than through orbax, which reads each one's metadata and fails when a
   running trainer deletes one meanwhile. Orbax writes <step>.orbax-checkpoint-tmp-* and renames
   it to <step> once complete, so a folder named by a number alone is finished."""
+  folder = _checkpoint_dir(workdir)
+  if storage.is_remote(workdir):  # a numbered folder is complete once it holds the marker
+    with storage.requests_to(workdir, "list the checkpoints in"):
+      return sorted(int(name) for name in storage.names_in(folder)
+                    if name.isdigit() and storage.exists(folder / name / COMMITTED_MARKER))
   try:
-    return sorted(int(p.name) for p in _checkpoint_dir(workdir).iterdir()
-                  if p.name.isdigit() and p.is_dir())
+    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit() and p.is_dir())
   except FileNotFoundError:
     return []
 
 
-def has_step(workdir: Path, step: int) -> bool:
+def has_step(workdir: Any, step: int) -> bool:
   """Whether the checkpoint at `step` still exists (a live run's --keep deletes old ones)."""
+  if storage.is_remote(workdir):
+    return storage.exists(_checkpoint_dir(workdir) / str(step) / COMMITTED_MARKER)
   return (_checkpoint_dir(workdir) / str(step)).is_dir()
 
 
-def unfinished_checkpoints(workdir: Path) -> list[Path]:
-  """Checkpoints still being written (or left half-written): orbax's temporary folders."""
+def unfinished_checkpoints(workdir: Any) -> list[str]:
+  """Checkpoints still being written (or left half-written): orbax's temporary folders, or
+  on a bucket the numbered folders without their marker."""
   folder = _checkpoint_dir(workdir)
-  return sorted(folder.glob("*.orbax-checkpoint-tmp*")) if folder.is_dir() else []
+  if storage.is_remote(workdir):
+    finished = set(map(str, checkpoint_steps(workdir)))
+    return sorted(name for name in storage.names_in(folder) if name.isdigit()
+                  and name not in finished)
+  return sorted(p.name for p in folder.glob("*.orbax-checkpoint-tmp*")) if folder.is_dir() else []
 
 
-def restore_params(workdir: Path, step: int, params_template: Any,
+def restore_params(workdir: Any, step: int, params_template: Any,
                    folder: Path | None = None) -> Any:
   """Only the parameters of one checkpoint (read from `folder`, its snapshot, if given; no
   optimizer state), as host numpy arrays."""

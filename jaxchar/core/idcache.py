@@ -51,7 +51,10 @@ def sampled_digest(path: Path, size: int) -> str:
 
 
 def _fingerprint(sources: list[SourceFile]) -> list[dict]:
-  return [{"path": str(s.path), "size": s.size, "mtime_ns": s.mtime_ns,
+  """What identifies the files' contents: a bucket object's name, size and generation (read
+  nothing more); a local file's size, modification time and sampled blocks."""
+  return [{"path": s.path, "size": s.size, "generation": s.generation} if s.remote else
+          {"path": str(s.path), "size": s.size, "mtime_ns": s.mtime_ns,
            "sample": sampled_digest(s.path, s.size)} for s in sources]
 
 

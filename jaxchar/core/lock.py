@@ -12,10 +12,26 @@ import re
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 
+from jaxchar.core import object_lock, storage
 from jaxchar.errors import UserError, writing
 
 LOCK_FILE = "train.lock"
+
+
+def description() -> str:
+  """Who takes a lock: this process, its host, when and with which command."""
+  started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+  return (f"pid {os.getpid()} on {socket.gethostname()}, started {started}: "
+          f"python -m jaxchar.train {' '.join(sys.argv[1:])}")
+
+
+def for_workdir(workdir: Any) -> "WorkdirLock | object_lock.ObjectLock":
+  """The lock of a run's folder: an OS file lock locally, a lock object on gs://."""
+  if storage.is_remote(workdir):
+    return object_lock.ObjectLock(workdir, description())
+  return WorkdirLock(workdir)
 
 
 class WorkdirLock:
@@ -47,9 +63,7 @@ class WorkdirLock:
           "give this run another --workdir.") from None
     file.seek(0)
     file.truncate()
-    started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-    file.write(f"pid {os.getpid()} on {socket.gethostname()}, started {started}: "
-               f"python -m jaxchar.train {' '.join(sys.argv[1:])}\n")
+    file.write(description() + "\n")
     file.flush()
     self._file = file
     return self
@@ -65,6 +79,9 @@ class WorkdirLock:
         break  # written to since (not empty): kept, and so are the folders above it
     self._created = []
 
+  def check(self) -> None:
+    """Nothing to check: the OS keeps a file lock for as long as the process lives."""
+
   def release(self) -> None:
     if self._file is not None:
       fcntl.flock(self._file, fcntl.LOCK_UN)
@@ -78,10 +95,12 @@ class WorkdirLock:
     self.release()
 
 
-def holder(workdir: Path) -> str | None:
+def holder(workdir: Any) -> str | None:
   """Who holds <workdir>/train.lock now (the trainer's pid, host, start and command), None when
   no one does. Writes nothing: the file is opened for reading and a shared lock tried and
   released at once."""
+  if storage.is_remote(workdir):
+    return object_lock.holder(workdir)
   try:
     file = open(Path(workdir) / LOCK_FILE, encoding="utf-8")
   except OSError:

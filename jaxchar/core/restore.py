@@ -11,7 +11,7 @@ from typing import Any
 
 import jax
 
-from jaxchar.core import checkpoint, lock
+from jaxchar.core import checkpoint, lock, storage
 from jaxchar.core.data import Vocab
 from jaxchar.core.model import CharLSTM
 from jaxchar.core.spec import ModelSpec
@@ -65,14 +65,14 @@ def _warn(message: str) -> None:
   print(shown(f"warning: {message}"), file=sys.stderr, flush=True)
 
 
-def _read(workdir: Path, step: int, meta: dict, folder: Path | None = None) -> Restored:
+def _read(workdir: Any, step: int, meta: dict, folder: Path | None = None) -> Restored:
   spec = ModelSpec.from_meta(meta)
   params = checkpoint.restore_params(workdir, step, spec.params_template(), folder)
   return Restored(spec, jax.device_put(params), step, meta)
 
 
-def _finished_steps(workdir: Path, flag: str) -> list[int]:
-  if not workdir.is_dir():
+def _finished_steps(workdir: Any, flag: str) -> list[int]:
+  if not storage.is_dir(workdir):
     raise UserError(f"{flag}={workdir} does not exist; point it at a training run's folder "
                     "(the trainer's --workdir, default ckpt/moe).")
   steps = checkpoint.checkpoint_steps(workdir)
@@ -99,7 +99,12 @@ def restore(workdir: str | Path, step: int | None = None, flag: str = "--workdir
   vanishes before its snapshot is as if never there. Errors name `workdir` as `flag` (the
   trainer's --init_from reads a run this way too).
   """
-  workdir = Path(workdir)
+  workdir = storage.location(workdir)
+  with storage.requests_to(workdir, "read"):
+    return _restore(workdir, step, flag)
+
+
+def _restore(workdir: Any, step: int | None, flag: str) -> Restored:
   steps = _finished_steps(workdir, flag)
   with tempfile.TemporaryDirectory(prefix="jaxchar-read-") as private:
     if step is not None:
@@ -136,7 +141,7 @@ def restore(workdir: str | Path, step: int | None = None, flag: str = "--workdir
                   "newest good one.")
 
 
-def _skip(workdir: Path, step: int, error: Exception, failures: list[str], what: str) -> None:
+def _skip(workdir: Any, step: int, error: Exception, failures: list[str], what: str) -> None:
   """Records and warns of a checkpoint that failed to read, unless it was being deleted as it
   was linked (then it is as if never there)."""
   if not checkpoint.has_step(workdir, step):
@@ -147,7 +152,7 @@ def _skip(workdir: Path, step: int, error: Exception, failures: list[str], what:
         "next one.")
 
 
-def _restore_step(workdir: Path, step: int, steps: list[int], private: Path,
+def _restore_step(workdir: Any, step: int, steps: list[int], private: Path,
                   flag: str) -> Restored:
   """The checkpoint at `step`, read from a snapshot in `private`."""
   asked = f"--step={step}" if flag == "--workdir" else f"{flag}={workdir}:{step}"

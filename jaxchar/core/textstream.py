@@ -7,7 +7,9 @@ import dataclasses
 import glob
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+from jaxchar.core import storage
 from jaxchar.errors import UserError
 
 CHUNK_BYTES = 1 << 23  # bytes read per piece
@@ -19,16 +21,25 @@ _SIGMA_CONTEXT = 64  # characters of context either side when no break is in a p
 
 @dataclasses.dataclass(frozen=True)
 class SourceFile:
-  """One file of the text, as it was when listed: what tells whether it changed."""
+  """One file of the text, as it was when listed: what tells whether it changed (a gs://
+  object's generation, which every rewrite changes, or a local file's modification time)."""
 
-  path: Path
+  path: Any  # a pathlib.Path, or a gs:// URL (str)
   size: int
-  mtime_ns: int
+  mtime_ns: int = 0
+  generation: str = ""
 
   @classmethod
-  def of(cls, path: Path) -> "SourceFile":
+  def of(cls, path: Any) -> "SourceFile":
+    if storage.is_remote(path):
+      info = storage.object_info(path)
+      return cls(str(path), info["size"], generation=info["generation"])
     stat = path.stat()
     return cls(path, stat.st_size, stat.st_mtime_ns)
+
+  @property
+  def remote(self) -> bool:
+    return storage.is_remote(self.path)
 
   def changed(self) -> bool:
     try:
@@ -37,9 +48,32 @@ class SourceFile:
       return True
 
 
+def _list_objects(spec: str) -> list[SourceFile]:
+  """The objects a gs:// --data names: an object, a glob pattern, or a prefix (every object
+  under it whose relative name has no hidden part, in order of those names)."""
+  fs = storage.filesystem()
+  with storage.requests_to(spec, "read"):
+    fs.invalidate_cache()
+    if any(c in spec for c in "*?["):
+      names = sorted(n for n in fs.glob(storage.key(spec)) if fs.isfile(n))
+    elif fs.isfile(storage.key(spec)):
+      names = [storage.key(spec)]
+    else:
+      prefix = storage.key(spec) + "/"
+      names = sorted(n for n in fs.find(prefix) if not any(
+          part.startswith(".") for part in n[len(prefix):].split("/")))
+    if not names:
+      raise UserError(f"--data={spec}: no object in the bucket has that name, matches that "
+                      "pattern or lies under that prefix. List it with `gcloud storage ls "
+                      f"{spec}`, and pass an object, a prefix (a folder) or a quoted pattern.")
+    return [SourceFile.of(storage.GCS_PREFIX + name) for name in names]
+
+
 def list_sources(spec: str) -> list[SourceFile]:
   """The files --data names: a file; a folder (every non-hidden file under it, recursively,
   in order of their paths relative to it); or a glob pattern (matches sorted by path)."""
+  if storage.is_remote(spec):
+    return _list_objects(spec)
   path = Path(spec)
   if any(c in spec for c in "*?[") and not path.exists():
     matches = sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file())
@@ -83,7 +117,7 @@ def _decoded(source: SourceFile, chunk_bytes: int) -> Iterator[str]:
   offset = lines = 0
   held = ""
   try:
-    with open(source.path, "rb") as f:
+    with storage.open_binary(source.path) as f:
       while True:
         chunk = f.read(chunk_bytes)
         final = not chunk
@@ -101,7 +135,13 @@ def _decoded(source: SourceFile, chunk_bytes: int) -> Iterator[str]:
           yield text.replace("\r\n", "\n").replace("\r", "\n") if "\r" in text else text
         if final:
           break
-  except OSError as e:
+  except UserError:
+    raise
+  except Exception as e:
+    if source.remote:
+      raise storage.bucket_error(source.path, "read", e) from None
+    if not isinstance(e, OSError):
+      raise
     raise UserError(f"--data={source.path} cannot be read ({e.strerror}); check its "
                     "permissions.") from None
   if offset != source.size or source.changed():

@@ -177,11 +177,14 @@ class Launch:
 
   workdir: str = option("ckpt/moe", "Folder for this run: checkpoints/, metrics.jsonl, "
                         "tensorboard/, samples.md, loss.png. Rerunning with the same folder "
-                        "resumes from its latest checkpoint.")
+                        "resumes from its latest checkpoint. A gs://bucket/path keeps the run "
+                        "in Cloud Storage (pip install -e '.[gcs]'), where a preempted or "
+                        "multi-host run finds it again.")
   cache_dir: str = option("", "Folder for the text's id cache (the --data text encoded once, "
                           "1 to 4 bytes per character; later runs over the unchanged files "
                           "memory-map it); empty = corpus_cache/ beside --workdir, shared by "
-                          "the runs there.")
+                          "the runs there (ckpt/corpus_cache/ for a gs:// --workdir). Always "
+                          "local: a text in a bucket is streamed into it once.")
   cpu_devices: int = option(0, "JAX devices on a CPU host, each taking its share of the batch: "
                             "0 = one per core (the largest count up to the number of cores that "
                             "divides --batch_size into shares of at least 16 windows; a count "
@@ -207,6 +210,10 @@ class Launch:
     """Raises UserError for a bad value; returns self."""
     if self.cpu_devices < 0:
       raise UserError(f"--cpu_devices={self.cpu_devices} must be >= 0 (0 = one per core).")
+    if self.cache_dir.startswith("gs://"):
+      raise UserError(f"--cache_dir={self.cache_dir} must be a local folder: the id cache is "
+                      "read at random, window by window. A text in a bucket is streamed into "
+                      "it once; leave --cache_dir empty or give a folder on this machine.")
     if self.heartbeat_timeout_s < 1:
       raise UserError(f"--heartbeat_timeout_s={self.heartbeat_timeout_s} must be at least 1.")
     check_choices(self)

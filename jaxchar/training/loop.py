@@ -12,12 +12,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import jax_utils
 
-from jaxchar.core import data
+from jaxchar.core import data, storage
+from jaxchar.core import lock as lock_lib
 from jaxchar.errors import UserError
 from jaxchar.training import distributed, init_from, outcome, plots, progress, steps
 from jaxchar.training.config import Config
 from jaxchar.training.distributed import say
-from jaxchar.core.lock import WorkdirLock
 from jaxchar.training.preemption import StopRequests
 from jaxchar.training.run import Run, nothing_to_train, start_run
 from jaxchar.training.samples import epoch_samples
@@ -171,7 +171,7 @@ def end_epoch(run: Run, epoch: int, trained: tuple[int, float], p_eval_step) -> 
     print(plain, flush=True)
     run.log.write_samples(markdown, texts, summary["step"])
   if primary:
-    plots.write_loss_plot(run.workdir)
+    plots.write_loss_plot(run.log.folder)
   run.early.update(epoch, val_loss)
   run.save(epoch, run.steps_per_epoch, complete=True, val_loss=val_loss)
   run.epoch_end_s = time.perf_counter() - end_start  # for the next epochs' run ETA
@@ -223,16 +223,17 @@ def train_and_evaluate(config: Config, workdir: str | Path,
   Holds <workdir>/train.lock for the whole run: a second trainer on it stops at once. Bad input
   (a missing or unreadable --data, ...) stops it before it writes: a folder this attempt
   created is removed again. Ends by saying what the run produced and what to run next."""
-  typed, workdir = workdir, Path(workdir)
+  typed, workdir = workdir, storage.location(workdir)
   if base is not None:
     init_from.preflight(config, workdir, base, cache_dir)  # errors leave a new workdir uncreated
-  lock = WorkdirLock(workdir)
+  lock = lock_lib.for_workdir(workdir)
   with distributed.primary_holds(lock), StopRequests() as stop:
     try:
       run = start_run(config, workdir, base, cache_dir)
     except UserError:
       lock.discard()  # the lock file and folders this attempt created go again
       raise
+    run.checkpoints.guard = lock.check  # a run whose bucket lock was taken over saves no more
     try:
       history = [] if nothing_to_train(run) else train_epochs(run, stop)
     except BaseException:

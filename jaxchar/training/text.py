@@ -6,15 +6,23 @@ from pathlib import Path
 import jax
 
 from jaxchar.core import corpus as corpus_lib
-from jaxchar.core import idcache, textstream
+from jaxchar.core import idcache, storage, textstream
 from jaxchar.errors import UserError
 from jaxchar.training import distributed
 from jaxchar.training.config import DEFAULT_DATA, Config
 
 
+LOCAL_CACHE = Path("ckpt/corpus_cache")  # for a run in a bucket: the cache is local
+
+
 def cache_folder(workdir: str | Path, cache_dir: str | Path | None) -> Path:
-  """Where the text's id cache goes: `cache_dir`, else corpus_cache/ beside the workdir."""
-  return Path(cache_dir) if cache_dir else Path(workdir).absolute().parent / "corpus_cache"
+  """Where the text's id cache goes: `cache_dir`, else corpus_cache/ beside the workdir (for a
+  gs:// workdir, ckpt/corpus_cache/ here: a cache is read at random, so it stays local)."""
+  if cache_dir:
+    return Path(cache_dir)
+  if storage.is_remote(workdir):
+    return LOCAL_CACHE.absolute()
+  return Path(workdir).absolute().parent / "corpus_cache"
 
 
 def encoded_text(config: Config, cache_dir: Path) -> tuple[idcache.EncodedText, int]:
