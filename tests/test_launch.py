@@ -1,8 +1,8 @@
 """The launch path on a Python jaxchar does not support: pip refuses the project at once, the
 launch scripts find or provision a supported Python on a stand-in machine whose python3 is 3.10,
-or stop with one clear paragraph before anything is created; where launch/tpu_vm.sh keeps
-the run (a gs:// bucket workdir, required for spot VMs and slices of several workers) and how it
-treats a VM it finds (a preempted one is recreated and the
+or stop with one clear paragraph before anything is created; where launch/tpu_vm.sh and
+launch/gpu_multihost.sh keep the run (a gs:// bucket workdir, required for spot VMs and slices of
+several workers) and how tpu_vm.sh treats a VM it finds (a preempted one is recreated and the
 training command rerun), against a stand-in gcloud that records its calls; and .ci/lowest.txt
 pins exactly pyproject.toml's lower bounds."""
 
@@ -331,6 +331,56 @@ def test_tpu_vm_without_a_bucket_trains_on_the_vm_and_copies_the_run_back(stand_
   assert copy_back == ["gcloud compute tpus tpu-vm scp --recurse jaxchar:~/jaxchar/ckpt/moe-tpu "
                        "ckpt/ --zone=europe-west4-a --worker=0"]
   assert stand_in.vm("delete") == [len(calls) - 1]
+
+
+def gpu_host(root: Path) -> tuple[Path, dict]:
+  """launch/ in a folder of its own with a .venv whose python and pip record their calls."""
+  checkout = root / "checkout"
+  shutil.copytree(REPO / "launch", checkout / "launch")
+  bin_dir = checkout / ".venv" / "bin"
+  bin_dir.mkdir(parents=True)
+  for name in ("python", "pip"):
+    (bin_dir / name).write_text(RECORDER.format(name=name))
+    (bin_dir / name).chmod(0o755)
+  (bin_dir / "activate").write_text(f'PATH="{bin_dir}:$PATH"\n')
+  env = {k: v for k, v in os.environ.items() if k not in LAUNCH_ENV}
+  return checkout, {**env, "CALLS": str(root / "calls.log")}
+
+
+def test_gpu_multihost_keeps_the_run_in_the_bucket(tmp_path):
+  checkout, env = gpu_host(tmp_path)
+  result = subprocess.run(["bash", str(checkout / "launch" / "gpu_multihost.sh"),
+                           "10.0.0.2:12355", "2", "1", "--data=gs://my-bucket/texts/"],
+                          capture_output=True, text=True, timeout=60,
+                          env={**env, "BUCKET": "gs://my-bucket/runs"})
+  assert result.returncode == 0, result.stderr
+  assert "warning" not in result.stderr
+  calls = (tmp_path / "calls.log").read_text().splitlines()
+  assert "pip install -q -e .[cuda,plot,gcs]" in calls
+  assert calls[-1] == ("python -m jaxchar.train --flagfile=launch/gpu.flags "
+                       "--coordinator_address=10.0.0.2:12355 --num_processes=2 --process_id=1 "
+                       "--workdir=gs://my-bucket/runs/moe-gpu --cache_dir=ckpt/corpus_cache "
+                       "--data=gs://my-bucket/texts/")
+
+
+def test_gpu_multihost_without_a_bucket_warns_and_with_a_malformed_one_stops(tmp_path):
+  checkout, env = gpu_host(tmp_path)
+  script = str(checkout / "launch" / "gpu_multihost.sh")
+  result = subprocess.run(["bash", script, "10.0.0.2:12355", "2", "0"], capture_output=True,
+                          text=True, timeout=60, env=env)
+  assert result.returncode == 0, result.stderr
+  assert "only host 0 keeps the checkpoints and a rerun cannot resume" \
+         in " ".join(result.stderr.split())
+  calls = (tmp_path / "calls.log").read_text().splitlines()
+  assert "pip install -q -e .[cuda,plot]" in calls
+  assert calls[-1].endswith("--process_id=0")
+  (tmp_path / "calls.log").unlink()
+  result = subprocess.run(["bash", script, "10.0.0.2:12355", "2", "0"], capture_output=True,
+                          text=True, timeout=60, env={**env, "BUCKET": "gs://my bucket"})
+  assert result.returncode == 2
+  assert one_paragraph_error(result).startswith(
+      "error: BUCKET=gs://my bucket is not a Cloud Storage location of the form gs://bucket[/path]")
+  assert not (tmp_path / "calls.log").exists()  # nothing installed
 
 
 def test_lowest_constraints_pin_exactly_pyprojects_lower_bounds():
