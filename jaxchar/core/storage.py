@@ -43,12 +43,18 @@ def absolute(path: Any) -> Location:
 
 @functools.cache
 def filesystem() -> Any:
-  """The gcsfs file system (one per process, as epath keeps)."""
+  """The gcsfs file system (one per process), and orbax's (through epath), without listings
+  caches: a trainer adds and deletes checkpoints while others read them, and every process of
+  a run must see the same ones (a cached listing hid a checkpoint from a process that had
+  listed its folder while it was being written)."""
   try:
+    import fsspec
     import gcsfs
   except ImportError:
     raise UserError(f"gs:// paths need the Cloud Storage client, which is not installed: run "
                     f"`{EXTRA}` (or `.[tpu]`, which includes it), then rerun.") from None
+  for protocol in gcsfs.GCSFileSystem.protocol:  # the defaults of every later instance
+    fsspec.config.conf.setdefault(protocol, {})["use_listings_cache"] = False
   return gcsfs.GCSFileSystem()
 
 
@@ -61,10 +67,17 @@ def bucket(path: Any) -> str:
   return key(path).split("/", 1)[0]
 
 
-def describe_failure(error: BaseException) -> str:
-  """What a failed storage request means, in a user's words."""
+def _bucket_missing(path: Any) -> bool:
+  try:
+    return not filesystem().exists(bucket(path))
+  except Exception:  # noqa: BLE001 - unknown: say what the request said instead
+    return False
+
+
+def describe_failure(path: Any, error: BaseException) -> str:
+  """What a failed storage request on `path` means, in a user's words."""
   text = " ".join(str(error).split())
-  if isinstance(error, FileNotFoundError) and "/b/" in text and "/o" not in text.split("/b/")[-1]:
+  if isinstance(error, FileNotFoundError) and _bucket_missing(path):
     return "the bucket does not exist"
   if "Forbidden" in text or "403" in text or "PERMISSION_DENIED" in text:
     return "permission denied"
@@ -75,7 +88,7 @@ def describe_failure(error: BaseException) -> str:
 
 def bucket_error(path: Any, what: str, error: BaseException) -> UserError:
   """The one-paragraph error for a failed request on a gs:// path, with the fix."""
-  cause = describe_failure(error)
+  cause = describe_failure(path, error)
   if cause == "the bucket does not exist":
     fix = (f"create it (`gcloud storage buckets create gs://{bucket(path)} --location=...`) or "
            "correct the path")
@@ -84,9 +97,11 @@ def bucket_error(path: Any, what: str, error: BaseException) -> UserError:
            "log in with `gcloud auth application-default login`")
   else:
     fix = "check the network and the bucket"
-  return UserError(f"could not {what} {path}: {cause}. To go on, {fix}, then rerun the same "
-                   "command: a training run resumes from its latest checkpoint, which is left "
-                   "intact.")
+  error = UserError(f"could not {what} {path}: {cause}. To go on, {fix}, then rerun the same "
+                    "command: a training run resumes from its latest checkpoint, which is left "
+                    "intact.")
+  error.may_strand_threads = True
+  return error
 
 
 @contextlib.contextmanager
@@ -126,19 +141,16 @@ def names_in(path: Any) -> list[str]:
     except (FileNotFoundError, NotADirectoryError):
       return []
   with requests_to(path, "list"):
-    fs = filesystem()
-    fs.invalidate_cache(key(path))  # a live trainer adds and deletes: list afresh
     try:
-      return [entry.rstrip("/").rsplit("/", 1)[-1] for entry in fs.ls(key(path), detail=False)]
+      return [entry.rstrip("/").rsplit("/", 1)[-1]
+              for entry in filesystem().ls(key(path), detail=False)]
     except FileNotFoundError:
       return []
 
 
 def object_info(path: Any) -> dict:
   """Size and generation of one gs:// object (FileNotFoundError if absent)."""
-  fs = filesystem()
-  fs.invalidate_cache(key(path))
-  info = fs.info(key(path))
+  info = filesystem().info(key(path))
   if info.get("type") != "file":
     raise IsADirectoryError(str(path))
   return {"size": int(info["size"]), "generation": str(info.get("generation", "")),
@@ -177,14 +189,18 @@ def move(source: Any, target: Any) -> None:
 def download(source: Any, target: Path) -> None:
   """A gs:// folder's objects copied into the local folder `target` (made)."""
   fs = filesystem()
-  fs.invalidate_cache(key(source))
   files = fs.find(key(source))
   if not files:
     raise FileNotFoundError(str(source))
   for name in files:
     local = Path(target) / os.path.relpath(name, key(source))
     local.parent.mkdir(parents=True, exist_ok=True)
-    fs.get_file(name, str(local))
+    try:
+      fs.get_file(name, str(local))
+    except Exception as e:
+      if getattr(e, "status", None) == 404:  # gcsfs's downloads raise aiohttp's own error
+        raise FileNotFoundError(f"{GCS_PREFIX}{name} was deleted while it was read") from None
+      raise
 
 
 def upload(source: Path, target: Any) -> None:

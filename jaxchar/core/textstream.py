@@ -53,7 +53,6 @@ def _list_objects(spec: str) -> list[SourceFile]:
   under it whose relative name has no hidden part, in order of those names)."""
   fs = storage.filesystem()
   with storage.requests_to(spec, "read"):
-    fs.invalidate_cache()
     if any(c in spec for c in "*?["):
       names = sorted(n for n in fs.glob(storage.key(spec)) if fs.isfile(n))
     elif fs.isfile(storage.key(spec)):

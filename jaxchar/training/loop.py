@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import jax_utils
+from jax.experimental import multihost_utils
 
 from jaxchar.core import data, storage
 from jaxchar.core import lock as lock_lib
@@ -241,6 +242,8 @@ def train_and_evaluate(config: Config, workdir: str | Path,
       raise
     stop.finishing = True
     run.close()
+    if jax.process_count() > 1:  # process 0 commits the last checkpoint after the others' wait
+      multihost_utils.sync_global_devices("jaxchar: last checkpoint committed")
     if stop.requested:
       say(f"{stop.signal_name} came as the run ended: its training was complete and its last "
           f"checkpoint is saved in {typed}.")

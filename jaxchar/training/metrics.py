@@ -127,11 +127,14 @@ class RunLog:
           self._uploaded[path] = (stat.st_size, stat.st_mtime_ns)
     self._last_upload = time.monotonic()
 
-  def close(self) -> None:
+  def close(self, upload: bool = True) -> None:
+    """Closes the records; a run in a bucket uploads them first (unless `upload` is False:
+    after an error, a resumed run keeps only what its checkpoint's flush uploaded)."""
     self.metrics.close()
     self.writer.close()
     if self.remote:
       try:
-        self.upload()
+        if upload:
+          self.upload()
       finally:
         shutil.rmtree(self.folder, ignore_errors=True)

@@ -76,11 +76,15 @@ class Run:
     every process, and one of them may be gone."""
     try:
       if not (after_error and jax.process_count() > 1):
-        self.checkpoints.wait()
-        self.checkpoints.close()
+        try:
+          self.checkpoints.wait()
+          self.checkpoints.close()
+        except Exception:  # noqa: BLE001 - after an error, the error being raised says why
+          if not after_error:
+            raise
     finally:
-      if self.log:
-        self.log.close()
+      if self.log:  # after an error, the records kept are the last checkpoint's (uploaded then)
+        self.log.close(upload=not after_error)
 
 
 def global_eval_batch(eval_batch_size: int, num_devices: int) -> int:

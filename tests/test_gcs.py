@@ -1,0 +1,242 @@
+"""Runs that live in a bucket, against a real GCS JSON API (fake-gcs-server, started by the
+`gcs` fixture): gcsfs and tensorstore talk HTTP to it, nothing of the storage layer is mocked."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+
+import jax
+import pytest
+
+from helpers import (REPO, GcsEmulator, StopAfterPolls, TINY_TEXT, assert_same_run,
+                     final_checkpoint, free_port, process_env, run_cases, start_module,
+                     start_server, tiny_config)
+from jaxchar import train
+from jaxchar.core import checkpoint, idcache, lock, object_lock, storage, textstream
+from jaxchar.errors import UserError
+from jaxchar.sampling import sampler as sampler_lib
+from jaxchar.training import loop
+from jaxchar.training.metrics import read_metrics
+
+# The tiny text as two objects under one prefix (a folder of texts), and as local files.
+PARTS = {"texts/a.txt": TINY_TEXT[:1200], "texts/b.txt": TINY_TEXT[1200:]}
+
+
+def upload_texts(gcs, bucket: str) -> str:
+  for name, text in PARTS.items():
+    gcs.put(f"{bucket}/{name}", text.encode())
+  return f"{bucket}/texts"
+
+
+def finish(proc: subprocess.Popen, timeout: float = 240) -> str:
+  try:
+    return proc.communicate(timeout=timeout)[0]
+  except subprocess.TimeoutExpired as e:
+    os.killpg(proc.pid, signal.SIGKILL)
+    raise AssertionError(f"no end within {timeout} s: {e.output}") from None
+
+
+@pytest.fixture(scope="module")
+def bucket_run(gcs, tmp_path_factory):
+  """A tiny run trained from a two-object prefix into a bucket, stopped by SIGTERM in epoch 2
+  and resumed there; and the same run trained without a stop from the same files on disk."""
+  root = tmp_path_factory.mktemp("bucket_run")
+  for name, text in PARTS.items():
+    (root / name).parent.mkdir(exist_ok=True)
+    (root / name).write_text(text, encoding="utf-8")
+  bucket = gcs.bucket("bucket-run")
+  data = upload_texts(gcs, bucket)
+  train.train_and_evaluate(tiny_config(root / "texts", epochs=3, save_every_steps=7),
+                           root / "full")
+  config = tiny_config(data, epochs=3, save_every_steps=7)
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(loop, "StopRequests", lambda: StopAfterPolls(60))  # epoch 1 has 45 steps
+    with pytest.raises(SystemExit):
+      train.train_and_evaluate(config, f"{bucket}/run", cache_dir=root / "cache")
+  stopped = final_checkpoint(f"{bucket}/run")[1]
+  history = train.train_and_evaluate(config, f"{bucket}/run", cache_dir=root / "cache")
+  return {"workdir": f"{bucket}/run", "full": root / "full", "stopped": stopped,
+          "history": history, "root": root, "bucket": bucket}
+
+
+def test_a_run_in_a_bucket_resumes_bit_exact_from_it(bucket_run, gcs):
+  stopped = bucket_run["stopped"]
+  assert (stopped["epoch"], stopped["epoch_complete"]) == (2, False)
+  assert [h["epoch"] for h in bucket_run["history"]] == [2, 3]
+  assert_same_run(bucket_run["full"], bucket_run["workdir"])
+  names = gcs.names(bucket_run["workdir"])
+  assert "run/train.lock" not in names  # released
+  assert {"run/metrics.jsonl", "run/checkpoints/135/commit_success.txt"} <= set(names)
+  assert any(n.startswith("run/tensorboard/events.out.tfevents") for n in names)
+  steps = [(r["kind"], r["step"]) for r in read_metrics(bucket_run["workdir"])]
+  assert len(steps) == len(set(steps))  # nothing written twice across the stop
+  assert steps == [(r["kind"], r["step"]) for r in read_metrics(bucket_run["full"])]
+
+
+def test_a_text_in_a_bucket_is_encoded_once_and_again_when_an_object_changes(gcs, tmp_path):
+  bucket = gcs.bucket("text-cache")
+  data = upload_texts(gcs, bucket)
+  sources = textstream.list_sources(data)
+  assert [s.path for s in sources] == [f"{bucket}/texts/a.txt", f"{bucket}/texts/b.txt"]
+  first = idcache.open_or_encode(data, sources, True, tmp_path, show_progress=False)
+  again = idcache.open_or_encode(data, textstream.list_sources(data), True, tmp_path,
+                                 show_progress=False)
+  assert (first.reused, again.reused) == (False, True) and again.sha256 == first.sha256
+  gcs.put(f"{bucket}/texts/b.txt", PARTS["texts/b.txt"].replace("beer", "wine").encode())
+  changed = idcache.open_or_encode(data, textstream.list_sources(data), True, tmp_path,
+                                   show_progress=False)
+  assert not changed.reused and "w" in changed.present and changed.sha256 != first.sha256
+  glob = textstream.list_sources(f"{bucket}/texts/b*")
+  assert [s.path for s in glob] == [f"{bucket}/texts/b.txt"]
+
+
+def test_a_second_trainer_is_refused_and_a_stale_lock_is_taken_over(gcs, tmp_path,
+                                                                     monkeypatch):
+  workdir = gcs.bucket("locked") + "/run"
+  monkeypatch.setattr(object_lock, "HEARTBEAT_S", 0.05)
+  holder = lock.for_workdir(workdir).acquire()
+  try:
+    assert "pid" in lock.holder(workdir)
+    with pytest.raises(UserError, match="is in use by another training run"):
+      train.train_and_evaluate(tiny_config(tmp_path / "none.txt"), workdir)
+    monkeypatch.setattr(object_lock, "STALE_AFTER_S", 0.0)  # as if it had been silent long
+    successor = lock.for_workdir(workdir).acquire()
+    assert successor.took_over and "pid" in successor.took_over
+    deadline = time.monotonic() + 20
+    while not holder.lost and time.monotonic() < deadline:
+      time.sleep(0.05)
+    with pytest.raises(UserError, match="another trainer took over its lock"):
+      holder.check()  # the first run saves no more
+    successor.release()
+    assert lock.holder(workdir) is None
+  finally:
+    holder.release()
+
+
+def test_sampling_from_a_bucket_while_a_trainer_writes_to_it(gcs, tmp_path):
+  bucket = gcs.bucket("live")
+  args = [f"--data={upload_texts(gcs, bucket)}", f"--workdir={bucket}/run",
+          f"--cache_dir={tmp_path}", "--maxlen=8", "--stride=2", "--hidden=16",
+          "--batch_size=16", "--epochs=100", "--save_every_steps=5", "--keep=1",
+          "--sample_len=0"]
+  trainer = start_module("jaxchar.train", *args, env={"PYTHONUNBUFFERED": "1"},
+                         start_new_session=True)
+  try:
+    deadline = time.monotonic() + 120
+    while not checkpoint.checkpoint_steps(f"{bucket}/run"):
+      assert trainer.poll() is None and time.monotonic() < deadline, trainer.stdout.read()
+      time.sleep(0.2)
+    steps = set()
+    for _ in range(4):  # each read races the trainer's saves and --keep=1 deletions
+      steps.add(sampler_lib.load_sampler(f"{bucket}/run").step)
+    assert len(steps) > 1, steps
+  finally:
+    os.killpg(trainer.pid, signal.SIGTERM)
+  out = finish(trainer)
+  assert trainer.returncode == 128 + signal.SIGTERM, out
+  assert "saved a checkpoint at step" in out and "Traceback" not in out
+
+
+def test_score_export_and_serve_read_a_bucket(bucket_run, tmp_path):
+  workdir, text = bucket_run["workdir"], bucket_run["root"] / "texts" / "a.txt"
+  [score] = run_cases("jaxchar.score", [[f"--workdir={workdir}", f"--data={text}"]])
+  assert score.returncode == 0, score.stderr
+  assert "checkpoint step 135" in score.stdout
+  [export] = run_cases("jaxchar.export", [[f"--workdir={workdir}",
+                                           f"--out={tmp_path / 'model.html'}"]])
+  assert export.returncode == 0, export.stderr
+  assert (tmp_path / "model.html").stat().st_size > 1000
+  server, port = start_server(workdir, tmp_path / "serve.log")
+  try:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/info", timeout=30) as response:
+      info = json.loads(response.read())
+    assert info["step"] == 135, info
+  finally:
+    server.terminate()
+    server.wait(timeout=30)
+
+
+def test_two_processes_without_a_shared_disk_resume_from_one_bucket(gcs, tmp_path):
+  """Each process has its own current folder and --cache_dir; the workdir is the bucket's."""
+  bucket = gcs.bucket("two-hosts")
+  data = upload_texts(gcs, bucket)
+
+  def both(epochs: int) -> list[str]:
+    port = free_port()
+    procs = []
+    for i in range(2):
+      host = tmp_path / f"host{i}"
+      host.mkdir(exist_ok=True)
+      procs.append(start_module(
+          "jaxchar.train", f"--data={data}", f"--workdir={bucket}/run",
+          f"--cache_dir={host / 'cache'}", "--maxlen=8", "--stride=2", "--hidden=16",
+          "--batch_size=16", "--steps_per_epoch=10", f"--epochs={epochs}", "--sample_len=0",
+          f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+          f"--process_id={i}", devices=2, cwd=host, start_new_session=True))
+    outputs = [finish(p) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    return outputs
+
+  first = both(epochs=1)
+  assert "devices: 4 x cpu in 2 process(es)" in first[0]
+  resumed = both(epochs=2)
+  assert "resuming from the checkpoint at step 10 (the end of epoch 1)" in resumed[0]
+  assert "parameters identical on all 2 processes" in resumed[0]
+  assert checkpoint.checkpoint_steps(f"{bucket}/run") == [10, 20]
+  for i in range(2):  # nothing of the run on either host's disk: only its text cache
+    assert {p.name for p in (tmp_path / f"host{i}").iterdir()} == {"cache"}
+
+
+def test_bucket_errors_are_one_paragraph_and_set_nothing_aside(gcs, bucket_run, tmp_path):
+  bucket = bucket_run["bucket"]
+  train_cases = run_cases("jaxchar.train", [
+      [f"--data={bucket}/texts", "--workdir=gs://no-such-bucket-here/run",
+       f"--cache_dir={tmp_path}"],
+      [f"--data={bucket}/nothing/", f"--workdir={tmp_path / 'run'}",
+       f"--cache_dir={tmp_path}"],
+      [f"--data={bucket}/texts", f"--workdir={bucket}/other", f"--cache_dir={bucket}/cache"]])
+  [sample] = run_cases("jaxchar.sample", [["--workdir=gs://no-such-bucket-here/run"]])
+  expected = ["the bucket does not exist", "no object in the bucket has that name",
+              "--cache_dir=gs://", "--workdir=gs://no-such-bucket-here/run does not exist"]
+  for result, words in zip([*train_cases, sample], expected):
+    message = " ".join(result.stderr.split())
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert message.startswith("error: ") and words in message, message
+
+
+def test_a_bucket_that_stops_answering_stops_the_run_and_it_resumes_after(tmp_path):
+  """The emulator killed between two checkpoints (its objects kept on disk), then started
+  again: the next save stops the run with one paragraph, and the rerun resumes."""
+  root = tmp_path / "objects"
+  emulator = GcsEmulator(root)
+  bucket = emulator.bucket("flaky")
+  emulator.put(f"{bucket}/texts/long.txt", (TINY_TEXT * 16).encode())  # epochs of seconds
+  args = [f"--data={bucket}/texts", f"--workdir={bucket}/run",
+          f"--cache_dir={tmp_path / 'cache'}", "--maxlen=8", "--stride=2", "--hidden=16",
+          "--batch_size=16", "--epochs=50", "--sample_len=0"]
+  trainer = start_module("jaxchar.train", *args, env={**emulator.env, "PYTHONUNBUFFERED": "1"},
+                         start_new_session=True)
+  try:
+    deadline = time.monotonic() + 120
+    while not any(n.endswith("/commit_success.txt") and n.count("/") == 3
+                  for n in emulator.names(f"{bucket}/run")):  # epoch 1's checkpoint, complete
+      assert trainer.poll() is None and time.monotonic() < deadline
+      time.sleep(0.05)
+  finally:
+    emulator.stop()
+  out = finish(trainer, timeout=150)
+  message = " ".join(out.split())
+  assert trainer.returncode == 2 and "Traceback" not in out, out
+  assert "error: could not write" in message and "could not be reached" in message, out
+  assert "damaged" not in message and "moved" not in message
+  restarted = GcsEmulator(root, port=emulator.port)
+  try:
+    result = run_cases("jaxchar.train", [[*args, "--epochs=1"]], env=restarted.env)[0]
+    assert "resuming from the checkpoint at step" in result.stdout, result.stderr
+    assert "nothing to train" in result.stdout
+    assert "corrupt_checkpoints" not in " ".join(restarted.names(f"{bucket}/run"))
+  finally:
+    restarted.stop()
