@@ -10,7 +10,6 @@ patch of a shared machine hits all of them. Speed is never asserted by tests.
 import dataclasses
 import json
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -28,6 +27,7 @@ from jaxchar.options import option
 HIDDEN, MAXLEN, BATCH = 128, 60, 128
 CHUNK = 10  # steps dispatched before waiting for the last, as the trainer's loop does
 LARGE_VOCAB, VAL_WINDOWS = 6000, 100_000
+READ_STEPS = 20  # training batches the memory probe reads from a cold id cache
 # name: (what it measures, how its process is set up). The trainer rows use --cpu_devices=0.
 ROLES = {
     "baseline": "straightforward Flax step, 1 device, default malloc",
@@ -53,7 +53,10 @@ class BenchConfig:
                                   "once (slow: the one-hot path).")
   role: str | None = option(None, "Internal: measure one configuration and print its JSON.")
   memory_probe: str | None = option(None, "Internal: train a few steps on this file and print "
-                                    "the peak RSS.")
+                                    "the peak RSS and the id cache's reads per step.")
+  probe_cache_dir: str | None = option(None, "The memory probe's id cache folder (default: "
+                                       "beside its temporary run); one already holding the "
+                                       "text's cache skips encoding it.")
 
 
 options.define_flags(BenchConfig)
@@ -219,29 +222,23 @@ def write_generated_corpus(path: Path, megabytes: int) -> None:
       f.write(" ".join(rng.choice(words, size=200_000)) + " ")  # ~1 MB a chunk
 
 
-def memory_probe(path: str) -> None:
-  """Trains a few steps on `path`; prints this process's peak RSS in MB (run as a subprocess,
-  so the figure is the trainer's alone)."""
-  from jaxchar import host
-  from jaxchar.training import loop
-  from jaxchar.training.config import Config
-  host.keep_freed_memory()
-  config = Config(data=path, epochs=1, steps_per_epoch=5, val_fraction=0.0002, sample_len=0,
-                  eval_batch_size=4096)
-  host.use_cpu_devices(0, config.batch_size)
-  with tempfile.TemporaryDirectory() as tmp:
-    loop.train_and_evaluate(config, Path(tmp) / "run")
-  print(f"PEAK_RSS_MB={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}")
+def memory_probe(path: str, cache_dir: str | None) -> None:
+  """Prints the JSON of memory.probe's figures for `path` (run as a subprocess, so they are
+  the trainer's alone)."""
+  from jaxchar.benchmarking import memory
+  print("MEMORY=" + json.dumps(memory.probe(path, cache_dir, READ_STEPS)))
 
 
-def run_memory_probe(megabytes: int) -> tuple[float, float]:
-  """(corpus size in MB, the training subprocess's peak RSS in MB)."""
+def run_memory_probe(megabytes: int) -> dict:
+  """The training subprocess's memory figures on a generated text of `megabytes` MB: the
+  text's size and peak RSS (MB), peak RssAnon / RssFile, reads per step from its id cache."""
   with tempfile.TemporaryDirectory() as tmp:
     path = Path(tmp) / "generated.txt"
     write_generated_corpus(path, megabytes)
     result = subprocess.run([sys.executable, "-m", "jaxchar.bench", f"--memory_probe={path}"],
                             capture_output=True, text=True, check=True)
-    return path.stat().st_size / 1e6, float(result.stdout.split("PEAK_RSS_MB=")[1].split()[0])
+    return {"corpus_mb": path.stat().st_size / 1e6,
+            **json.loads(result.stdout.split("MEMORY=")[1].splitlines()[0])}
 
 
 def main(argv) -> None:
@@ -249,7 +246,7 @@ def main(argv) -> None:
   logs.quiet_library_logs()
   config = options.from_flags(BenchConfig, FLAGS)
   if config.memory_probe:
-    return memory_probe(config.memory_probe)
+    return memory_probe(config.memory_probe, config.probe_cache_dir)
   if config.role:
     print("RESULT=" + json.dumps(run_role(config.role, config.train_batch, config.seconds)))
     return
@@ -272,8 +269,7 @@ def main(argv) -> None:
     results["large_vocab_flax"] = measure("large_vocab_flax", config)["windows_per_s"]
   results["sampling_chars_per_s"] = measure("sampling", config)
   if config.memory_mb:
-    corpus_mb, peak_mb = run_memory_probe(config.memory_mb)
-    results["memory_probe"] = {"corpus_mb": corpus_mb, "peak_rss_mb": peak_mb}
+    results["memory_probe"] = run_memory_probe(config.memory_mb)
   print(format_table(results))
   if config.json:
     Path(config.json).write_text(json.dumps(results, indent=2))
@@ -305,6 +301,8 @@ def format_table(r: dict) -> str:
     p = r["memory_probe"]
     lines += ["", f"memory: training on a generated {p['corpus_mb']:.0f} MB corpus peaked at "
               f"{p['peak_rss_mb']:,.0f} MB RSS"]
+    from jaxchar.benchmarking import memory
+    lines += memory.table_lines(p)
   return "\n".join(lines)
 
 

@@ -1,10 +1,12 @@
 """Vocabulary, split, windows and batches."""
 
+import dataclasses
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxchar.core import data
+from jaxchar.core import data, idmap
 from jaxchar.errors import UserError
 
 
@@ -108,15 +110,20 @@ def test_train_batches_are_the_shuffled_windows_in_device_shape():
       assert windows[device, row * 9:(row + 1) * 9].tolist() == ids[s:s + 9].tolist()
 
 
-def test_windows_are_read_at_offsets_past_2_to_the_31(tmp_path):
-  """A sparse file of 2**31 + 100 ids: windows near its end are read at 64-bit offsets."""
+@pytest.mark.parametrize("read", ["pread", "indexed"])
+def test_windows_are_read_at_offsets_past_2_to_the_31(tmp_path, read):
+  """A sparse file of 2**31 + 100 ids: windows near its end are read at 64-bit offsets, by
+  pread (idmap.WindowReader, as from a cache this large) or by indexing the memory map."""
   path = tmp_path / "sparse.ids"
   size = 2**31 + 100
   with open(path, "wb") as f:
     f.truncate(size)
     f.seek(size - 20)
     f.write(bytes(range(1, 21)))
-  corpus = _corpus(np.memmap(path, np.uint8, mode="r"), maxlen=8, stride=1)
+  ids = np.memmap(path, np.uint8, mode="r")
+  corpus = dataclasses.replace(_corpus(ids, maxlen=8, stride=1),
+                               reader=idmap.WindowReader.of(ids) if read == "pread" else None)
+  assert (corpus.reader is None) == (read == "indexed")
   assert corpus.num_train_windows == size - 8
   last = corpus.num_train_windows - 1
   windows, _ = data.device_batch(corpus, np.array([[last, last - 5]]))
@@ -124,6 +131,16 @@ def test_windows_are_read_at_offsets_past_2_to_the_31(tmp_path):
   assert windows[0, 9:].tolist() == list(range(7, 16))
   starts = data.train_batch_starts(corpus, corpus.num_train_windows // 16 - 1, 16, 0, 1)
   assert starts.dtype == np.int64 and (starts < size - 8).all()
+
+
+def test_a_window_read_short_is_an_error_not_a_shorter_window(tmp_path):
+  path = tmp_path / "short.ids"
+  path.write_bytes(bytes(range(100)))
+  reader = idmap.WindowReader(path, np.uint8)
+  assert reader.read(np.array([[3, 90]]), 10).tolist() == [[list(range(3, 13)),
+                                                            list(range(90, 100))]]
+  with pytest.raises(OSError, match="shorter than its id cache's header says"):
+    reader.read(np.array([95]), 10)
 
 
 def test_eval_batches_cover_every_window_once():

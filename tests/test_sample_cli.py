@@ -162,11 +162,17 @@ def test_benchmark_table_and_generated_corpus(tmp_path):
       "jaxchar": "0", "backend": "cpu", "device": "cpu", "cores": 2, "date": "today",
       "repeats": 1, "batch_size": 128, "runs": runs, "median": rates, "validation_s": 12.5,
       "large_vocab_flax": 40.0, "sampling_chars_per_s": samples,
-      "memory_probe": {"corpus_mb": 100.0, "peak_rss_mb": 1500.0}})
+      "memory_probe": {"corpus_mb": 100.0, "peak_rss_mb": 1500.0,
+                       "peak_mb": {"RssAnon": 460.0, "RssFile": 180.0, "Rss": 640.0},
+                       "cache_reads": {"steps": 20, "read_kb_per_step": 512.0,
+                                       "majflt_per_step": 0.0, "rss_file_kb_per_step": 0.0,
+                                       "windows_kb_per_step": 7.625}}})
   assert "one device per core (2 devices) | 2,500 | 2.50x |" in table
   assert "| baseline: straightforward Flax step, 1 device, default malloc (1 device) | 1,000 | 1.00x |" in table
   assert "training 1,750 windows/s = 0.70x the 65-symbol trainer; validating 100,000 windows 12.5 s" in table
   assert "100 MB corpus peaked at 1,500 MB" in table
+  assert "RssAnon 460 MB, RssFile 180 MB, together 640 MB" in table
+  assert "dropped first): 512 KB read from disk (128 pages; the windows are 7.6 KB)" in table
 
 
 def test_benchmark_role_runs_as_the_trainer_does():

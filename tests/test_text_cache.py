@@ -4,13 +4,15 @@ to the whole-text path at chunk boundaries; folders of files; bad input and faul
 import errno
 import json
 import os
+import re
+from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 
 from helpers import TINY_TEXT, tiny_config
-from jaxchar.core import data, idcache, textstream
+from jaxchar.core import data, idcache, idmap, textstream
 from jaxchar.errors import UserError
 from jaxchar.training import distributed, text
 
@@ -78,6 +80,39 @@ def test_the_cache_is_written_then_reused(tmp_path):
   assert_same_corpus(corpus_of(path, tmp_path / "cache"), whole_text_corpus(TINY_TEXT))
   assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == sorted(
       [first.path.name, first.path.with_suffix(".json").name])  # nothing else left there
+
+
+def mapped_kb(path: Path) -> int:
+  """Kilobytes of `path` this process has mapped in (its mappings' Rss in /proc/self/smaps)."""
+  total, inside = 0, False
+  for line in Path("/proc/self/smaps").read_text().splitlines():
+    if re.match(r"[0-9a-f]+-[0-9a-f]+ ", line):
+      inside = line.endswith(" " + str(path))
+    elif inside and line.startswith("Rss:"):
+      total += int(line.split()[1])
+  return total
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="needs Linux's /proc")
+def test_random_windows_of_a_large_cache_map_none_of_it_in(tmp_path, monkeypatch):
+  """Windows of a cache over idmap.MAPPED_LIMIT bytes are read with pread: the same ids as
+  the whole-text path, and not one page of the id file mapped into the process (indexing its
+  map, as before, mapped in pages around every window read: megabytes here, the file being
+  in the page cache)."""
+  monkeypatch.setattr(idmap, "MAPPED_LIMIT", 1 << 16)
+  text = TINY_TEXT * ((4 << 20) // len(TINY_TEXT))  # 4 MB
+  path = tmp_path / "big.txt"
+  path.write_text(text, encoding="utf-8")
+  streamed, whole = corpus_of(path, tmp_path / "c"), whole_text_corpus(text)
+  assert streamed.reader is not None and whole.reader is None
+  for batch in range(200):  # 6,400 windows, all over the 4 MB
+    starts = data.train_batch_starts(streamed, batch, 32, seed=0, epoch=1).reshape(2, 16)
+    np.testing.assert_array_equal(data.device_batch(streamed, starts)[0],
+                                  data.device_batch(whole, starts)[0])
+  assert_same_corpus(streamed, whole)  # runs of ids (Corpus.read) come from the file too
+  assert mapped_kb(streamed.reader.path) == 0
+  monkeypatch.undo()
+  assert corpus_of(path, tmp_path / "c2").reader is None  # under MAPPED_LIMIT: indexed as before
 
 
 def test_lowercasing_has_a_cache_of_its_own(tmp_path):

@@ -1,8 +1,9 @@
 """Text to model inputs: vocabulary, split, windows and device-shaped batches.
 
 Nothing of the text's size is built: each batch's windows are read from the ids' memory map
-(`device_batch`, only this process's share), in an order given by a seeded bijection on window
-numbers (`shuffled`), and the steps gather inputs and targets from them (`gather_windows`).
+(`device_batch`, only this process's share; a large text's with pread, `idmap`, so they map
+nothing in), in an order given by a seeded bijection on window numbers (`shuffled`), and the
+steps gather inputs and targets from them (`gather_windows`).
 """
 
 import dataclasses
@@ -12,6 +13,7 @@ from collections.abc import Iterator
 import jax.numpy as jnp
 import numpy as np
 
+from jaxchar.core import idmap
 from jaxchar.errors import UserError
 
 
@@ -81,6 +83,7 @@ class Corpus:
   stride: int  # characters between training windows' starts
   sha256: str  # of the text as trained on (after lowercasing): identifies it on resume
   num_files: int = 1
+  reader: idmap.WindowReader | None = dataclasses.field(default=None, compare=False, repr=False)
 
   @property
   def num_chars(self) -> int:
@@ -105,8 +108,9 @@ class Corpus:
     return np.arange(self.cut, self.cut + self.num_val_windows, dtype=np.int64)
 
   def read(self, start: int, stop: int) -> np.ndarray:
-    """Vocabulary ids of characters [start, stop)."""
-    raw = np.asarray(self.raw[start:stop])
+    """Vocabulary ids of characters [start, stop) (from the id file, not its map: a run of them
+    is a sequential read)."""
+    raw = idmap.read_span(self.raw, start, stop)
     return raw if self.table is None else self.table[raw]
 
   def share_from(self, first_id: int, chunk: int = 1 << 24) -> float:
@@ -117,10 +121,12 @@ class Corpus:
     return count / max(self.num_chars, 1)
 
   def windows(self, starts: np.ndarray) -> np.ndarray:
-    """Vocabulary ids [..., maxlen + 1] of the windows at `starts` and their targets, read
-    from the memory map: only these windows' pages are touched."""
-    positions = np.asarray(starts, np.int64)[..., None] + np.arange(self.maxlen + 1)
-    raw = self.raw[positions]
+    """Vocabulary ids [..., maxlen + 1] of the windows at `starts` and their targets: read by
+    `reader` (exactly their bytes, nothing mapped in), else indexed in `raw`."""
+    if self.reader is not None:
+      raw = self.reader.read(starts, self.maxlen + 1)
+    else:
+      raw = self.raw[np.asarray(starts, np.int64)[..., None] + np.arange(self.maxlen + 1)]
     return raw if self.table is None else self.table[raw]
 
 
@@ -139,7 +145,7 @@ def split_index_of_ids(ids: np.ndarray, newline: int | None, val_fraction: float
   if newline is None:
     return nominal
   for start in range(nominal, len(ids) - 1, chunk):
-    part = np.asarray(ids[start:start + chunk + 1])
+    part = idmap.read_span(ids, start, start + chunk + 1)
     found = np.flatnonzero((part[:-1] == newline) & (part[1:] == newline))
     if len(found):
       return start + int(found[0])
@@ -196,7 +202,7 @@ def from_encoded(encoded, *, maxlen: int, stride: int, val_fraction: float,
   cut = (split_index_of_ids(encoded.ids, newline, val_fraction) if val_fraction > 0
          else encoded.num_chars)
   return _checked(Corpus(vocab, encoded.ids, table, cut, maxlen, stride, encoded.sha256,
-                         num_files), val_fraction)
+                         num_files, idmap.WindowReader.of(encoded.ids)), val_fraction)
 
 
 _ROUNDS = 4
