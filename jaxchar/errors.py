@@ -24,7 +24,7 @@ class UserError(Exception):
   may_strand_threads = False
 
 
-STRANDED_WAIT_S = 10.0
+STRANDED_WAIT_S = 5.0
 
 
 def fail(message: str) -> NoReturn:

@@ -4,6 +4,10 @@
 # saves and with one every 20 steps, two interleaved rounds. Run from the repository root:
 #   bash launch/bench_bucket.sh
 # BENCHMARKS.md ("Runs in a bucket") has its output. Scratch files go to /tmp/bb.
+#
+# Assumes: the venv with jaxchar[test] (fake-gcs-server's binary comes with it), curl and bc, port
+# 45123 free, and the corpus in data/ (JAXCHAR_DATA_MIRROR or a first run fetches it).
+# Costs: about 10 minutes of both CPU cores here; nothing in the cloud.
 set -u
 mkdir -p /tmp/bb
 

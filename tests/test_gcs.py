@@ -8,17 +8,15 @@ import subprocess
 import time
 import urllib.request
 
-import jax
 import pytest
 
-from helpers import (REPO, GcsEmulator, StopAfterPolls, TINY_TEXT, assert_same_run,
-                     final_checkpoint, free_port, process_env, run_cases, start_module,
-                     start_server, tiny_config)
+from helpers import (GcsEmulator, StopAfterPolls, TINY_TEXT, assert_same_run, final_checkpoint,
+                     free_port, run_cases, start_module, start_server, tiny_config)
 from jaxchar import train
-from jaxchar.core import checkpoint, idcache, lock, object_lock, storage, textstream
+from jaxchar.core import checkpoint, idcache, lock, object_lock, textstream
 from jaxchar.errors import UserError
 from jaxchar.sampling import sampler as sampler_lib
-from jaxchar.training import loop
+from jaxchar.training import init_from, loop
 from jaxchar.training.metrics import read_metrics
 
 # The tiny text as two objects under one prefix (a folder of texts), and as local files.
@@ -140,8 +138,13 @@ def test_sampling_from_a_bucket_while_a_trainer_writes_to_it(gcs, tmp_path):
   assert "saved a checkpoint at step" in out and "Traceback" not in out
 
 
-def test_score_export_and_serve_read_a_bucket(bucket_run, tmp_path):
+def test_sample_score_export_and_serve_read_a_bucket(bucket_run, tmp_path):
   workdir, text = bucket_run["workdir"], bucket_run["root"] / "texts" / "a.txt"
+  sampled, missing = run_cases("jaxchar.sample", [[f"--workdir={workdir}", "--length=40"],
+                                                   ["--workdir=gs://no-such-bucket-here/run"]])
+  assert sampled.returncode == 0 and "# checkpoint step 135" in sampled.stdout, sampled.stderr
+  assert missing.returncode == 2 and "Traceback" not in missing.stderr, missing.stderr
+  assert "error: --workdir=gs://no-such-bucket-here/run does not exist" in missing.stderr
   [score] = run_cases("jaxchar.score", [[f"--workdir={workdir}", f"--data={text}"]])
   assert score.returncode == 0, score.stderr
   assert "checkpoint step 135" in score.stdout
@@ -157,6 +160,17 @@ def test_score_export_and_serve_read_a_bucket(bucket_run, tmp_path):
   finally:
     server.terminate()
     server.wait(timeout=30)
+
+
+def test_fine_tuning_starts_from_a_run_in_a_bucket_and_resumes(bucket_run, tmp_path, capsys):
+  base = init_from.load_base(bucket_run["workdir"])
+  config = tiny_config(bucket_run["root"] / "texts" / "a.txt", epochs=1,
+                       init_from=bucket_run["workdir"])
+  train.train_and_evaluate(config, tmp_path / "tuned", base)
+  began = final_checkpoint(tmp_path / "tuned")[1]["init_from"]
+  assert (began["workdir"], began["step"]) == (bucket_run["workdir"], 135)
+  assert train.train_and_evaluate(config, tmp_path / "tuned", base) == []  # resumed, finished
+  assert "nothing to train" in capsys.readouterr().out
 
 
 def test_two_processes_without_a_shared_disk_resume_from_one_bucket(gcs, tmp_path):
@@ -190,7 +204,7 @@ def test_two_processes_without_a_shared_disk_resume_from_one_bucket(gcs, tmp_pat
     assert {p.name for p in (tmp_path / f"host{i}").iterdir()} == {"cache"}
 
 
-def test_bucket_errors_are_one_paragraph_and_set_nothing_aside(gcs, bucket_run, tmp_path):
+def test_bucket_errors_are_one_paragraph_and_write_nothing(gcs, bucket_run, tmp_path):
   bucket = bucket_run["bucket"]
   train_cases = run_cases("jaxchar.train", [
       [f"--data={bucket}/texts", "--workdir=gs://no-such-bucket-here/run",
@@ -198,13 +212,13 @@ def test_bucket_errors_are_one_paragraph_and_set_nothing_aside(gcs, bucket_run, 
       [f"--data={bucket}/nothing/", f"--workdir={tmp_path / 'run'}",
        f"--cache_dir={tmp_path}"],
       [f"--data={bucket}/texts", f"--workdir={bucket}/other", f"--cache_dir={bucket}/cache"]])
-  [sample] = run_cases("jaxchar.sample", [["--workdir=gs://no-such-bucket-here/run"]])
   expected = ["the bucket does not exist", "no object in the bucket has that name",
-              "--cache_dir=gs://", "--workdir=gs://no-such-bucket-here/run does not exist"]
-  for result, words in zip([*train_cases, sample], expected):
+              "--cache_dir=gs://"]
+  for result, words in zip(train_cases, expected, strict=True):
     message = " ".join(result.stderr.split())
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert message.startswith("error: ") and words in message, message
+  assert not (tmp_path / "run").exists() and gcs.names(f"{bucket}/other") == []
 
 
 def test_a_bucket_that_stops_answering_stops_the_run_and_it_resumes_after(tmp_path):

@@ -17,6 +17,7 @@ import os
 import re
 import socket
 import threading
+import time
 from typing import Any
 from urllib.parse import quote
 
@@ -156,14 +157,15 @@ class ObjectLock:
 
   def release(self) -> None:
     self._stop.set()
-    if self._thread is not None:
-      self._thread.join(RELEASE_WAIT_S)  # a beat the network holds up is left to end alone
+    deadline = time.monotonic() + RELEASE_WAIT_S  # gcsfs retries for about 30 s when the
+    if self._thread is not None:                  # bucket is unreachable: not waited for
+      self._thread.join(RELEASE_WAIT_S)
       self._thread = None
     if self.generation is not None and not self.lost:
       deleter = threading.Thread(target=self._delete_quietly, args=(self.generation,),
                                  daemon=True)
       deleter.start()
-      deleter.join(RELEASE_WAIT_S)  # gcsfs retries for about 30 s when the bucket is unreachable
+      deleter.join(max(deadline - time.monotonic(), 0))
     self.generation = None
 
   def _delete_quietly(self, generation: str) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxchar.core import checkpoint
+from jaxchar.core import checkpoint, storage
 from jaxchar.core.data import Corpus, Vocab
 from jaxchar.core.restore import restore
 from jaxchar.core.spec import ModelSpec
@@ -26,7 +26,7 @@ class Base:
   """The trained run a new one starts from: which checkpoint, its metadata and parameters."""
 
   spec: str  # --init_from as given
-  workdir: Path
+  workdir: Any  # a pathlib.Path, or an epath.Path for gs://
   step: int
   meta: dict
   params: Any  # host numpy arrays
@@ -45,7 +45,7 @@ def load_base(spec: str) -> Base:
   with the sampler's fallback past damaged ones and its errors (naming --init_from)."""
   workdir, step = parse_init_from(spec)
   restored = restore(workdir, step, flag="--init_from")
-  return Base(spec, Path(workdir), restored.step, restored.meta, jax.device_get(restored.params),
+  return Base(spec, storage.location(workdir), restored.step, restored.meta, jax.device_get(restored.params),
               restored.spec)
 
 
@@ -150,7 +150,8 @@ def check_workdir(workdir: Path, base: Base) -> dict | None:
     raise
   except Exception:  # noqa: BLE001 - a damaged latest checkpoint: the resume sets it aside
     return {}
-  if recorded and Path(recorded["workdir"]).resolve() == base.workdir.resolve():
+  if recorded and (str(storage.absolute(recorded["workdir"]))
+                   == str(storage.absolute(base.workdir))):
     return recorded
   began = f"from {recorded['workdir']}" if recorded else "from scratch"
   raise UserError(
