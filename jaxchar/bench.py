@@ -104,7 +104,6 @@ def _trainer_setup(vocab: int, impl: str):
   """Replicated state, a corpus of random ids and the loop's pmapped steps."""
   import jax
   import numpy as np
-  from flax import jax_utils
   from jaxchar.core import data
   from jaxchar.training import loop, steps
   from jaxchar.core.model import CharLSTM
@@ -113,7 +112,7 @@ def _trainer_setup(vocab: int, impl: str):
                        3, "")
   state = steps.create_train_state(jax.random.PRNGKey(0), CharLSTM(vocab, HIDDEN, lstm_impl=impl),
                                    MAXLEN, steps.make_optimizer(0.01))
-  return jax_utils.replicate(state), corpus, loop.pmapped_steps(MAXLEN)
+  return steps.replicate(state), corpus, loop.pmapped_steps(MAXLEN)
 
 
 def trainer_rate(batch: int, vocab: int, impl: str, budget_s: float) -> dict:

@@ -195,7 +195,7 @@ def start_run(config: Config, workdir: Path, base: init_from.Base | None = None,
              learning_rate=learning_rate, steps_per_epoch=steps_per_epoch,
              val_starts=val_starts,
              eval_batch_size=global_eval_batch(config.eval_batch_size, num_devices),
-             p_state=jax_utils.replicate(state),
+             p_state=steps.replicate(state),
              checkpoints=checkpoints, log=log, early=early, run_meta=run_meta,
              global_step=int(state.step), **position)
 

@@ -4,6 +4,7 @@
 import jax
 import jax.numpy as jnp
 import optax
+from flax import jax_utils
 from flax.training import train_state
 
 from jaxchar.core.model import CharLSTM, init_params
@@ -61,6 +62,12 @@ def create_train_state(key: jax.Array, model: CharLSTM, maxlen: int,
   params = init_params(model, key, maxlen)
   return TrainState.create(apply_fn=model.apply, params=params, tx=tx,
                            dropout_key=jax.random.fold_in(key, 1))
+
+
+def replicate(tree, devices=None):
+  """`tree` copied to every local device (or `devices`), sharded over AXIS as the pmapped steps
+  return it: the first step's input then matches every later one's, so it compiles once."""
+  return jax_utils.replicate(tree, devices, axis_name=AXIS)
 
 
 def cross_entropy(logits: jnp.ndarray, targets: jnp.ndarray) -> jnp.ndarray:
