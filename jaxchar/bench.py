@@ -78,8 +78,8 @@ def baseline_rate(batch: int, vocab: int, budget_s: float) -> dict:
   """The straightforward step: one-hot input, OptimizedLSTMCell in nn.RNN, jit, one device."""
   import jax
   from jaxchar.training import steps
-  from jaxchar.core.model import CharLSTM
-  model = CharLSTM(vocab, HIDDEN, lstm_impl="flax")
+  from jaxchar.core.spec import ModelSpec
+  model = ModelSpec.sized(vocab, HIDDEN, MAXLEN, lstm_impl="flax").model()
   state = steps.create_train_state(jax.random.PRNGKey(0), model, MAXLEN, steps.make_optimizer(0.01))
 
   @jax.jit
@@ -106,11 +106,12 @@ def _trainer_setup(vocab: int, impl: str):
   import numpy as np
   from jaxchar.core import data
   from jaxchar.training import loop, steps
-  from jaxchar.core.model import CharLSTM
+  from jaxchar.core.spec import ModelSpec
   ids = np.random.default_rng(0).integers(0, vocab, 400_000).astype(data.ids_dtype(vocab))
+  model = ModelSpec.sized(vocab, HIDDEN, MAXLEN, lstm_impl=impl).model()
   corpus = data.Corpus(data.Vocab("".join(map(chr, range(vocab)))), ids, None, len(ids), MAXLEN,
                        3, "")
-  state = steps.create_train_state(jax.random.PRNGKey(0), CharLSTM(vocab, HIDDEN, lstm_impl=impl),
+  state = steps.create_train_state(jax.random.PRNGKey(0), model,
                                    MAXLEN, steps.make_optimizer(0.01))
   return steps.replicate(state), corpus, loop.pmapped_steps(MAXLEN)
 
@@ -159,8 +160,8 @@ def sampling_rates(budget_s: float) -> dict:
   import jax.numpy as jnp
   from jaxchar.sampling import generate
   from jaxchar.training import steps
-  from jaxchar.core.model import CharLSTM
-  model = CharLSTM(65, HIDDEN)
+  from jaxchar.core.spec import ModelSpec
+  model = ModelSpec.sized(65, HIDDEN, MAXLEN).model()
   params = steps.create_train_state(jax.random.PRNGKey(0), model, MAXLEN,
                                     steps.make_optimizer(0.01)).params
   out = {}

@@ -5,6 +5,7 @@ from absl import flags
 
 from jaxchar import host, options
 from jaxchar.cli import entry_point, run
+from jaxchar.core.spec import SHAPE
 from jaxchar.errors import UserError
 from jaxchar.training import distributed, init_from
 from jaxchar.training.config import Config, Launch
@@ -44,7 +45,7 @@ def base_from_flags(config: Config) -> tuple[Config, init_from.Base | None]:
   if not config.init_from:
     return config, None
   base = init_from.load_base(config.init_from)
-  given = {name for name in init_from.SHAPE_OPTIONS if FLAGS[name].present}
+  given = {name for name in SHAPE if FLAGS[name].present}
   return init_from.adopt_shape(config, base, given), base
 
 

@@ -28,7 +28,7 @@ def test_format1_checkpoint_samples_what_the_old_code_sampled():
     assert text.split("sample 1\n", 1)[1] == expected
 
 
-def test_format1_checkpoint_resumes_and_saves_format2(tmp_path, capsys):
+def test_format1_checkpoint_resumes_and_saves_the_current_format(tmp_path, capsys):
   text = write_tiny_text(tmp_path)
   shutil.copytree(FORMAT1_RUN, tmp_path / "old")
   train.train_and_evaluate(tiny_config(text, epochs=3, keep=1), tmp_path / "old")
@@ -39,5 +39,5 @@ def test_format1_checkpoint_resumes_and_saves_format2(tmp_path, capsys):
   # (no permutation array, for texts of any size), epoch 3 sees its windows in another order.
   assert meta["epoch"] == 3 and meta["val_loss"] == 1.331714605516003
   assert meta["epoch_losses"] and meta["val_loss"] < 1.6582  # it trained on from epoch 2's state
-  assert meta["format_version"] == 2 and ModelSpec.from_meta(meta) == restore.restore(
+  assert meta["format_version"] == checkpoint.FORMAT_VERSION and ModelSpec.from_meta(meta) == restore.restore(
       FORMAT1_RUN).spec

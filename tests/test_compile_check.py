@@ -67,13 +67,26 @@ def test_missing_libtpu_names_the_install_command(monkeypatch):
 @needs_libtpu
 @pytest.mark.parametrize("name,config", [("v4-8", Config()), ("v5e-8", TPU_FLAGS)],
                          ids=["v4-8-reference", "v5e-8-tpu.flags"])
-def test_every_program_of_the_run_compiles_and_fits(resolved, name, config):
+def test_every_program_of_the_run_compiles_and_fits(resolved, name, config, monkeypatch):
   """Each topology family and each option family once (the command below checks v5e-8 with
   tpu.flags again, as a user runs it)."""
+  texts = {}  # each program's StableHLO, as compiled
+  original = programs._compile
+
+  def compile_recording(program, lowered_fn, *args):
+    texts[program.split(" (")[0]] = lowered_fn().as_text()
+    return original(program, lowered_fn, *args)
+
+  monkeypatch.setattr(programs, "_compile", compile_recording)
   report = run_check(config, CheckConfig(topology=name), resolved[name])
   kinds = [p.name.split(" (")[0] for p in report.compiled]
   assert kinds == ["train step", "eval step", "epoch samples", "server window start",
                    "server window chunk", "server stateful start", "server stateful chunk"]
+  # Every program computes in the run's dtype: sampling and serving too, as their model is the
+  # checkpoint's (a bfloat16 run's programs hold bf16 values, a float32 run's none).
+  assert sorted(texts) == sorted(set(kinds))
+  for kind, text in texts.items():
+    assert ("bf16" in text) == (config.dtype == "bfloat16"), kind
   assert not report.overflowing() and report.largest_batch is None
   for program in report.compiled:
     assert 0 < program.peak_bytes < 64 * 2**20, program  # a few MB each for this small model
@@ -97,7 +110,7 @@ def test_train_step_compiles_across_options(resolved, dtype, impl, layers, objec
   compiled = programs.train_step(config, 65, 305_270, topology.devices, 128)
   assert compiled.out_of_memory is None
   assert 0 < compiled.peak_bytes < topology.chip.hbm_bytes
-  one_layer = flops.Shape.of(dataclasses.replace(config, num_layers=1, embed_dim=0), 65)
+  one_layer = programs.flop_shape(dataclasses.replace(config, num_layers=1, embed_dim=0), 65)
   per_chip = flops.train_step_flops(one_layer, 128) / len(topology.devices)
   assert (compiled.flops > per_chip) == (layers == 2)
 

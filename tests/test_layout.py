@@ -107,6 +107,15 @@ def test_no_library_module_imports_an_entry_point():
     assert not _imports(path) & entry_modules, (module, _imports(path) & entry_modules)
 
 
+def test_the_model_is_constructed_in_one_place():
+  """Every model the project runs comes from ModelSpec.model: one CharLSTM(...) call."""
+  calls = [f"{path.relative_to(REPO)}:{node.lineno}"
+           for path in sorted((REPO / "jaxchar").rglob("*.py"))
+           for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+           if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "CharLSTM"]
+  assert len(calls) == 1 and calls[0].startswith("jaxchar/core/spec.py:"), calls
+
+
 def test_no_test_module_imports_another():
   for path in sorted((REPO / "tests").glob("*.py")):
     others = {name for name in _imports(path)

@@ -14,6 +14,7 @@ from jaxchar.sampling import generate
 from jaxchar.training import loop, resume, steps
 from jaxchar import train
 from jaxchar.sampling import sampler as sampler_lib
+from jaxchar.core.spec import ModelSpec
 from jaxchar.errors import UserError
 from jaxchar.core.model import CharLSTM, count_params, init_params
 from helpers import StopAfterPolls, assert_same_run
@@ -186,9 +187,22 @@ def test_checkpoints_from_before_the_options_still_resume(tiny_file, tmp_path):
                    if k not in ("num_layers", "embed_dim", "optimizer", "lr_schedule", "clip_norm")}
   meta = resume.run_metadata(tiny_config(tiny_file), _tiny_corpus(tiny_file))
   assert resume.check_resumable(old, meta, tmp_path) == ["--keep=3 (was 1)"]
-  wider = {**meta, "config": {**meta["config"], "num_layers": 2}}
+  wider = {**meta, "spec": {**meta["spec"], "num_layers": 2}}
   with pytest.raises(UserError, match="num_layers 1 .checkpoint. vs 2"):
     resume.check_resumable(old, wider, tmp_path)
+
+
+def test_the_shape_is_saved_once_and_format_2_checkpoints_still_compare(tiny_file, tmp_path):
+  meta = resume.run_metadata(tiny_config(tiny_file, hidden=24), _tiny_corpus(tiny_file))
+  assert "hidden" not in meta["config"] and meta["spec"]["hidden"] == 24  # one place
+  assert resume.saved_config(meta)["hidden"] == 24
+  # Format 2 saved the whole config, the shape included, beside the same spec.
+  format2 = {**meta, "config": {**meta["config"], **ModelSpec(**meta["spec"]).options()}}
+  assert resume.saved_config(format2) == resume.saved_config(meta)
+  assert resume.check_resumable(format2, meta, tmp_path) == []
+  with pytest.raises(UserError, match="hidden 24 .checkpoint. vs 32"):
+    resume.check_resumable(format2, resume.run_metadata(
+        tiny_config(tiny_file, hidden=32), _tiny_corpus(tiny_file)), tmp_path)
 
 
 def _tiny_corpus(path):

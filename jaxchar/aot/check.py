@@ -125,7 +125,7 @@ def format_report(report: Report) -> str:
   """The check's output: the setting, a table per program, the FLOPs check, the verdict."""
   t, c = report.topology, report.config
   hbm = t.chip.hbm_bytes
-  shape = flops.Shape.of(c, report.vocab)
+  shape = programs.flop_shape(c, report.vocab)
   num_params = count_params(programs.abstract_state(c, report.vocab).params)
   corpus = f"{report.corpus_chars:,} characters" + (" (assumed, --corpus_chars)"
                                                     if report.corpus_assumed else "")

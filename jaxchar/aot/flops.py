@@ -4,7 +4,7 @@ Elementwise work (gates, softmax, optimizer) is left out of the FLOPs."""
 
 import dataclasses
 
-from jaxchar.training.config import Config
+from jaxchar.core.spec import ModelSpec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,10 +21,10 @@ class Shape:
   dtype_bytes: int
 
   @classmethod
-  def of(cls, config: Config, vocab: int) -> "Shape":
-    return cls(vocab, config.hidden, config.num_layers, config.embed_dim, config.maxlen,
-               config.objective == "every", config.lstm_impl == "fused",
-               2 if config.dtype == "bfloat16" else 4)
+  def of(cls, spec: ModelSpec, every_position: bool = False) -> "Shape":
+    """The shape of `spec`'s model, trained on every position's next character or the last's."""
+    return cls(spec.vocab_size, spec.hidden, spec.num_layers, spec.embed_dim, spec.maxlen,
+               every_position, spec.lstm_impl == "fused", 2 if spec.dtype == "bfloat16" else 4)
 
   def input_width(self, layer: int) -> int:
     if layer:

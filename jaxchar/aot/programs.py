@@ -12,7 +12,8 @@ from jax.sharding import SingleDeviceSharding
 
 from jaxchar.aot import flops
 from jaxchar.core.data import ids_dtype
-from jaxchar.core.model import CharLSTM, init_params
+from jaxchar.core.model import CharLSTM
+from jaxchar.core.spec import ModelSpec
 from jaxchar.sampling import generate
 from jaxchar.sampling.generate import GENERATORS
 from jaxchar.sampling.sampler import CHUNK
@@ -91,9 +92,14 @@ def _leaves(pmapped: bool, *trees) -> list[tuple]:
   return [(leaf, pmapped) for leaf in jax.tree_util.tree_leaves(trees)]
 
 
+def flop_shape(config: Config, vocab: int) -> flops.Shape:
+  """What the FLOP and traffic counts of a run's programs depend on."""
+  return flops.Shape.of(ModelSpec.of(config, vocab), config.objective == "every")
+
+
 def abstract_state(config: Config, vocab: int):
   """The train state's shapes, as `start_run` builds it (no arrays are made)."""
-  model = steps.model_from_config(config, vocab)
+  model = ModelSpec.of(config, vocab).model(config.dropout)
   tx, _ = steps.optimizer_from_config(config, steps_per_epoch=1)
   return jax.eval_shape(lambda key: steps.create_train_state(key, model, config.maxlen, tx),
                         jax.random.PRNGKey(0))
@@ -111,7 +117,7 @@ def train_step(config: Config, vocab: int, corpus_chars: int, devices, batch: in
   ids = _windows(config, vocab, n, batch)  # the batch's windows: the corpus stays on the host
   starts = jax.ShapeDtypeStruct((n, batch // n), np.int32)
   p_train, _ = loop.pmapped_steps(config.maxlen, config.objective == "every", devices=devices)
-  shape = flops.Shape.of(config, vocab)
+  shape = flop_shape(config, vocab)
   return _compile(f"train step (global batch {batch})", lambda: p_train.lower(state, ids, starts),
                   flops.train_step_flops(shape, batch) / n, _leaves(True, state, ids, starts))
 
@@ -125,7 +131,7 @@ def eval_step(config: Config, vocab: int, corpus_chars: int, devices) -> Compile
   starts = jax.ShapeDtypeStruct((n, batch // n), np.int32)
   weights = jax.ShapeDtypeStruct((n, batch // n), np.float32)
   _, p_eval = loop.pmapped_steps(config.maxlen, devices=devices)
-  shape = flops.Shape.of(config, vocab)
+  shape = flop_shape(config, vocab)
   return _compile(f"eval step (global batch {batch})",
                   lambda: p_eval.lower(state, ids, starts, weights),
                   flops.eval_step_flops(shape, batch) / n,
@@ -149,23 +155,23 @@ def _generation(name: str, model: CharLSTM, params, device, rows: int, length: i
 
 def epoch_samples(config: Config, vocab: int, device) -> Compiled:
   """The trainer's per-epoch samples: every temperature as one batch, on one chip."""
-  model = steps.model_from_config(config, vocab)
-  params = abstract_state(config, vocab).params
+  spec = ModelSpec.of(config, vocab)
+  model, params = spec.model(), spec.abstract_params()
   rows = len(config.temperatures)
   return _generation(f"epoch samples ({rows} x {config.sample_len} characters, "
                      f"{config.sample_mode})", model, params, device, rows, config.sample_len,
-                     config.sample_mode, flops.Shape.of(config, vocab), per_row_keys=False)
+                     config.sample_mode, flop_shape(config, vocab), per_row_keys=False)
 
 
 def server_generation(config: Config, vocab: int, device, mode: str,
                       serve: ServeConfig = ServeConfig()) -> list[Compiled]:
   """The server's two calls at its largest batch: turning primes into states, and writing one
-  chunk of characters from them, as `jaxchar.serve` builds the model from the checkpoint
-  (float32, fused)."""
-  model = CharLSTM(vocab, config.hidden, config.num_layers, config.embed_dim)
-  params = jax.eval_shape(lambda: init_params(model, jax.random.PRNGKey(0), config.maxlen))
-  params = _abstract(params, sharding=SingleDeviceSharding(device))
-  shape = dataclasses.replace(flops.Shape.of(config, vocab), dtype_bytes=4)
+  chunk of characters from them, as `jaxchar.serve` builds the model from the checkpoint's
+  spec (the run's dtype and LSTM implementation)."""
+  spec = ModelSpec.of(config, vocab)
+  model = spec.model()
+  params = _abstract(spec.abstract_params(), sharding=SingleDeviceSharding(device))
+  shape = flop_shape(config, vocab)
   rows = batch_buckets(serve.max_batch)[-1]
   on = SingleDeviceSharding(device)
   context = jax.ShapeDtypeStruct((rows, shape.maxlen), np.int32, sharding=on)

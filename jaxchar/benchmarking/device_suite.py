@@ -11,9 +11,6 @@ import jaxchar
 from jaxchar.options import option
 
 VOCAB, CHUNK = 65, 10  # the reference alphabet; steps dispatched before waiting for the last
-UNROLLS = (2, 4, 8)
-
-
 @dataclasses.dataclass(frozen=True)
 class Sizes:
   """What one profile measures."""
@@ -22,6 +19,7 @@ class Sizes:
   maxlen: int
   batches: tuple[int, ...]  # global training batches
   unroll_batch: int  # the global batch the unrolls are measured at
+  unrolls: tuple[int, ...]  # lax.scan unrolls measured besides 1
   rows: tuple[int, ...]  # sampling rows
   sample_len: int
   val_windows: int
@@ -30,9 +28,10 @@ class Sizes:
 
 
 PROFILES = {
-    "device": Sizes(128, 60, (128, 1024, 8192, 65536), 1024, (1, 64, 1024), 400, 200_000,
-                    2_000_000, 1.0),
-    "cpu": Sizes(8, 10, (8, 32), 8, (1, 8), 8, 256, 5_000, 0.02),
+    "device": Sizes(128, 60, (128, 1024, 8192, 65536), 1024, (2, 4, 8), (1, 64, 1024), 400,
+                    200_000, 2_000_000, 1.0),
+    # Every kind of cell once (each is a compile of about a second here): for the test suite.
+    "cpu": Sizes(8, 10, (8,), 8, (4,), (2,), 8, 256, 5_000, 0.02),
 }
 
 
@@ -66,9 +65,8 @@ def scan_unroll(unroll: int):
 
 
 def _model(sizes: Sizes, impl: str, dtype: str):
-  import jax.numpy as jnp
-  from jaxchar.core.model import CharLSTM
-  return CharLSTM(VOCAB, sizes.hidden, dtype=jnp.dtype(dtype), lstm_impl=impl)
+  from jaxchar.core.spec import ModelSpec
+  return ModelSpec.sized(VOCAB, sizes.hidden, dtype=dtype, lstm_impl=impl).model()
 
 
 def _corpus(sizes: Sizes):
@@ -174,7 +172,7 @@ def cells(sizes: Sizes) -> list[tuple[str, dict]]:
   out = [("train", dict(batch=b, impl=i, dtype=d, unroll=1))
          for i in ("fused", "flax") for d in ("float32", "bfloat16") for b in sizes.batches]
   out += [("train", dict(batch=sizes.unroll_batch, impl=i, dtype=d, unroll=u))
-          for i in ("fused", "flax") for d in ("float32", "bfloat16") for u in UNROLLS]
+          for i in ("fused", "flax") for d in ("float32", "bfloat16") for u in sizes.unrolls]
   out += [("validation", {})]
   out += [("sampling", dict(mode=m, rows=r)) for m in ("window", "stateful") for r in sizes.rows]
   return out
@@ -237,14 +235,14 @@ def format_table(r: dict) -> str:
       lines.append(f"| {impl} | {dtype} | " + " | ".join(
           _figure(row[b]) for b in s["batches"]) + " |")
   lines += ["", f"lax.scan unroll at batch {s['unroll_batch']:,} (unroll 1 as above)",
-            "| cell | dtype | " + " | ".join(f"unroll {u}" for u in (1, *UNROLLS)) + " |",
-            "|---|---|" + "---|" * (1 + len(UNROLLS))]
+            "| cell | dtype | " + " | ".join(f"unroll {u}" for u in (1, *s["unrolls"])) + " |",
+            "|---|---|" + "---|" * (1 + len(s["unrolls"]))]
   for impl in ("fused", "flax"):
     for dtype in ("float32", "bfloat16"):
       row = {c["unroll"]: c for c in train if (c["impl"], c["dtype"], c["batch"]) ==
              (impl, dtype, s["unroll_batch"])}
       lines.append(f"| {impl} | {dtype} | " + " | ".join(
-          _figure(row[u]) for u in (1, *UNROLLS)) + " |")
+          _figure(row[u]) for u in (1, *s["unrolls"])) + " |")
   val = next(c for c in r["cells"] if c["kind"] == "validation")
   lines += ["", f"validation (fused, float32), {s['val_windows']:,} windows: {_figure(val)} "
             "windows/s", "",

@@ -25,9 +25,10 @@ from jaxchar.core import storage
 from jaxchar.core.storage import writing
 from jaxchar.errors import UserError
 
-# 2: one ModelSpec ("spec") and the training config once. 1: flat shape keys beside "config".
-FORMAT_VERSION = 2
-READABLE_FORMATS = (1, 2)
+# 3: the model's shape only in "spec", the rest of the training config in "config". 2: "spec",
+# and the whole config (the shape again). 1: flat shape keys beside "config".
+FORMAT_VERSION = 3
+READABLE_FORMATS = (1, 2, 3)
 CORRUPT = "corrupt_checkpoints"
 # On object storage orbax writes a checkpoint in place and adds this file once it is complete
 # (locally it renames a temporary folder instead).

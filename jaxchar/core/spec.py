@@ -1,20 +1,29 @@
-"""ModelSpec: the one saved description of a trained model, everything a reader needs to compute
-it (vocabulary, shape, window, lowercasing, dtype, implementation). Checkpoints hold it once; the
-sampler, scorer, exporter, server and --init_from build the model from it."""
+"""ModelSpec: the one description of a model, everything needed to compute it (vocabulary, shape,
+window, lowercasing, dtype, implementation). Every model the project runs is built by
+`ModelSpec.model` (training, evaluation, sampling, scoring, serving, export, the compile check,
+the FLOP count); checkpoints hold it once, and `PREDATING` says what older ones were trained
+with."""
 
 import dataclasses
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxchar.core.data import Vocab
 from jaxchar.core.model import LSTM_IMPLS, CharLSTM, init_params
 
-# Shape options added after format 1 began, with the values that checkpoints written before
-# them were trained with (the reference's): history, so not tied to today's defaults.
-LEGACY_DEFAULTS = {"num_layers": 1, "embed_dim": 0, "dtype": "float32",
-                   "lstm_impl": LSTM_IMPLS[0]}
+# Options added after format 1 began, with the values that checkpoints written before them were
+# trained with (the reference's): history, so not tied to today's defaults. The one table: the
+# spec's fields and the training options resume compares.
+PREDATING = {"num_layers": 1, "embed_dim": 0, "dtype": "float32", "lstm_impl": LSTM_IMPLS[0],
+             "optimizer": "rmsprop", "lr_schedule": "constant", "clip_norm": 0.0}
+
+
+def placeholder_chars(size: int) -> str:
+  """A vocabulary of `size` distinct characters, for programs built from a size alone."""
+  return "".join(chr(0x10000 + i) for i in range(size))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,10 +40,16 @@ class ModelSpec:
   lstm_impl: str = LSTM_IMPLS[0]
 
   @classmethod
-  def of(cls, config: Any, vocab: Vocab) -> "ModelSpec":
-    """The spec of a training Config's model over `vocab`."""
-    return cls(vocab.chars, config.hidden, config.num_layers, config.embed_dim, config.maxlen,
-               config.lowercase, config.dtype, config.lstm_impl)
+  def of(cls, config: Any, vocab: Vocab | int) -> "ModelSpec":
+    """The spec of a training Config's model over `vocab` (or a vocabulary of that size)."""
+    chars = vocab.chars if isinstance(vocab, Vocab) else placeholder_chars(vocab)
+    return cls(chars, **{name: getattr(config, name) for name in OPTIONS})
+
+  @classmethod
+  def sized(cls, vocab_size: int, hidden: int, maxlen: int = 60, **options) -> "ModelSpec":
+    """A spec from sizes alone (benchmarks): other fields as the reference's."""
+    return cls(placeholder_chars(vocab_size), hidden, options.pop("num_layers", 1),
+               options.pop("embed_dim", 0), maxlen, True, **options)
 
   @classmethod
   def from_meta(cls, meta: dict) -> "ModelSpec":
@@ -42,8 +57,8 @@ class ModelSpec:
     training config of format 1."""
     if "spec" in meta:
       return cls(**meta["spec"])
-    config = {**LEGACY_DEFAULTS, **meta.get("config", {})}
-    flat = {**LEGACY_DEFAULTS, **meta}
+    config = {**PREDATING, **meta.get("config", {})}
+    flat = {**PREDATING, **meta}
     return cls(meta["vocab"], flat["hidden"], flat["num_layers"], flat["embed_dim"],
                meta["maxlen"], meta["lowercase"], config["dtype"], config["lstm_impl"])
 
@@ -59,6 +74,22 @@ class ModelSpec:
     return CharLSTM(self.vocab_size, self.hidden, self.num_layers, self.embed_dim, dropout,
                     dtype=jnp.dtype(self.dtype), lstm_impl=self.lstm_impl)
 
+  def abstract_params(self) -> Any:
+    """The parameters' shapes and dtypes, computed without computing them."""
+    return jax.eval_shape(lambda key: init_params(self.model(), key, self.maxlen),
+                          jax.random.PRNGKey(0))
+
   def params_template(self) -> Any:
     """Host arrays shaped as this model's parameters (what a restore fills in)."""
-    return jax.device_get(init_params(self.model(), jax.random.PRNGKey(0), self.maxlen))
+    return jax.tree_util.tree_map(lambda s: np.empty(s.shape, s.dtype), self.abstract_params())
+
+  def options(self) -> dict:
+    """The fields a training Config shares with the spec (all but the vocabulary)."""
+    return {name: getattr(self, name) for name in OPTIONS}
+
+
+# The spec's fields that are also training options (a Config's names).
+OPTIONS = tuple(f.name for f in dataclasses.fields(ModelSpec) if f.name != "vocab")
+# Those that fix what the parameters mean: --init_from takes them from its base and resume
+# refuses a change; the dtype and the LSTM implementation compute the same parameters.
+SHAPE = ("lowercase", "maxlen", "hidden", "num_layers", "embed_dim")

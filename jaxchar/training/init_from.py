@@ -12,13 +12,10 @@ import numpy as np
 from jaxchar.core import checkpoint, storage
 from jaxchar.core.data import Corpus, Vocab
 from jaxchar.core.restore import restore
-from jaxchar.core.spec import ModelSpec
+from jaxchar.core.spec import SHAPE, ModelSpec
 from jaxchar.errors import UserError
 from jaxchar.training import text
 from jaxchar.training.config import Config, parse_init_from
-
-# Options that fix the shape of the base's parameters (or what its ids mean): taken from it.
-SHAPE_OPTIONS = ("hidden", "num_layers", "embed_dim", "maxlen", "lowercase")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,13 +51,13 @@ def adopt_shape(config: Config, base: Base, given: Collection[str]) -> Config:
   `given` (those set on the command line or in a flagfile) contradicts it."""
   clashes = [f"--{name}={_flag_value(getattr(config, name))} (flag) vs "
              f"{_flag_value(base.shape(name))} ({base.workdir})"
-             for name in SHAPE_OPTIONS if name in given and getattr(config, name) != base.shape(name)]
+             for name in SHAPE if name in given and getattr(config, name) != base.shape(name)]
   if clashes:
     raise UserError(
         f"--init_from={base.spec}: the model's shape comes from its checkpoint, and "
         f"{'; '.join(clashes)}. Leave those flags out (a flagfile that sets them included), or "
         "give the base's values.")
-  return dataclasses.replace(config, **{name: base.shape(name) for name in SHAPE_OPTIONS})
+  return dataclasses.replace(config, **{name: base.shape(name) for name in SHAPE})
 
 
 def _flag_value(value: Any) -> str:

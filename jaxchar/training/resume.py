@@ -8,27 +8,22 @@ import json
 from pathlib import Path
 
 from jaxchar.core.data import Corpus
-from jaxchar.core.spec import ModelSpec
+from jaxchar.core.spec import OPTIONS, PREDATING, SHAPE, ModelSpec
 from jaxchar.errors import UserError
 from jaxchar.training.config import Config
 
-# Options added after format 1 began, with the values checkpoints written before them were
-# trained with (the reference's): history, so not tied to today's defaults.
-OPTION_DEFAULTS = {"num_layers": 1, "embed_dim": 0, "optimizer": "rmsprop",
-                   "lr_schedule": "constant", "clip_norm": 0.0}
 # Options that fix the meaning of a checkpoint's parameters, its position in the data or the
 # shape of its optimizer state: a different value cannot resume it.
-FIXED = ("lowercase", "maxlen", "stride", "hidden", "num_layers", "embed_dim", "batch_size",
-         "val_fraction", "seed", "optimizer")
+FIXED = (*SHAPE, "stride", "batch_size", "val_fraction", "seed", "optimizer")
 # Options that say where this session reads from, not how it trains: not compared.
 NOT_COMPARED = ("data", "restart", "init_from", "init_vocab")
 
 
 def run_metadata(config: Config, corpus: Corpus) -> dict:
-  """What a checkpoint must carry besides the state: the model's spec, the training config
-  and the corpus' identity."""
-  return {"spec": ModelSpec.of(config, corpus.vocab).to_dict(),
-          "config": _as_saved(dataclasses.asdict(config)),
+  """What a checkpoint must carry besides the state: the model's spec, the rest of the training
+  config (the spec's fields are saved once, in the spec) and the corpus' identity."""
+  rest = {k: v for k, v in dataclasses.asdict(config).items() if k not in OPTIONS}
+  return {"spec": ModelSpec.of(config, corpus.vocab).to_dict(), "config": _as_saved(rest),
           "corpus_sha256": corpus.sha256, "corpus_chars": corpus.num_chars}
 
 
@@ -42,10 +37,11 @@ RENAMED = {"step": "stride"}
 
 
 def saved_config(meta: dict) -> dict:
-  """The training options a checkpoint was written with (today's names), options it predates
-  filled in."""
+  """The training options a checkpoint (or a run's metadata) was written with, by today's names:
+  the spec's fields from its spec, options it predates filled in."""
   saved = {RENAMED.get(k, k): v for k, v in meta.get("config", {}).items()}
-  return {**_as_saved(dataclasses.asdict(Config())), **OPTION_DEFAULTS, **saved}
+  spec = ModelSpec.from_meta(meta).options()
+  return {**_as_saved(dataclasses.asdict(Config())), **PREDATING, **saved, **spec}
 
 
 def _scheduled(options: dict) -> bool:
@@ -56,7 +52,7 @@ def _scheduled(options: dict) -> bool:
 def check_resumable(meta: dict, run_meta: dict, workdir: Path) -> list[str]:
   """The options that differ from the checkpoint's and may (as '--name=new (was old)');
   UserError, touching nothing, when one that may not differs."""
-  saved, now = saved_config(meta), run_meta["config"]
+  saved, now = saved_config(meta), saved_config(run_meta)
   saved_spec, spec = ModelSpec.from_meta(meta), ModelSpec(**run_meta["spec"])
   diffs = [f"{k} {_short(saved[k])} (checkpoint) vs {_short(now[k])} (now)"
            for k in FIXED if saved[k] != now[k]]

@@ -14,6 +14,7 @@ from jax.experimental import multihost_utils
 
 from jaxchar.core import checkpoint, data
 from jaxchar.core.model import CharLSTM, count_params
+from jaxchar.core.spec import ModelSpec
 from jaxchar.errors import UserError
 from jaxchar.training import distributed, init_from, metrics, resume, steps, text
 from jaxchar.training.config import AUTO_TRAIN_CHARS, MAX_AUTO_EPOCHS, Config, auto_epochs
@@ -138,7 +139,7 @@ def start_run(config: Config, workdir: Path, base: init_from.Base | None = None,
   steps_per_epoch = corpus.num_train_windows // config.batch_size
   if config.steps_per_epoch:
     steps_per_epoch = min(steps_per_epoch, config.steps_per_epoch)
-  model = steps.model_from_config(config, corpus.vocab.size)
+  model = ModelSpec.of(config, corpus.vocab).model(config.dropout)
   tx, learning_rate = steps.optimizer_from_config(config, steps_per_epoch)
   state = steps.create_train_state(jax.random.PRNGKey(config.seed), model, config.maxlen, tx)
   val_starts = data.validation_starts(corpus, config.val_windows)

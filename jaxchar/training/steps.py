@@ -102,12 +102,6 @@ def eval_step(state: TrainState, batch: dict) -> dict:
   return jax.lax.psum({"loss_sum": losses.sum(), "count": batch["weights"].sum()}, AXIS)
 
 
-def model_from_config(config, vocab_size: int) -> CharLSTM:
-  """The model a Config describes."""
-  return CharLSTM(vocab_size, config.hidden, config.num_layers, config.embed_dim, config.dropout,
-                  dtype=jnp.dtype(config.dtype), lstm_impl=config.lstm_impl)
-
-
 def optimizer_from_config(config, steps_per_epoch: int
                           ) -> tuple[optax.GradientTransformation, float | optax.Schedule]:
   """The optimizer a Config describes, and its learning rate (a float or a schedule)."""
