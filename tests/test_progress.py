@@ -2,7 +2,7 @@
 
 import io
 
-from jaxchar.training import progress
+from jaxchar.core import progress
 
 
 def test_non_terminal_output_is_plain_lines(monkeypatch):

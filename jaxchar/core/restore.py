@@ -17,8 +17,20 @@ from jaxchar.core.model import CharLSTM
 from jaxchar.core.spec import ModelSpec
 from jaxchar.core.terminal import shown
 from jaxchar.errors import UserError
+from jaxchar.options import option
 
 LISTING_ROUNDS = 5  # times a live run's checkpoints are listed before giving up
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointChoice:
+  """Which trained model to restore: the options of every reader (sample, score, export, serve)."""
+
+  workdir: str = option("ckpt/moe", "The training run's folder (the trainer's --workdir).")
+  step: int | None = option(None, "The checkpoint to use, by the training step it was saved "
+                            "at (as the trainer prints: 'checkpoint at step N'). Default: the "
+                            "one with the best (lowest) validation loss; the latest if none "
+                            "has one.")
 
 
 @dataclasses.dataclass(frozen=True)

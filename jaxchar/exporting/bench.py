@@ -15,7 +15,7 @@ from jaxchar.cli import entry_point, run
 from jaxchar.errors import UserError
 from jaxchar.exporting import files
 from jaxchar.options import option
-from jaxchar.sampling.config import CheckpointChoice
+from jaxchar.core.restore import CheckpointChoice
 from jaxchar.core.restore import restore
 
 

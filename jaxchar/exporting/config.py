@@ -7,7 +7,7 @@ from pathlib import Path
 
 from jaxchar.errors import UserError
 from jaxchar.options import check_choices, option
-from jaxchar.sampling.config import CheckpointChoice
+from jaxchar.core.restore import CheckpointChoice
 
 FORMATS = ("html", "json")
 

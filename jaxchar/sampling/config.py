@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 from jaxchar.errors import UserError
+from jaxchar.core.restore import CheckpointChoice
 from jaxchar.options import option
 from jaxchar.sampling.controls import SAMPLE_MODES, UNKNOWN_POLICIES, Controls, check_controls
 
@@ -41,17 +42,6 @@ def _parse_stops(values: list[str]) -> tuple[str, ...]:
 MODE_HELP = ("window: rerun the LSTM over the last maxlen characters for each new one, as in "
              "training (default); stateful: carry the LSTM state, one step per character "
              "(faster, sees further back).")
-
-
-@dataclasses.dataclass(frozen=True)
-class CheckpointChoice:
-  """Which trained model to restore: shared by the sampler and the server."""
-
-  workdir: str = option("ckpt/moe", "The training run's folder (the trainer's --workdir).")
-  step: int | None = option(None, "The checkpoint to use, by the training step it was saved "
-                            "at (as the trainer prints: 'checkpoint at step N'). Default: the "
-                            "one with the best (lowest) validation loss; the latest if none "
-                            "has one.")
 
 
 @dataclasses.dataclass(frozen=True)

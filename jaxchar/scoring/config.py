@@ -6,7 +6,7 @@ from pathlib import Path
 
 from jaxchar.errors import UserError
 from jaxchar.options import option
-from jaxchar.sampling.config import CheckpointChoice
+from jaxchar.core.restore import CheckpointChoice
 
 
 @dataclasses.dataclass(frozen=True)

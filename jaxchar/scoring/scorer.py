@@ -16,7 +16,7 @@ from jaxchar.core.data import Vocab
 from jaxchar.core.model import CharLSTM
 from jaxchar.errors import UserError
 from jaxchar.core.restore import Restored
-from jaxchar.training.progress import ValidationProgress
+from jaxchar.core.progress import ValidationProgress
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,7 +12,7 @@ import numpy as np
 
 from jaxchar.core import textstream
 from jaxchar.scoring import scorer
-from jaxchar.training.progress import ValidationProgress
+from jaxchar.core.progress import ValidationProgress
 
 PIECE_BYTES = 1 << 20  # bytes of text scored per piece: host memory stays a few hundred MB
 

@@ -5,7 +5,7 @@ import re
 
 from jaxchar.errors import UserError
 from jaxchar.options import option
-from jaxchar.sampling.config import CheckpointChoice
+from jaxchar.core.restore import CheckpointChoice
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,7 +16,8 @@ from jax.experimental import multihost_utils
 from jaxchar.core import data, storage
 from jaxchar.core import lock as lock_lib
 from jaxchar.errors import UserError
-from jaxchar.training import distributed, init_from, outcome, plots, progress, steps
+from jaxchar.core import progress
+from jaxchar.training import distributed, init_from, outcome, plots, steps
 from jaxchar.training.config import Config
 from jaxchar.training.distributed import say
 from jaxchar.training.preemption import StopRequests
