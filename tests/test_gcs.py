@@ -11,7 +11,7 @@ import urllib.request
 import pytest
 
 from helpers import (GcsEmulator, StopAfterPolls, TINY_TEXT, assert_same_run, final_checkpoint,
-                     free_port, run_cases, start_module, start_server, tiny_config)
+                     free_port, run_cases, start_module, start_python, start_server, tiny_config)
 from jaxchar import train
 from jaxchar.core import checkpoint, idcache, lock, object_lock, textstream
 from jaxchar.errors import UserError
@@ -21,6 +21,26 @@ from jaxchar.training.metrics import read_metrics
 
 # The tiny text as two objects under one prefix (a folder of texts), and as local files.
 PARTS = {"texts/a.txt": TINY_TEXT[:1200], "texts/b.txt": TINY_TEXT[1200:]}
+
+
+# `python -m jaxchar.train` with gcsfs's backoff between retries 100 times shorter: the same
+# retries, then the same failure, in 0.3 s instead of about 33 s.
+TRAIN_WITH_SHORT_BACKOFF = """
+import asyncio, runpy, sys
+import gcsfs.core, gcsfs.retry
+
+class ShortSleeps:
+  def __getattr__(self, name):
+    return getattr(asyncio, name)
+
+  @staticmethod
+  def sleep(seconds, *args, **kwargs):
+    return asyncio.sleep(seconds / 100, *args, **kwargs)
+
+gcsfs.core.asyncio = gcsfs.retry.asyncio = ShortSleeps()
+sys.argv[0] = "jaxchar.train"
+runpy.run_module("jaxchar.train", run_name="__main__", alter_sys=True)
+"""
 
 
 def upload_texts(gcs, bucket: str) -> str:
@@ -231,8 +251,8 @@ def test_a_bucket_that_stops_answering_stops_the_run_and_it_resumes_after(tmp_pa
   args = [f"--data={bucket}/texts", f"--workdir={bucket}/run",
           f"--cache_dir={tmp_path / 'cache'}", "--maxlen=8", "--stride=2", "--hidden=16",
           "--batch_size=16", "--epochs=50", "--sample_len=0"]
-  trainer = start_module("jaxchar.train", *args, env={**emulator.env, "PYTHONUNBUFFERED": "1"},
-                         start_new_session=True)
+  trainer = start_python("-c", TRAIN_WITH_SHORT_BACKOFF, *args,
+                         env={**emulator.env, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
   try:
     deadline = time.monotonic() + 120
     while not any(n.endswith("/commit_success.txt") and n.count("/") == 3
