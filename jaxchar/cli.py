@@ -51,7 +51,7 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def _module_name(program: str) -> str:
-  """`sample` for .../jaxchar/sample.py, `serving.bench` for .../jaxchar/serving/bench.py."""
+  """`sample` for .../jaxchar/sample.py, `aot.check` for .../jaxchar/aot/check.py."""
   parts = Path(program).with_suffix("").parts
   return ".".join(parts[len(parts) - parts[::-1].index("jaxchar"):]) if "jaxchar" in parts \
       else Path(program).stem

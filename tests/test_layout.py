@@ -18,12 +18,12 @@ ENTRY_POINTS = {  # module: the config classes its flags come from
     "jaxchar.sample": ["jaxchar.sampling.config:SampleConfig"],
     "jaxchar.score": ["jaxchar.scoring.config:ScoreConfig"],
     "jaxchar.export": ["jaxchar.exporting.config:ExportConfig"],
-    "jaxchar.exporting.bench": ["jaxchar.exporting.bench:BrowserBenchConfig"],
+    "jaxchar.bench_page": ["jaxchar.benchmarking.page:BrowserBenchConfig"],
     "jaxchar.serve": ["jaxchar.serving.config:ServeConfig"],
     "jaxchar.plot": ["jaxchar.training.plots:PlotConfig"],
-    "jaxchar.bench": ["jaxchar.bench:BenchConfig"],
+    "jaxchar.bench": ["jaxchar.benchmarking.side_by_side:BenchConfig"],
     "jaxchar.bench_device": ["jaxchar.benchmarking.device_suite:DeviceBenchConfig"],
-    "jaxchar.serving.bench": ["jaxchar.serving.bench:ServeBenchConfig"],
+    "jaxchar.bench_serve": ["jaxchar.benchmarking.serving:ServeBenchConfig"],
     "jaxchar.compile_check": ["jaxchar.training.config:Config", "jaxchar.training.config:Launch",
                               "jaxchar.aot.check:CheckConfig"],
 }
@@ -105,6 +105,37 @@ def test_no_library_module_imports_an_entry_point():
     if module in entry_modules:
       continue
     assert not _imports(path) & entry_modules, (module, _imports(path) & entry_modules)
+
+
+def _module_imports() -> dict[str, set[str]]:
+  """Every jaxchar module and the jaxchar modules it imports (at any level of its code)."""
+  modules = {".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__"): path
+             for path in (REPO / "jaxchar").rglob("*.py")}
+  return {name: {m for m in _imports(path) if m in modules} for name, path in modules.items()}
+
+
+def test_readers_do_not_depend_on_the_trainer():
+  """Sampling, scoring, exporting and serving (and their entry points) reach no training
+  module through any chain of imports: what they share with training sits in core/."""
+  graph = _module_imports()
+  readers = [m for m in graph if m.split(".")[1:2] in (["sampling"], ["scoring"], ["exporting"],
+                                                        ["serving"])]
+  readers += ["jaxchar.sample", "jaxchar.score", "jaxchar.export", "jaxchar.serve"]
+  for reader in readers:
+    seen, todo = set(), [reader]
+    while todo:
+      for imported in graph[todo.pop()] - seen:
+        seen.add(imported)
+        todo.append(imported)
+    assert not {m for m in seen if m.startswith("jaxchar.training")}, reader
+
+
+def test_entry_points_are_the_top_level_modules_and_only_they():
+  runnable = {".".join(path.relative_to(REPO).with_suffix("").parts)
+              for path in (REPO / "jaxchar").rglob("*.py")
+              if '__name__ == "__main__"' in path.read_text(encoding="utf-8")}
+  assert runnable == set(ENTRY_POINTS)
+  assert all(name.count(".") == 1 for name in runnable)
 
 
 def test_the_model_is_constructed_in_one_place():

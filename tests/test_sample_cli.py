@@ -148,7 +148,7 @@ def test_fast_window_sampling_equals_rerunning_the_window(checkpointed_run, prim
 
 def test_benchmark_table_and_generated_corpus(tmp_path):
   """The benchmark's own pieces (its timings are never asserted): corpus and table."""
-  from jaxchar import bench
+  from jaxchar.benchmarking import side_by_side as bench
   bench.write_generated_corpus(tmp_path / "c.txt", 2)
   text = (tmp_path / "c.txt").read_text()
   assert 1.5e6 < len(text) < 3e6 and "\n\n" in text
@@ -177,7 +177,8 @@ def test_benchmark_table_and_generated_corpus(tmp_path):
 
 def test_benchmark_role_runs_as_the_trainer_does():
   """One configuration of the benchmark, end to end in its own process (a tiny budget)."""
-  from jaxchar import bench, host
+  from jaxchar import host
+  from jaxchar.benchmarking import side_by_side as bench
   result = run_module("jaxchar.bench", "--role=trainer", "--seconds=0.2", devices=None,
                       drop=("XLA_FLAGS",), timeout=300)
   assert result.returncode == 0, result.stderr

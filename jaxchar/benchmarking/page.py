@@ -1,5 +1,5 @@
 """Characters per second of an exported page in headless Chromium, both modes:
-`python -m jaxchar.exporting.bench --workdir=ckpt/moe` (needs selenium, Debian's chromium and
+`python -m jaxchar.bench_page --workdir=ckpt/moe` (needs selenium, Debian's chromium and
 chromium-driver; BENCHMARKS.md has its output)."""
 
 import dataclasses
@@ -8,15 +8,10 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from absl import flags
-
-from jaxchar import options
-from jaxchar.cli import entry_point, run
 from jaxchar.errors import UserError
 from jaxchar.exporting import files
 from jaxchar.options import option
-from jaxchar.core.restore import CheckpointChoice
-from jaxchar.core.restore import restore
+from jaxchar.core.restore import CheckpointChoice, restore
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,8 +22,6 @@ class BrowserBenchConfig(CheckpointChoice):
   rounds: int = option(5, "Timed generations per mode; the median is reported.")
 
 
-options.define_flags(BrowserBenchConfig)
-FLAGS = flags.FLAGS
 
 _TIME = """
 const [mode, length] = arguments;
@@ -56,9 +49,8 @@ def _browser():
                           service=webdriver.ChromeService(executable_path=driver))
 
 
-@entry_point
-def main() -> None:
-  config = options.from_flags(BrowserBenchConfig, FLAGS)
+def run_page_bench(config: BrowserBenchConfig) -> None:
+  """Exports the checkpoint as float32 and float16 pages and prints each mode's rate."""
   restored = restore(config.workdir, config.step)
   browser = _browser()
   try:
@@ -83,6 +75,3 @@ def main() -> None:
   finally:
     browser.quit()
 
-
-if __name__ == "__main__":
-  run(main)

@@ -1,5 +1,5 @@
 """Benchmark of `jaxchar.serve` under concurrent clients:
-`python -m jaxchar.serving.bench --workdir=ckpt/moe_best`.
+`python -m jaxchar.bench_serve --workdir=ckpt/moe_best`.
 
 Starts the server as its own process (as a user would), then per mode: one client asking for 16
 samples per request, then 1, 4 and 16 clients each asking for one, back to back for --seconds
@@ -19,10 +19,6 @@ import sys
 import threading
 import time
 
-from absl import flags
-
-from jaxchar import host, logs, options
-from jaxchar.cli import run
 from jaxchar.options import option
 from jaxchar.sampling.controls import SAMPLE_MODES
 
@@ -39,8 +35,6 @@ class ServeBenchConfig:
   modes: tuple[str, ...] = option(SAMPLE_MODES, "Generation modes to measure.")
 
 
-options.define_flags(ServeBenchConfig)
-FLAGS = flags.FLAGS
 PRIME = "moe_szyslak: "
 
 
@@ -155,11 +149,8 @@ def _start_server(workdir: str) -> tuple[subprocess.Popen, int]:
       time.sleep(0.1)
 
 
-def main(argv) -> None:
-  del argv
-  logs.quiet_library_logs()
-  host.skip_absent_tpu()
-  config = options.from_flags(ServeBenchConfig, FLAGS)
+def run_serve_bench(config: ServeBenchConfig) -> None:
+  """Every measurement above, printed as the tables BENCHMARKS.md holds."""
   server, port = _start_server(config.workdir)
   results: dict[str, list[dict]] = {}
   fair: dict[str, tuple[float, float]] = {}
@@ -196,6 +187,3 @@ def main(argv) -> None:
     print(f"a 10-character request sent 1 s into a 5,000 x 64 one: answered in {short:.2f} s "
           f"(the long one took {big:.1f} s)")
 
-
-if __name__ == "__main__":
-  run(main)
