@@ -92,4 +92,4 @@ class ModelSpec:
 OPTIONS = tuple(f.name for f in dataclasses.fields(ModelSpec) if f.name != "vocab")
 # Those that fix what the parameters mean: --init_from takes them from its base and resume
 # refuses a change; the dtype and the LSTM implementation compute the same parameters.
-SHAPE = ("lowercase", "maxlen", "hidden", "num_layers", "embed_dim")
+SHAPE = ("hidden", "num_layers", "embed_dim", "maxlen", "lowercase")

@@ -58,10 +58,14 @@ def make_optimizer(learning_rate: float | optax.Schedule, name: str = "rmsprop",
 
 def create_train_state(key: jax.Array, model: CharLSTM, maxlen: int,
                        tx: optax.GradientTransformation) -> TrainState:
-  """A fresh, unreplicated train state."""
-  params = init_params(model, key, maxlen)
-  return TrainState.create(apply_fn=model.apply, params=params, tx=tx,
-                           dropout_key=jax.random.fold_in(key, 1))
+  """A fresh, unreplicated train state, computed as one compiled program: a persistent
+  compilation cache keeps it (run eagerly, its dozens of small ops each compiled at every start;
+  the values are the same to the bit)."""
+  def create(key: jax.Array) -> TrainState:
+    params = init_params(model, key, maxlen)
+    return TrainState.create(apply_fn=model.apply, params=params, tx=tx,
+                             dropout_key=jax.random.fold_in(key, 1))
+  return jax.jit(create)(key)
 
 
 def replicate(tree, devices=None):
