@@ -24,6 +24,7 @@ ENTRY_POINTS = {  # module: the config classes its flags come from
     "jaxchar.bench": ["jaxchar.benchmarking.side_by_side:BenchConfig"],
     "jaxchar.bench_device": ["jaxchar.benchmarking.device_suite:DeviceBenchConfig"],
     "jaxchar.bench_serve": ["jaxchar.benchmarking.serving:ServeBenchConfig"],
+    "jaxchar.bench_startup": ["jaxchar.benchmarking.startup:StartupBenchConfig"],
     "jaxchar.compile_check": ["jaxchar.training.config:Config", "jaxchar.training.config:Launch",
                               "jaxchar.aot.check:CheckConfig"],
 }

@@ -187,6 +187,17 @@ def test_benchmark_role_runs_as_the_trainer_does():
   assert measured["windows_per_s"] > 0 and measured["backend"] == "cpu"
 
 
+def test_start_up_benchmark_marks_each_part_in_order(tiny_run):
+  """The start-up probe around a real `jaxchar.sample` (its timings are never asserted)."""
+  from jaxchar.benchmarking import startup
+  marks = startup.launch("jaxchar.sample", [f"--workdir={tiny_run}", "--length=5"])
+  order = sorted(m for m in marks if m != "wall_s")
+  assert set(order) == {"interpreter", "imported", "restored", "output"}
+  assert marks["interpreter"] < marks["imported"] < marks["restored"] < marks["output"]
+  table = startup.format_table({"date": "d", "repeats": 1, "median": {"sample": marks}})
+  assert "| sample | interpreter " in table and "restored" in table
+
+
 def test_beside_a_trainer_that_has_not_saved_yet_it_says_so_not_train_first(tmp_path):
   from jaxchar.core.lock import WorkdirLock
   workdir = tmp_path / "live"
