@@ -118,7 +118,9 @@ def test_every_bad_input_is_one_clear_error(checkpointed_run, tmp_path):
 
 def test_incompatible_checkpoint_version_is_refused(checkpointed_run, monkeypatch):
   monkeypatch.setattr(checkpoint, "READABLE_FORMATS", (checkpoint.FORMAT_VERSION + 1,))
-  with pytest.raises(UserError, match="checkpoint format 2; this jaxchar .* reads formats 3"):
+  now, later = checkpoint.FORMAT_VERSION, checkpoint.FORMAT_VERSION + 1
+  with pytest.raises(UserError, match=f"checkpoint format {now}; this jaxchar .* reads formats "
+                     f"{later}"):
     sampler_lib.load_sampler(checkpointed_run)
 
 
