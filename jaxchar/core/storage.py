@@ -54,7 +54,12 @@ def filesystem() -> Any:
     raise UserError(f"gs:// paths need the Cloud Storage client, which is not installed: run "
                     f"`{EXTRA}` (or `.[tpu]`, which includes it), then rerun.") from None
   for protocol in gcsfs.GCSFileSystem.protocol:  # the defaults of every later instance
-    fsspec.config.conf.setdefault(protocol, {})["use_listings_cache"] = False
+    defaults = fsspec.config.conf.setdefault(protocol, {})
+    defaults["use_listings_cache"] = False
+    if os.environ.get("STORAGE_EMULATOR_HOST"):
+      # An emulator takes no credentials; looking for them off Google Cloud can wait on the
+      # metadata server's backoff (15 s, twice a run, was seen).
+      defaults["token"] = "anon"
   return gcsfs.GCSFileSystem()
 
 
