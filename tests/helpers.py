@@ -228,10 +228,7 @@ class GcsEmulator:
          str(self.port), *backend, "-log-level", "error"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     self.env = {"STORAGE_EMULATOR_HOST": self.url, "TENSORSTORE_GCS_HTTP_URL": self.url,
-                "GOOGLE_CLOUD_PROJECT": "jaxchar-tests",
-                # No credentials to look for (the emulator takes any): gcsfs would otherwise
-                # probe for a metadata server for about 15 s.
-                "FSSPEC_GS_TOKEN": "anon"}
+                "GOOGLE_CLOUD_PROJECT": "jaxchar-tests"}  # no credentials: jaxchar asks none of an emulator
     deadline = time.monotonic() + 30
     while not self._answers():
       assert self.process.poll() is None and time.monotonic() < deadline, "no emulator"
