@@ -14,8 +14,14 @@ from helpers import (GcsEmulator, StopAfterPolls, TINY_TEXT, assert_same_run, fi
                      free_port, run_cases, start_module, start_python, start_server, tiny_config)
 from jaxchar import train
 from jaxchar.core import checkpoint, idcache, lock, object_lock, textstream
+from jaxchar.core.restore import restore
 from jaxchar.errors import UserError
+from jaxchar.exporting import files
 from jaxchar.sampling import sampler as sampler_lib
+from jaxchar.sampling.config import SampleConfig
+from jaxchar.sampling.sampler import run_sampling
+from jaxchar.scoring.config import ScoreConfig
+from jaxchar.scoring.report import run_scoring
 from jaxchar.training import init_from, loop
 from jaxchar.training.metrics import read_metrics
 
@@ -158,20 +164,17 @@ def test_sampling_from_a_bucket_while_a_trainer_writes_to_it(gcs, tmp_path):
   assert "saved a checkpoint at step" in out and "Traceback" not in out
 
 
-def test_sample_score_export_and_serve_read_a_bucket(bucket_run, tmp_path):
+def test_sample_score_export_and_serve_read_a_bucket(bucket_run, tmp_path, capsys):
+  """The readers in this process, the server as its own (as a user runs it)."""
   workdir, text = bucket_run["workdir"], bucket_run["root"] / "texts" / "a.txt"
-  sampled, missing = run_cases("jaxchar.sample", [[f"--workdir={workdir}", "--length=40"],
-                                                   ["--workdir=gs://no-such-bucket-here/run"]])
-  assert sampled.returncode == 0 and "# checkpoint step 135" in sampled.stdout, sampled.stderr
-  assert missing.returncode == 2 and "Traceback" not in missing.stderr, missing.stderr
-  assert "error: --workdir=gs://no-such-bucket-here/run does not exist" in missing.stderr
-  [score] = run_cases("jaxchar.score", [[f"--workdir={workdir}", f"--data={text}"]])
-  assert score.returncode == 0, score.stderr
-  assert "checkpoint step 135" in score.stdout
-  [export] = run_cases("jaxchar.export", [[f"--workdir={workdir}",
-                                           f"--out={tmp_path / 'model.html'}"]])
-  assert export.returncode == 0, export.stderr
-  assert (tmp_path / "model.html").stat().st_size > 1000
+  sampled = run_sampling(SampleConfig(workdir=workdir, length=40))
+  assert "# checkpoint step 135" in sampled
+  with pytest.raises(UserError, match="--workdir=gs://no-such-bucket-here/run does not exist"):
+    run_sampling(SampleConfig(workdir="gs://no-such-bucket-here/run"))
+  run_scoring(ScoreConfig(workdir=workdir, data=str(text)))
+  assert "checkpoint step 135" in capsys.readouterr().out
+  [page] = files.export(restore(workdir), tmp_path / "model.html", "html", False)
+  assert page.stat().st_size > 1000
   server, port = start_server(workdir, tmp_path / "serve.log")
   try:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/info", timeout=30) as response:
