@@ -143,9 +143,12 @@ esac
 ssh_all() { gcloud compute tpus tpu-vm ssh "$NAME" --zone="$ZONE" --worker=all --command="$1"; }
 
 # Copy this checkout (without venvs, data or checkpoints) to every worker, then install.
-tar czf /tmp/jaxchar.tgz --exclude='.venv*' --exclude=.cuda-aot --exclude=ckpt \
+# A file of this run's own: two launches at once must not overwrite each other's checkout.
+STAGED="$(mktemp -d)"
+trap 'rm -rf "$STAGED"' EXIT
+tar czf "$STAGED/jaxchar.tgz" --exclude='.venv*' --exclude=.cuda-aot --exclude=ckpt \
   --exclude=data/moes_tavern_lines.txt .
-gcloud compute tpus tpu-vm scp /tmp/jaxchar.tgz "$NAME":~/jaxchar.tgz --zone="$ZONE" --worker=all
+gcloud compute tpus tpu-vm scp "$STAGED/jaxchar.tgz" "$NAME":~/jaxchar.tgz --zone="$ZONE" --worker=all
 ssh_all "mkdir -p jaxchar && tar xzf jaxchar.tgz -C jaxchar && cd jaxchar &&
   PYTHON_VERSION=$PYTHON_VERSION bash -c '. launch/python.sh && make_venv .venv tpu,plot'"
 # Every worker runs the same command; --distributed=on lets JAX find the slice's hosts.
