@@ -13,9 +13,12 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # One persistent compilation cache for the session, inherited by the tests' subprocesses: the
 # tiny programs most tests run compile once instead of once per process (measured: the options
 # and checkpoint tests in 112 s instead of 201 s). It starts empty every session.
-_CACHE = tempfile.mkdtemp(prefix="jaxchar-test-compilation-cache-")
-atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)
+# pytest-xdist's workers inherit the variable from the controller, which made the folder and
+# removes it: a worker that finishes first must not empty it under the other.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(
+      prefix="jaxchar-test-compilation-cache-")
+  atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
