@@ -163,13 +163,13 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def start_server(workdir: Path, log: Path, *flags: str) -> tuple[subprocess.Popen, int]:
-  """`python -m jaxchar.serve` on one CPU device, its output in `log`; (process, port) once
-  /healthz answers."""
+def start_server(workdir: Path, log: Path, *flags: str, **popen) -> tuple[subprocess.Popen, int]:
+  """`python -m jaxchar.serve` on one CPU device, its output in `log` (unless `popen` says
+  otherwise); (process, port) once /healthz answers."""
   port = free_port()
   with open(log, "w") as out:
     server = start_module("jaxchar.serve", f"--workdir={workdir}", f"--port={port}", *flags,
-                          stdout=out)
+                          **{"stdout": out, **popen})
   deadline = time.monotonic() + 180
   while True:
     assert server.poll() is None, log.read_text()

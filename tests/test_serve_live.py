@@ -8,6 +8,7 @@ import random
 import re
 import signal
 import socket
+import subprocess
 import threading
 import time
 
@@ -205,3 +206,21 @@ def test_sigterm_stops_it_within_the_deadline_whatever_clients_do(server):
   output = log.read_text()
   assert code == 0 and took < CLIENT_TIMEOUT_S, (code, took, output)  # the stalled one waits
   assert "SIGTERM: stopping" in output and "Traceback" not in output, output
+
+
+def test_a_closed_stdout_neither_breaks_requests_nor_keeps_sigterm_from_stopping_it(
+    tiny_run, tmp_path):
+  """Its log's reader gone (`serve | head`, a collector restarted): every line after fails to
+  print. Before, the SIGTERM handler's own line raised and the server served on, stop ignored."""
+  process, port = start_server(tiny_run, tmp_path / "unused.log", "--access_log",
+                               f"--shutdown_timeout_s={SHUTDOWN_S}", stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+  try:
+    process.stdout.close()
+    assert [post(port, {"length": 5})[0] for _ in range(2)] == [200, 200]  # logged, then not
+    process.send_signal(signal.SIGTERM)
+    code = process.wait(timeout=30)
+  finally:
+    process.kill()
+  errors = process.stderr.read()
+  assert code == 0 and "Traceback" not in errors and "Error" not in errors, (code, errors)

@@ -4,7 +4,10 @@ that would drive it. A model writes whatever its training text held, escape sequ
 they act on the user's terminal instead of being read."""
 
 import json
+import os
 import re
+import sys
+from typing import TextIO
 
 # C0 controls but tab and newline, DEL, and the C1 controls (U+0080-U+009F; U+009B acts as CSI).
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
@@ -22,3 +25,14 @@ def json_line(value) -> str:
   controls written as \\u escapes like the C0 ones (the parsed value is exactly `value`)."""
   return re.sub("[\x7f-\x9f]", lambda m: f"\\u{ord(m.group()):04x}",
                 json.dumps(value, ensure_ascii=False))
+
+
+def print_shown(text: str, stream: TextIO | None = None) -> None:
+  """Prints `text` shown (as above) on `stream` (stdout). A reader that has gone (a closed pipe)
+  detaches the stream to /dev/null instead of raising: a server keeps serving, and a signal's
+  handler still stops it."""
+  stream = stream or sys.stdout
+  try:
+    print(shown(text), file=stream, flush=True)
+  except BrokenPipeError:
+    os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())

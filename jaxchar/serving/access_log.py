@@ -2,11 +2,10 @@
 written when the response is complete. Never the body nor the query string (they carry the
 user's text); the path's control characters escaped."""
 
-import sys
 import time
 from typing import TextIO
 
-from jaxchar.core.terminal import shown
+from jaxchar.core.terminal import print_shown
 
 
 class AccessLog:
@@ -33,4 +32,4 @@ class AccessLog:
       client = (scope.get("client") or ("-",))[0]
       line = (f"{time.strftime('%H:%M:%S')} {client} {scope['method']} {scope['path']} "
               f"{status or '-'} {time.perf_counter() - start:.3f} s")
-      print(shown(line), file=self.stream or sys.stdout, flush=True)
+      print_shown(line, self.stream)

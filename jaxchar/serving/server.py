@@ -13,7 +13,7 @@ import time
 import uvicorn
 from tqdm import tqdm
 
-from jaxchar.core.terminal import shown
+from jaxchar.core.terminal import print_shown
 from jaxchar.errors import UserError
 from jaxchar.sampling.controls import SAMPLE_MODES
 from jaxchar.sampling.sampler import load_sampler
@@ -54,8 +54,8 @@ class _CompileProgress:
       self.bar.update(programs)
     elif time.perf_counter() - self.last_line >= 10 or self.done == self.total:
       self.last_line = time.perf_counter()
-      print(f"compiled {self.done}/{self.total} programs "
-            f"({time.perf_counter() - self.start:.0f} s since start)", flush=True)
+      _say(f"compiled {self.done}/{self.total} programs "
+           f"({time.perf_counter() - self.start:.0f} s since start)")
 
   def __enter__(self) -> "_CompileProgress":
     return self
@@ -87,14 +87,14 @@ class _Server(uvicorn.Server):
   def handle_exit(self, sig: int, frame) -> None:
     if not self.should_exit:
       name = signal.Signals(sig).name
-      print(f"{name}: stopping; requests in flight have {self.grace_s:g} s to finish "
-            "(again to quit at once)", flush=True)
+      _say(f"{name}: stopping; requests in flight have {self.grace_s:g} s to finish "
+           "(again to quit at once)")
       self.batcher.stop(self.grace_s)
     super().handle_exit(sig, frame)
 
 
 def _say(text: str) -> None:
-  print(shown(text), flush=True)
+  print_shown(text)  # a closed stdout must not keep a signal from stopping the server
 
 
 def serve(config: ServeConfig) -> None:
@@ -139,11 +139,11 @@ def serve(config: ServeConfig) -> None:
        + f"; ready in {time.perf_counter() - start:.1f} s"
        + ("; one line per request follows (--access_log)" if config.access_log else ""))
   if config.host in guards.WILDCARD_HOSTS:
-    print(f"warning: --host={config.host} listens on every network this machine is on, with no "
-          "authentication; anyone who can reach the port can use it.", flush=True)
+    _say(f"warning: --host={config.host} listens on every network this machine is on, with no "
+         "authentication; anyone who can reach the port can use it.")
   address = f"[{config.host}]" if ":" in config.host else config.host
-  print(f"open http://{address}:{config.port}/ (API: POST /api/generate, GET /api/stream, "
-        "POST /api/score, GET /api/info); Ctrl-C stops", flush=True)
+  _say(f"open http://{address}:{config.port}/ (API: POST /api/generate, GET /api/stream, "
+       "POST /api/score, GET /api/info); Ctrl-C stops")
   try:
     server.run()
   finally:
