@@ -9,6 +9,7 @@ from absl import flags
 
 from jaxchar import host, options
 from jaxchar.cli import entry_point, run
+from jaxchar.core import compilation_cache
 from jaxchar.scoring.config import ScoreConfig
 from jaxchar.scoring.report import run_scoring
 
@@ -24,6 +25,7 @@ def config_from_flags() -> ScoreConfig:
 @entry_point
 def main() -> None:
   config = config_from_flags()
+  compilation_cache.use(config.compilation_cache)
   # No host.keep_freed_memory(): scoring's per-call temporaries are small, and a heap that
   # keeps every freed page grew RSS about 1 MB per piece scored (BENCHMARKS.md).
   host.use_cpu_devices(0, config.batch_size)  # scoring batches split over every core

@@ -9,6 +9,7 @@ from absl import flags
 
 from jaxchar import host, options
 from jaxchar.cli import entry_point, run
+from jaxchar.core import compilation_cache
 from jaxchar.errors import UserError
 from jaxchar.serving.config import ServeConfig
 
@@ -32,6 +33,7 @@ def main() -> None:
   server = _server()
   server.check_port(config.host, config.port)
   host.keep_freed_memory()
+  compilation_cache.use(config.compilation_cache)
   server.serve(config)
 
 

@@ -5,6 +5,7 @@ from absl import flags
 
 from jaxchar import host, options
 from jaxchar.cli import entry_point, run
+from jaxchar.core import compilation_cache
 from jaxchar.core.spec import SHAPE
 from jaxchar.errors import UserError
 from jaxchar.training import distributed, init_from
@@ -32,9 +33,7 @@ def _set_up_host(config: Config, launch: Launch) -> None:
   if launch.cpu_devices or not distributed.requested(launch.distributed,
                                                      launch.coordinator_address):
     host.use_cpu_devices(launch.cpu_devices, config.batch_size)  # multi-process: the user's
-  if launch.compilation_cache:
-    jax.config.update("jax_compilation_cache_dir", launch.compilation_cache)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  compilation_cache.use(launch.compilation_cache)
   distributed.initialize(launch.distributed, launch.coordinator_address, launch.num_processes,
                          launch.process_id, launch.distributed_timeout_s,
                          launch.heartbeat_timeout_s)

@@ -75,6 +75,7 @@ def test_it_says_its_start_up_steps_and_logs_each_request_without_its_text(serve
   assert started.index("restoring the model from") < started.index("compiling ")
   total = re.search(r"compiling (\d+) programs: generation for \d+ batch sizes", started)
   assert total and f"compiled {total.group(1)}/{total.group(1)} programs" in started, started
+  assert "and scoring (--compilation_cache=DIR keeps them for the next start)" in started
   assert started.index("compiled ") < started.index("ready in")
   assert post(port, {"prime": "moe: hey barney", "length": 5})[0] == 200
   connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)

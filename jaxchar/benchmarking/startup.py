@@ -133,6 +133,12 @@ def commands(config: StartupBenchConfig, tmp: Path, turn: int) -> dict:
       "sample": ("jaxchar.sample", [f"--workdir={config.workdir}"], None),
       "serve": ("jaxchar.serve", [f"--workdir={config.workdir}", f"--port={_free_port()}"],
                 "ready in"),
+      "serve, fresh compilation cache": (
+          "jaxchar.serve", [f"--workdir={config.workdir}", f"--port={_free_port()}",
+                            f"--compilation_cache={tmp}/serve_cache{turn}"], "ready in"),
+      "serve, cached": (
+          "jaxchar.serve", [f"--workdir={config.workdir}", f"--port={_free_port()}",
+                            f"--compilation_cache={tmp}/serve_cache{turn}"], "ready in"),
   }
 
 

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 from jaxchar.errors import UserError
+from jaxchar.core.compilation_cache import CompilationCacheChoice
 from jaxchar.core.restore import CheckpointChoice
 from jaxchar.options import option
 from jaxchar.sampling.controls import SAMPLE_MODES, UNKNOWN_POLICIES, Controls, check_controls
@@ -45,7 +46,7 @@ MODE_HELP = ("window: rerun the LSTM over the last maxlen characters for each ne
 
 
 @dataclasses.dataclass(frozen=True)
-class SampleConfig(CheckpointChoice):
+class SampleConfig(CheckpointChoice, CompilationCacheChoice):
   """What `python -m jaxchar.sample` needs; everything else comes from the checkpoint."""
 
   prime: str = option("", "Text to continue; lowercased if the model was trained lowercased. "

@@ -6,11 +6,12 @@ from pathlib import Path
 
 from jaxchar.errors import UserError
 from jaxchar.options import option
+from jaxchar.core.compilation_cache import CompilationCacheChoice
 from jaxchar.core.restore import CheckpointChoice
 
 
 @dataclasses.dataclass(frozen=True)
-class ScoreConfig(CheckpointChoice):
+class ScoreConfig(CheckpointChoice, CompilationCacheChoice):
   """Which model scores which text, and how the figures are written."""
 
   data: str = option("", "UTF-8 text to score (lowercased first if the model was trained so).")

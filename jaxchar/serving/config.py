@@ -5,11 +5,12 @@ import re
 
 from jaxchar.errors import UserError
 from jaxchar.options import option
+from jaxchar.core.compilation_cache import CompilationCacheChoice
 from jaxchar.core.restore import CheckpointChoice
 
 
 @dataclasses.dataclass(frozen=True)
-class ServeConfig(CheckpointChoice):
+class ServeConfig(CheckpointChoice, CompilationCacheChoice):
   """The server's model (chosen once, at start-up), address and limits."""
 
   host: str = option("127.0.0.1", "Address to listen on. The default serves this machine only; "

@@ -111,7 +111,9 @@ def serve(config: ServeConfig) -> None:
   generation = len(batcher.batch_buckets) * 2 * len(SAMPLE_MODES)
   _say(f"compiling {generation + 2} programs: generation for {len(batcher.batch_buckets)} batch "
        f"sizes (up to --max_batch={config.max_batch}) x {'/'.join(SAMPLE_MODES)} x "
-       "start/advance, and scoring")
+       "start/advance, and scoring"
+       + ("" if config.compilation_cache else " (--compilation_cache=DIR keeps them for the "
+          "next start)"))
   with _CompileProgress(generation + 2, start) as progress:
     for mode in SAMPLE_MODES:
       batcher.warm_up(mode, progress.add)

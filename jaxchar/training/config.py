@@ -4,6 +4,7 @@ checkpoint) and Launch (where and how this process runs: not saved)."""
 import dataclasses
 import math
 
+from jaxchar.core.compilation_cache import CompilationCacheChoice
 from jaxchar.core.model import LSTM_IMPLS
 from jaxchar.errors import UserError
 from jaxchar.options import check_choices, option
@@ -171,7 +172,7 @@ def parse_init_from(spec: str) -> tuple[str, int | None]:
 
 
 @dataclasses.dataclass(frozen=True)
-class Launch:
+class Launch(CompilationCacheChoice):
   """Where a training process keeps its run and how it uses its host: not part of the model,
   so not saved with it."""
 
@@ -189,9 +190,6 @@ class Launch:
                             "0 = one per core (the largest count up to the number of cores that "
                             "divides --batch_size into shares of at least 16 windows; a count "
                             "forced by XLA_FLAGS is kept). No effect on GPU/TPU.")
-  compilation_cache: str = option("", "Folder for JAX's persistent compilation cache, so reruns "
-                                  "skip compiling the steps; empty = off. launch/*.flags turn "
-                                  "it on.")
   distributed: str = option("auto", "Multi-process training with jax.distributed: auto = when "
                             "the three flags below are given or a SLURM / multi-host Cloud TPU "
                             "job is detected; on = always (JAX detects the cluster); off = "
