@@ -35,4 +35,6 @@ def print_shown(text: str, stream: TextIO | None = None) -> None:
   try:
     print(shown(text), file=stream, flush=True)
   except BrokenPipeError:
-    os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, stream.fileno())
+    os.close(devnull)
