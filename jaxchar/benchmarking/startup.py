@@ -123,6 +123,12 @@ def launch(entry: str, args: list[str], until: str | None = None) -> dict:
 def commands(config: StartupBenchConfig, tmp: Path, turn: int) -> dict:
   """name: (entry, args, output to wait for) of each measured command, this turn's workdirs."""
   train = ["--flagfile=" + config.flagfile, "--epochs=1"]
+  serve_cache = f"--compilation_cache={tmp}/serve_cache{turn}"
+
+  def serve(*flags: str) -> tuple:
+    return ("jaxchar.serve", [f"--workdir={config.workdir}", f"--port={_free_port()}", *flags],
+            "ready in")
+
   return {
       "train, fresh compilation cache": (
           "jaxchar.train", train + [f"--workdir={tmp}/fresh{turn}",
@@ -131,14 +137,9 @@ def commands(config: StartupBenchConfig, tmp: Path, turn: int) -> dict:
           "jaxchar.train", train + [f"--workdir={tmp}/cached{turn}",
                                     f"--compilation_cache={tmp}/cache{turn}"], None),
       "sample": ("jaxchar.sample", [f"--workdir={config.workdir}"], None),
-      "serve": ("jaxchar.serve", [f"--workdir={config.workdir}", f"--port={_free_port()}"],
-                "ready in"),
-      "serve, fresh compilation cache": (
-          "jaxchar.serve", [f"--workdir={config.workdir}", f"--port={_free_port()}",
-                            f"--compilation_cache={tmp}/serve_cache{turn}"], "ready in"),
-      "serve, cached": (
-          "jaxchar.serve", [f"--workdir={config.workdir}", f"--port={_free_port()}",
-                            f"--compilation_cache={tmp}/serve_cache{turn}"], "ready in"),
+      "serve": serve(),
+      "serve, fresh compilation cache": serve(serve_cache),  # fills it
+      "serve, cached": serve(serve_cache),
   }
 
 
