@@ -31,6 +31,7 @@ from helpers import TINY_TEXT, GcsEmulator, tiny_config, write_tiny_text  # noqa
 from jaxchar import train  # noqa: E402
 from jaxchar.core import corpus  # noqa: E402
 from jaxchar.training import loop, plots  # noqa: E402
+from jaxchar.training import run as run_lib  # noqa: E402
 
 
 class _PlotsWithoutTheEpochPlot:
@@ -73,6 +74,26 @@ def tiny_text() -> str:
 @pytest.fixture
 def tiny_file(tmp_path) -> Path:
   return write_tiny_text(tmp_path)
+
+
+class FakeClock:
+  """A training run's clock (Run.elapsed) that advances `step_s` each time it is read, so a
+  --time_budget test does not depend on this machine's speed."""
+
+  def __init__(self, step_s: float):
+    self.step_s, self.readings = step_s, 0
+
+  def elapsed(self, run) -> float:
+    self.readings += 1
+    return run.elapsed_before + self.readings * self.step_s
+
+
+@pytest.fixture
+def fake_clock(monkeypatch) -> FakeClock:
+  """Run.elapsed reads a FakeClock of 0.25 s a reading (set .step_s to change it)."""
+  clock = FakeClock(0.25)
+  monkeypatch.setattr(run_lib.Run, "elapsed", lambda run: clock.elapsed(run))
+  return clock
 
 
 @pytest.fixture(scope="session")

@@ -30,10 +30,11 @@ def run_export(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def two_layer_run(tmp_path_factory):
-  """A tiny 2-layer model on embedded inputs, trained on every position."""
+  """A tiny 2-layer model on embedded inputs, trained on every position with dropout and weight
+  drop (training-only: the page computes the model as sampling does)."""
   root = tmp_path_factory.mktemp("two_layers")
   config = tiny_config(write_tiny_text(root), epochs=1, num_layers=2, embed_dim=6,
-                       objective="every")
+                       objective="every", dropout=0.2, weight_drop=0.2)
   train.train_and_evaluate(config, root / "run")
   return root / "run"
 

@@ -140,3 +140,38 @@ def test_recurrence_vjp_matches_autodiff_of_its_forward():
   ref = jax.grad(objective(plain), argnums=range(5))(x_proj, bias, w_rec, c0, h0)
   for name, g, r in zip(("x_proj", "bias", "w_rec", "c0", "h0"), ours, ref):
     np.testing.assert_allclose(g, r, atol=1e-5, rtol=1e-5, err_msg=name)
+
+
+def test_weight_drop_is_the_model_with_a_masked_recurrent_kernel_and_training_only():
+  """--weight_drop: the loss and gradients equal those of the plain model whose recurrent
+  kernels are masked and rescaled by 1/(1-p); inference is unchanged."""
+  rate, kwargs = 0.5, dict(vocab_size=11, hidden=16, num_layers=2)
+  dropped, plain = CharLSTM(weight_drop=rate, **kwargs), CharLSTM(**kwargs)
+  params = init_params(plain, jax.random.PRNGKey(0), MAXLEN)
+  b = batch(11, every=True)
+  loss, grads = loss_and_grads(dropped, params, b)
+  masked = jax.tree_util.tree_map(lambda x: x, params)
+  masks = {}
+  for layer in ("lstm", "lstm2"):
+    for gate in "ifgo":
+      kernel_grad = grads[layer][f"h{gate}"]["kernel"]
+      masks[layer, gate] = (kernel_grad != 0).astype(np.float32)  # dropped weights: no gradient
+      masked[layer][f"h{gate}"]["kernel"] = (params[layer][f"h{gate}"]["kernel"]
+                                             * masks[layer, gate] / (1 - rate))
+  kept = np.mean([np.mean(m) for m in masks.values()])
+  assert 0.4 < kept < 0.6  # about 1 - rate of the recurrent weights kept
+  plain_loss, plain_grads = loss_and_grads(plain, masked, b)
+  np.testing.assert_allclose(loss, plain_loss, rtol=1e-6)
+  for layer in ("lstm", "lstm2"):
+    for gate in "ifgo":
+      np.testing.assert_allclose(
+          grads[layer][f"h{gate}"]["kernel"],
+          plain_grads[layer][f"h{gate}"]["kernel"] * masks[layer, gate] / (1 - rate),
+          rtol=1e-4, atol=1e-7)
+      np.testing.assert_allclose(grads[layer][f"i{gate}"]["kernel"],
+                                 plain_grads[layer][f"i{gate}"]["kernel"], rtol=1e-4, atol=1e-7)
+  inference = [m.apply({"params": params}, b["inputs"]) for m in (dropped, plain)]
+  np.testing.assert_array_equal(*inference)
+  with pytest.raises(ValueError, match="fused"):
+    CharLSTM(lstm_impl="flax", weight_drop=rate, **kwargs).init(
+        jax.random.PRNGKey(0), jnp.zeros((1, MAXLEN), jnp.int32))

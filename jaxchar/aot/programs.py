@@ -99,7 +99,7 @@ def flop_shape(config: Config, vocab: int) -> flops.Shape:
 
 def abstract_state(config: Config, vocab: int):
   """The train state's shapes, as `start_run` builds it (no arrays are made)."""
-  model = ModelSpec.of(config, vocab).model(config.dropout)
+  model = ModelSpec.of(config, vocab).model(config.dropout, config.weight_drop)
   tx, _ = steps.optimizer_from_config(config, steps_per_epoch=1)
   return jax.eval_shape(lambda key: steps.create_train_state(key, model, config.maxlen, tx),
                         jax.random.PRNGKey(0))

@@ -110,10 +110,10 @@ def train_cell(sizes: Sizes, corpus, batch: int, impl: str, dtype: str, unroll: 
 
 
 def validation_cell(sizes: Sizes, corpus) -> dict:
-  """The trainer's validation pass (loop.evaluate) at its default eval batch, fused, float32."""
+  """The trainer's validation pass (validation.evaluate) at its default eval batch, fused, float32."""
   import jax
   import numpy as np
-  from jaxchar.training import loop, steps
+  from jaxchar.training import loop, steps, validation
   from jaxchar.training.config import Config
   from jaxchar.training.run import global_eval_batch
   starts = np.arange(corpus.num_chars - sizes.maxlen - 1)  # any window validates the same way
@@ -123,10 +123,10 @@ def validation_cell(sizes: Sizes, corpus) -> dict:
   _, p_eval_step = loop.pmapped_steps(sizes.maxlen)
   batch = global_eval_batch(Config.eval_batch_size, jax.device_count())
   start = time.perf_counter()
-  loop.evaluate(p_eval_step, p_state, corpus, starts[:batch], batch)
+  validation.evaluate(p_eval_step, p_state, corpus, starts[:batch], batch)
   compile_s = time.perf_counter() - start
   start = time.perf_counter()
-  loop.evaluate(p_eval_step, p_state, corpus, starts[:sizes.val_windows], batch)
+  validation.evaluate(p_eval_step, p_state, corpus, starts[:sizes.val_windows], batch)
   return {"windows_per_s": sizes.val_windows / (time.perf_counter() - start),
           "compile_s": compile_s, "eval_batch": batch}
 

@@ -136,15 +136,15 @@ def validation_seconds(vocab: int, windows: int) -> float:
   """Seconds for the trainer's validation pass over `windows` windows (compiled beforehand)."""
   import jax
   import numpy as np
-  from jaxchar.training import loop
+  from jaxchar.training import validation
   from jaxchar.training.config import Config
   from jaxchar.training.run import global_eval_batch
   p_state, corpus, (_, p_eval_step) = _trainer_setup(vocab, "fused")
   starts = np.arange(corpus.num_chars - MAXLEN - 1)
   batch = global_eval_batch(Config.eval_batch_size, jax.device_count())
-  loop.evaluate(p_eval_step, p_state, corpus, starts[:batch], batch)  # compiles
+  validation.evaluate(p_eval_step, p_state, corpus, starts[:batch], batch)  # compiles
   start = time.perf_counter()
-  loop.evaluate(p_eval_step, p_state, corpus, starts[:windows], batch)
+  validation.evaluate(p_eval_step, p_state, corpus, starts[:windows], batch)
   return time.perf_counter() - start
 
 

@@ -158,6 +158,7 @@ class FusedLSTM(nn.Module):
   kernel_init: Callable = nn.initializers.lecun_normal()
   recurrent_kernel_init: Callable = nn.initializers.orthogonal()
   dtype: jnp.dtype = jnp.float32
+  weight_drop: float = 0.0  # DropConnect on the recurrent kernel, in training only
 
   @nn.compact
   def __call__(self, inputs: Array, lengths: Array | None = None, vocab_size: int | None = None,
@@ -166,7 +167,9 @@ class FusedLSTM(nn.Module):
     Returns the final carry (c, h) and the outputs [B, T, H].
 
     train: the projection of all positions before the loop and the custom VJP (memory
-    O(T x B x 4H)); otherwise the inference loop (`lengths` is for inference only)."""
+    O(T x B x 4H)), and weight drop (one mask over the recurrent kernel for the whole batch
+    and window, as AWD-LSTM's: it needs a "dropout" rng); otherwise the inference loop
+    (`lengths` is for inference only)."""
     one_hot = vocab_size is not None
     w_in, w_rec, bias = self.kernels(vocab_size if one_hot else inputs.shape[-1])
     w_in, w_rec, bias = ([w.astype(self.dtype) for w in w_in], w_rec.astype(self.dtype),
@@ -178,6 +181,8 @@ class FusedLSTM(nn.Module):
                  else (lambda x: x @ table))
       carry, hs = _infer(xs, project, bias, w_rec, lengths)
       return carry, hs.transpose(1, 0, 2)
+    if self.weight_drop:  # outside the custom VJP: autodiff carries the mask to w_rec's gradient
+      w_rec = nn.Dropout(self.weight_drop, name="weight_drop")(w_rec, deterministic=False)
     if one_hot:  # one_hot(x) @ W_in is row x of W_in: gather the rows, time-major
       # Per gate kernel: gathering from a concatenated [V, 4H] kernel would copy it (and
       # slice its gradient) every step, which costs more than the gather at large V.

@@ -47,15 +47,19 @@ class CharLSTM(nn.Module):
   dropout: float = 0.0  # between layers and before the output layer, in training only
   dtype: jnp.dtype = jnp.float32  # computation dtype; parameters stay float32
   lstm_impl: str = LSTM_IMPLS[0]  # fused; or flax: nn.RNN(nn.OptimizedLSTMCell), the reference
+  weight_drop: float = 0.0  # fused only: DropConnect on the recurrent kernels, in training only
 
   def setup(self):
     if self.embed_dim:
       self.embed = nn.Embed(self.vocab_size, self.embed_dim, dtype=self.dtype, name="embed")
     if self.lstm_impl == "fused":
       self.layers = [FusedLSTM(self.hidden, kernel_init=keras_fused_glorot_uniform,
-                               dtype=self.dtype, name=layer_name(i))
+                               dtype=self.dtype, weight_drop=self.weight_drop,
+                               name=layer_name(i))
                      for i in range(self.num_layers)]
     else:
+      if self.weight_drop:
+        raise ValueError("weight drop needs the fused LSTM implementation")
       cells = [nn.OptimizedLSTMCell(self.hidden, kernel_init=keras_fused_glorot_uniform,
                                     dtype=self.dtype, name=layer_name(i))
                for i in range(self.num_layers)]

@@ -59,24 +59,30 @@ class EpochProgress(_Progress):
   (`run_eta`) on `stream` (stderr).
 
   later_steps: the steps of the epochs after this one; epoch_end_s: the seconds each epoch's
-  end (validation, samples, checkpoint) took last time, counted once per epoch left."""
+  end (validation, samples, checkpoint) took last time, counted once per epoch left; epochs
+  None: no epoch limit; deadline: the time.perf_counter() at which a time budget ends the run
+  (its ETA is then the earlier of the two)."""
 
-  def __init__(self, epoch: int, epochs: int, total_steps: int, batch_size: int,
+  def __init__(self, epoch: int, epochs: int | None, total_steps: int, batch_size: int,
                stream: TextIO | None = None, interactive: bool | None = None,
                first_step: int = 0, enabled: bool = True, later_steps: int = 0,
-               epoch_end_s: float = 0.0):
-    self.desc = f"epoch {epoch}/{epochs}"
+               epoch_end_s: float = 0.0, deadline: float | None = None):
+    self.desc = f"epoch {epoch}" + (f"/{epochs}" if epochs is not None else "")
+    self.deadline = deadline
     self.batch_size = batch_size
     self.first_step = first_step  # steps already done before this run (a resumed epoch)
-    self.later_steps, self.epoch_ends = later_steps, (epochs - epoch + 1) * epoch_end_s
+    self.later_steps = later_steps
+    self.epoch_ends = ((epochs or epoch) - epoch + 1) * epoch_end_s
     super().__init__(total_steps, self.desc, "step", stream, interactive, enabled, first_step)
 
   def run_eta(self, steps_done: int, seconds: float) -> float | None:
     """Seconds left in the whole run, from this epoch's step rate; None before a step."""
+    by_budget = self.deadline - time.perf_counter() if self.deadline is not None else None
     if steps_done <= self.first_step:
-      return None
+      return by_budget
     step_s = seconds / (steps_done - self.first_step)
-    return (self.total - steps_done + self.later_steps) * step_s + self.epoch_ends
+    by_steps = (self.total - steps_done + self.later_steps) * step_s + self.epoch_ends
+    return by_steps if by_budget is None else max(0.0, min(by_steps, by_budget))
 
   def update(self, steps_done: int, running_loss: float) -> None:
     """`steps_done` counts from the start of the epoch."""

@@ -69,10 +69,11 @@ class ModelSpec:
   def vocab_size(self) -> int:
     return len(self.vocab)
 
-  def model(self, dropout: float = 0.0) -> CharLSTM:
-    """The CharLSTM this spec describes (dropout applies in training only)."""
+  def model(self, dropout: float = 0.0, weight_drop: float = 0.0) -> CharLSTM:
+    """The CharLSTM this spec describes (dropout and weight drop apply in training only)."""
     return CharLSTM(self.vocab_size, self.hidden, self.num_layers, self.embed_dim, dropout,
-                    dtype=jnp.dtype(self.dtype), lstm_impl=self.lstm_impl)
+                    dtype=jnp.dtype(self.dtype), lstm_impl=self.lstm_impl,
+                    weight_drop=weight_drop)
 
   def abstract_params(self) -> Any:
     """The parameters' shapes and dtypes, computed without computing them."""

@@ -10,6 +10,7 @@ from jaxchar.errors import UserError
 from jaxchar.options import check_choices, option
 from jaxchar.sampling.config import parse_temperatures
 from jaxchar.sampling.controls import SAMPLE_MODES, check_temperatures
+from jaxchar.training import budget
 
 DEFAULT_DATA = "data/moes_tavern_lines.txt"
 # Allowed values of the string options, the reference's first.
@@ -47,7 +48,8 @@ class Config:
   learning_rate: float = option(0.01, "Learning rate (the peak, with a schedule).")
   epochs: int = option(59, "Passes over the training windows; 0 = chosen from the corpus size "
                        f"(about {AUTO_TRAIN_CHARS / 1e6:g} M training characters in all, 1 to "
-                       f"{MAX_AUTO_EPOCHS} epochs; the run says how many as it starts).")
+                       f"{MAX_AUTO_EPOCHS} epochs; the run says how many as it starts), or "
+                       "no limit with --time_budget.")
   steps_per_epoch: int = option(0, "Cap on steps per epoch (for quick runs); 0 = every full "
                                 "batch.")
   seed: int = option(0, "Seed for initialisation, shuffling and sampling.")
@@ -88,6 +90,9 @@ class Config:
                           "reference).")
   dropout: float = option(0.0, "Dropout rate between LSTM layers and before the output layer, "
                           "in training only; 0 = off.")
+  weight_drop: float = option(0.0, "Weight drop (AWD-LSTM's DropConnect): the share of each "
+                              "LSTM layer's recurrent weights zeroed, one mask per training "
+                              "step, in training only; needs --lstm_impl=fused; 0 = off.")
   optimizer: str = option("rmsprop", "rmsprop = Keras's RMSprop (the reference); adamw = "
                           "optax.adamw.", choices=OPTIMIZERS)
   weight_decay: float = option(1e-4, "AdamW's decoupled weight decay.")
@@ -100,6 +105,12 @@ class Config:
   warmup_steps: int = option(0, "Steps of linear learning-rate warmup from 0; 0 = none.")
   patience: int = option(0, "Stop after this many epochs without a new best validation loss "
                          "(the best checkpoint is always kept); 0 = off.")
+  time_budget: str = option("", "Train for this much wall time and no longer, e.g. 10m, 90s, "
+                            "1h30m: the run's elapsed time over all its sessions, compiling, "
+                            "validation and saving included. Training stops early enough for "
+                            "the last validation and checkpoint to fit; a cosine --lr_schedule "
+                            "decays over the budget's time; --epochs=0 then sets no epoch "
+                            "limit. Empty = no budget.")
   # Fine-tuning:
   init_from: str = option("", "Start this new run from a trained run's parameters: WORKDIR (its "
                           "best checkpoint, as the sampler chooses) or WORKDIR:STEP. The model's "
@@ -139,6 +150,13 @@ class Config:
     if not 0.0 <= self.dropout < 1.0:
       raise UserError(f"--dropout={self.dropout} must be in [0, 1): the share of activations "
                       "zeroed in training, e.g. --dropout=0.2.")
+    if not 0.0 <= self.weight_drop < 1.0:
+      raise UserError(f"--weight_drop={self.weight_drop} must be in [0, 1): the share of "
+                      "recurrent weights zeroed in training, e.g. --weight_drop=0.2.")
+    if self.weight_drop and self.lstm_impl != "fused":
+      raise UserError(f"--weight_drop={self.weight_drop} needs --lstm_impl=fused (weight drop "
+                      "masks the fused layers' recurrent kernel); drop --lstm_impl=flax or "
+                      "--weight_drop.")
     if not (math.isfinite(self.clip_norm) and self.clip_norm >= 0):
       raise UserError(f"--clip_norm={self.clip_norm} must be a number >= 0 (0 = off), e.g. 5.")
     if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
@@ -147,6 +165,7 @@ class Config:
       raise UserError(f"--lr_decay={self.lr_decay} must be in (0, 1]: the learning rate's "
                       "factor per epoch with --lr_schedule=exponential, e.g. 0.9.")
     check_choices(self)
+    budget.parse_duration(self.time_budget)
     if self.patience and not self.val_fraction:
       raise UserError(f"--patience={self.patience} needs a validation loss; set --val_fraction "
                       "above 0 (e.g. 0.1) or --patience=0.")

@@ -111,6 +111,14 @@ def any_process(flag: bool) -> bool:
   return bool(multihost_utils.process_allgather(jnp.asarray(flag, jnp.int32)).max())
 
 
+def from_primary(value: float) -> float:
+  """Process 0's `value` on every process (a collective: all processes must call)."""
+  if jax.process_count() == 1:
+    return value
+  from jax.experimental import multihost_utils
+  return float(multihost_utils.broadcast_one_to_all(np.float64(value)))
+
+
 def exit_on_peer_failure(error: Exception, heartbeat_timeout_s: int) -> NoReturn:
   """Reports a collective that failed because another process died, and exits at once.
 

@@ -16,10 +16,15 @@ from jaxchar.core import checkpoint, data
 from jaxchar.core.model import CharLSTM, count_params
 from jaxchar.core.spec import ModelSpec
 from jaxchar.errors import UserError
+from jaxchar.training import budget as budget_lib
 from jaxchar.training import distributed, init_from, metrics, resume, steps, text
 from jaxchar.training.config import AUTO_TRAIN_CHARS, MAX_AUTO_EPOCHS, Config, auto_epochs
 from jaxchar.training.distributed import say
 from jaxchar.training.early_stopping import EarlyStopping
+
+
+# --epochs=0 with --time_budget: more epochs than any budget reaches.
+UNLIMITED_EPOCHS = 1_000_000
 
 
 def _savable(state: steps.TrainState) -> dict:
@@ -50,6 +55,8 @@ class Run:
   last_saved: int | None = None
   elapsed_before: float = 0.0
   epoch_end_s: float = 0.0  # seconds the last epoch's end took (validation, samples, save)
+  budget: budget_lib.Budget | None = None  # --time_budget
+  unlimited_epochs: bool = False  # --epochs=0 with --time_budget: the budget ends the run
   started: float = dataclasses.field(default_factory=time.perf_counter)
 
   def elapsed(self) -> float:
@@ -133,13 +140,17 @@ def start_run(config: Config, workdir: Path, base: init_from.Base | None = None,
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices("jaxchar: workdir ready")
 
-  auto = config.epochs == 0
+  budget_s = budget_lib.parse_duration(config.time_budget)
+  unlimited = config.epochs == 0 and budget_s is not None
+  auto = config.epochs == 0 and not unlimited
   if auto:
     config = dataclasses.replace(config, epochs=auto_epochs(corpus.cut))
+  if unlimited:
+    config = dataclasses.replace(config, epochs=UNLIMITED_EPOCHS)
   steps_per_epoch = corpus.num_train_windows // config.batch_size
   if config.steps_per_epoch:
     steps_per_epoch = min(steps_per_epoch, config.steps_per_epoch)
-  model = ModelSpec.of(config, corpus.vocab).model(config.dropout)
+  model = ModelSpec.of(config, corpus.vocab).model(config.dropout, config.weight_drop)
   tx, learning_rate = steps.optimizer_from_config(config, steps_per_epoch)
   state = steps.create_train_state(jax.random.PRNGKey(config.seed), model, config.maxlen, tx)
   val_starts = data.validation_starts(corpus, config.val_windows)
@@ -150,6 +161,11 @@ def start_run(config: Config, workdir: Path, base: init_from.Base | None = None,
       f"{corpus.num_train_windows:,} training and {corpus.num_val_windows:,} validation "
       f"windows{subsampled}; model: {count_params(state.params):,} parameters "
       f"({config.lstm_impl} LSTM)")
+  if budget_s is not None:
+    say(f"time budget: {budget_lib.describe(budget_s)} of training (--time_budget)"
+        + (", no epoch limit" if unlimited else f", at most {config.epochs} epochs")
+        + ("; the learning rate decays over it (cosine)" if config.lr_schedule == "cosine"
+           else ""))
   if auto:
     say(f"epochs: {config.epochs}, chosen for {corpus.cut:,} training characters (--epochs=0: "
         f"about {AUTO_TRAIN_CHARS / 1e6:g} M characters in all, {MAX_AUTO_EPOCHS} epochs at "
@@ -174,6 +190,9 @@ def start_run(config: Config, workdir: Path, base: init_from.Base | None = None,
                 "epoch_losses": [] if complete else meta["epoch_losses"],
                 "elapsed_before": meta["elapsed_s"], "last_saved": int(state.step)}
     run_meta["init_from"] = meta.get("init_from")  # where this run began, not today's base
+    if sized := meta.get("budget_val_windows"):  # a --time_budget run keeps its windows
+      run_meta["budget_val_windows"] = sized
+      val_starts = data.validation_starts(corpus, min(sized, len(val_starts)))
     began = run_meta["init_from"]
     where = (f"the end of epoch {meta['epoch']}" if complete else
              f"epoch {meta['epoch']}, batch {meta['batch_in_epoch']} of {steps_per_epoch}")
@@ -198,7 +217,9 @@ def start_run(config: Config, workdir: Path, base: init_from.Base | None = None,
              eval_batch_size=global_eval_batch(config.eval_batch_size, num_devices),
              p_state=steps.replicate(state),
              checkpoints=checkpoints, log=log, early=early, run_meta=run_meta,
-             global_step=int(state.step), **position)
+             global_step=int(state.step), unlimited_epochs=unlimited,
+             budget=(budget_lib.Budget(budget_s, config.lr_schedule == "cosine")
+                     if budget_s is not None else None), **position)
 
 
 def nothing_to_train(run: Run) -> bool:
@@ -207,6 +228,11 @@ def nothing_to_train(run: Run) -> bool:
     say(f"nothing to train: the checkpoint in {run.workdir} already finished epoch "
         f"{run.start_epoch - 1} of --epochs={run.config.epochs}; raise --epochs to train "
         "further, or use --restart to start afresh.")
+    return True
+  if run.budget and run.budget.spent(run.elapsed_before):
+    say(f"nothing to train: this run has spent its time budget ({run.elapsed_before:.0f} s of "
+        f"--time_budget={run.config.time_budget}); raise --time_budget to train further, or use "
+        "--restart to start afresh.")
     return True
   if run.early.stopped and run.start_batch == 0:
     say(f"nothing to train: this run stopped early ({run.early.describe()}); raise --patience "

@@ -79,11 +79,13 @@ def cross_entropy(logits: jnp.ndarray, targets: jnp.ndarray) -> jnp.ndarray:
   return optax.softmax_cross_entropy_with_integer_labels(logits, targets)
 
 
-def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+def train_step(state: TrainState, batch: dict,
+               lr_factor: jax.Array | None = None) -> tuple[TrainState, dict]:
   """One optimizer step on this device's share of the batch; gradients averaged over AXIS.
 
   targets [B] train on the character after each window (the reference); targets [B, T] on the
-  character after every position of it."""
+  character after every position of it. lr_factor scales the optimizer's update (--time_budget's
+  schedule, which follows the clock)."""
   every_position = batch["targets"].ndim == 2
   dropout_key = jax.random.fold_in(jax.random.fold_in(state.dropout_key, state.step),
                                    jax.lax.axis_index(AXIS))
@@ -95,7 +97,13 @@ def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
 
   loss, grads = jax.value_and_grad(loss_fn)(state.params)
   grads = jax.lax.pmean(grads, AXIS)
-  state = state.apply_gradients(grads=grads)
+  if lr_factor is None:
+    state = state.apply_gradients(grads=grads)
+  else:
+    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+    updates = jax.tree_util.tree_map(lambda u: u * lr_factor.astype(u.dtype), updates)
+    state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                          opt_state=opt_state)
   return state, {"loss": jax.lax.pmean(loss, AXIS)}
 
 
@@ -108,7 +116,16 @@ def eval_step(state: TrainState, batch: dict) -> dict:
 
 def optimizer_from_config(config, steps_per_epoch: int
                           ) -> tuple[optax.GradientTransformation, float | optax.Schedule]:
-  """The optimizer a Config describes, and its learning rate (a float or a schedule)."""
+  """The optimizer a Config describes, and its learning rate (a float or a schedule).
+
+  With --time_budget, cosine decay follows the clock (the loop's lr_factor): the optimizer keeps
+  the warmup and the peak, and its step count, as with a cosine schedule."""
+  if config.time_budget and config.lr_schedule == "cosine":
+    schedule = learning_rate_schedule("constant", config.learning_rate,
+                                      warmup_steps=config.warmup_steps)
+    schedule = schedule if callable(schedule) else optax.constant_schedule(schedule)
+    return (make_optimizer(schedule, config.optimizer, config.clip_norm, config.weight_decay),
+            schedule)
   schedule = learning_rate_schedule(
       config.lr_schedule, config.learning_rate, warmup_steps=config.warmup_steps,
       total_steps=steps_per_epoch * config.epochs, steps_per_epoch=steps_per_epoch,
