@@ -81,9 +81,11 @@ class FakeClock:
   --time_budget test does not depend on this machine's speed."""
 
   def __init__(self, step_s: float):
-    self.step_s, self.readings = step_s, 0
+    self.step_s, self.readings, self.run = step_s, 0, None
 
   def elapsed(self, run) -> float:
+    if run is not self.run:  # a new session of training starts its clock at elapsed_before
+      self.run, self.readings = run, 0
     self.readings += 1
     return run.elapsed_before + self.readings * self.step_s
 

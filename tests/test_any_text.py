@@ -1,5 +1,5 @@
-"""Your own text: launch/any_text.flags end to end, epochs chosen from the corpus size, and
-alphabets from one symbol to over 10,000."""
+"""Your own text: launch/any_text.flags (a time budget) and any_text_quick.flags (epochs chosen
+from the corpus size) end to end, and alphabets from one symbol to over 10,000."""
 
 import numpy as np
 import pytest
@@ -22,11 +22,16 @@ def test_auto_epochs_follow_the_corpus_size():
   assert auto_epochs(20_000) == 30  # never more than 30
 
 
-def test_any_text_recipe_runs_end_to_end_and_says_what_it_chose(tiny_file, tmp_path, capsys,
-                                                                monkeypatch):
+@pytest.mark.parametrize("flagfile, how_long", [
+    ("any_text.flags", "time budget: 10m of training (--time_budget), no epoch limit"),
+    ("any_text_quick.flags", "epochs: 30, chosen for 1,458 training characters (--epochs=0")])
+def test_any_text_recipes_run_end_to_end_and_say_what_they_chose(flagfile, how_long, tiny_file,
+                                                                 tmp_path, capsys, monkeypatch,
+                                                                 fake_clock):
+  fake_clock.step_s = 2.0  # the 10-minute budget in about 100 steps
   monkeypatch.chdir(REPO)
   FLAGS.unparse_flags()
-  argv = FLAGS(["jaxchar.train", "--flagfile=launch/any_text.flags", f"--data={tiny_file}",
+  argv = FLAGS(["jaxchar.train", f"--flagfile=launch/{flagfile}", f"--data={tiny_file}",
                 f"--workdir={tmp_path / 'run'}", "--hidden=16", "--maxlen=8", "--stride=4",
                 "--batch_size=16", "--sample_len=20", "--compilation_cache="])
   try:
@@ -35,9 +40,11 @@ def test_any_text_recipe_runs_end_to_end_and_says_what_it_chose(tiny_file, tmp_p
     FLAGS.unparse_flags()
   out = capsys.readouterr().out
   lines = out.splitlines()
-  assert lines[2].startswith("epochs: 30, chosen for 1,458 training characters (--epochs=0")
+  assert lines[2].startswith(how_long), lines[:3]
   epochs = [line for line in lines if line.startswith("epoch ")]
   assert 1 <= len(epochs) <= 30
+  if flagfile == "any_text.flags":  # the budget or patience ends it, never an epoch count
+    assert "time budget: 10m (--time_budget) reached" in out or "early stopping" in out, out
   steps = checkpoint.checkpoint_steps(tmp_path / "run")
   metas = checkpoint.read_metas(tmp_path / "run", steps)
   best = min((m["val_loss"], s) for s, m in metas.items())[1]

@@ -3,6 +3,7 @@ best checkpoint, and a resumed run that counts the time already spent. The run's
 conftest's fake_clock: no test depends on this machine's speed."""
 
 import jax
+from flax import jax_utils
 import numpy as np
 import pytest
 
@@ -48,7 +49,7 @@ def test_a_clocked_step_at_factor_one_is_the_plain_step_and_half_halves_the_upda
   plain = jax.pmap(steps.train_step, axis_name=steps.AXIS, devices=jax.local_devices()[:1])
   clocked = jax.pmap(steps.train_step, axis_name=steps.AXIS, in_axes=(0, 0, None),
                      devices=jax.local_devices()[:1])
-  p_state = jax.device_put_replicated(state, jax.local_devices()[:1])
+  p_state = jax_utils.replicate(state, jax.local_devices()[:1])
   (a, _), (b, _), (half, _) = (plain(p_state, batch), clocked(p_state, batch, np.float32(1.0)),
                                clocked(p_state, batch, np.float32(0.5)))
   for x, y, h, start in zip(*(jax.tree_util.tree_leaves(s.params)

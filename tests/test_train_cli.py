@@ -139,7 +139,8 @@ def test_launch_flagfiles_parse_into_a_valid_config(flagfile, monkeypatch):
     config = train.config_from_flags()
   finally:
     FLAGS.unparse_flags()
-  assert config.epochs >= 1 or (flagfile.name == "any_text.flags" and config.epochs == 0)
+  # epochs 0: chosen from the text (any_text_quick) or no limit within the time budget (any_text)
+  assert config.epochs >= 1 or (flagfile.name.startswith("any_text") and config.epochs == 0)
 
 
 @pytest.mark.parametrize("script", sorted((REPO / "launch").glob("*.sh")), ids=lambda p: p.name)
