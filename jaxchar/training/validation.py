@@ -66,7 +66,11 @@ def time_validation(run: Run, p_eval_step) -> None:
   seconds = time.perf_counter() - began
   # All processes must validate on the same windows: process 0's timing decides.
   run.budget.window_s = float(distributed.from_primary(seconds)) / run.eval_batch_size
-  run.budget.expect_end(run.budget.window_s * len(run.val_starts))
+  windows = len(run.val_starts)
+  if "budget_val_windows" not in run.run_meta:  # the first epoch end sizes it: at most a share
+    affordable = BUDGET_VAL_SHARE * run.budget.seconds / max(run.budget.window_s, 1e-12)
+    windows = min(windows, max(MIN_BUDGET_WINDOWS, int(affordable)))
+  run.budget.expect_end(run.budget.window_s * windows)
 
 
 def size_validation(run: Run, train_seconds: float) -> None:
