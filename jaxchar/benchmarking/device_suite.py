@@ -110,7 +110,8 @@ def train_cell(sizes: Sizes, corpus, batch: int, impl: str, dtype: str, unroll: 
 
 
 def validation_cell(sizes: Sizes, corpus) -> dict:
-  """The trainer's validation pass (validation.evaluate) at its default eval batch, fused, float32."""
+  """The trainer's validation pass (validation.evaluate) at its default eval batch, fused,
+  float32."""
   import jax
   import numpy as np
   from jaxchar.training import loop, steps, validation

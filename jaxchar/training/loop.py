@@ -176,7 +176,8 @@ def end_epoch(run: Run, epoch: int, trained: Trained, p_eval_step) -> dict:
   end_start = time.perf_counter()
   if run.budget:
     validation.size_validation(run, train_seconds)
-  val_loss = (validation.evaluate(p_eval_step, run.p_state, run.corpus, run.val_starts, run.eval_batch_size)
+  val_loss = (validation.evaluate(p_eval_step, run.p_state, run.corpus, run.val_starts,
+                                  run.eval_batch_size)
               if len(run.val_starts) else None)
   summary = {"epoch": epoch, "step": run.global_step, "train_loss": train_loss,
              "val_loss": val_loss, "val_bpc": val_loss / math.log(2) if val_loss else None,

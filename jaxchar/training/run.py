@@ -56,8 +56,12 @@ class Run:
   elapsed_before: float = 0.0
   epoch_end_s: float = 0.0  # seconds the last epoch's end took (validation, samples, save)
   budget: budget_lib.Budget | None = None  # --time_budget
-  unlimited_epochs: bool = False  # --epochs=0 with --time_budget: the budget ends the run
   started: float = dataclasses.field(default_factory=time.perf_counter)
+
+  @property
+  def unlimited_epochs(self) -> bool:
+    """--epochs=0 with --time_budget: the budget ends the run."""
+    return self.config.epochs == UNLIMITED_EPOCHS
 
   def elapsed(self) -> float:
     """Training seconds over every session of this run."""
@@ -217,7 +221,7 @@ def start_run(config: Config, workdir: Path, base: init_from.Base | None = None,
              eval_batch_size=global_eval_batch(config.eval_batch_size, num_devices),
              p_state=steps.replicate(state),
              checkpoints=checkpoints, log=log, early=early, run_meta=run_meta,
-             global_step=int(state.step), unlimited_epochs=unlimited,
+             global_step=int(state.step),
              budget=(budget_lib.Budget(budget_s, config.lr_schedule == "cosine")
                      if budget_s is not None else None), **position)
 

@@ -65,12 +65,18 @@ def time_validation(run: Run, p_eval_step) -> None:
   jax.block_until_ready(p_eval_step(run.p_state, *args))
   seconds = time.perf_counter() - began
   # All processes must validate on the same windows: process 0's timing decides.
-  run.budget.window_s = float(distributed.from_primary(seconds)) / run.eval_batch_size
+  run.budget.window_s = distributed.from_primary(seconds) / run.eval_batch_size
   windows = len(run.val_starts)
   if "budget_val_windows" not in run.run_meta:  # the first epoch end sizes it: at most a share
-    affordable = BUDGET_VAL_SHARE * run.budget.seconds / max(run.budget.window_s, 1e-12)
-    windows = min(windows, max(MIN_BUDGET_WINDOWS, int(affordable)))
+    windows = _affordable_windows(run, run.budget.seconds)  # of the whole budget
   run.budget.expect_end(run.budget.window_s * windows)
+
+
+def _affordable_windows(run: Run, seconds: float) -> int:
+  """Validation windows costing BUDGET_VAL_SHARE of `seconds` (MIN_BUDGET_WINDOWS at least, all
+  of run.val_starts at most)."""
+  affordable = int(BUDGET_VAL_SHARE * seconds / max(run.budget.window_s, 1e-12))
+  return min(len(run.val_starts), max(MIN_BUDGET_WINDOWS, affordable))
 
 
 def size_validation(run: Run, train_seconds: float) -> None:
@@ -78,8 +84,7 @@ def size_validation(run: Run, train_seconds: float) -> None:
   BUDGET_VAL_SHARE of this epoch's `train_seconds`, kept for the whole run (saved with it)."""
   if "budget_val_windows" in run.run_meta or not run.budget.window_s:
     return
-  affordable = int(BUDGET_VAL_SHARE * train_seconds / run.budget.window_s)
-  count = min(len(run.val_starts), max(MIN_BUDGET_WINDOWS, affordable))
+  count = _affordable_windows(run, train_seconds)
   run.run_meta["budget_val_windows"] = count
   if count < len(run.val_starts):
     run.val_starts = data.validation_starts(run.corpus, count)
