@@ -6,6 +6,7 @@ from absl import flags
 from jaxchar import options
 from jaxchar.benchmarking.page import BrowserBenchConfig, run_page_bench
 from jaxchar.cli import entry_point, run
+from jaxchar.core import storage
 
 options.define_flags(BrowserBenchConfig)
 FLAGS = flags.FLAGS
@@ -13,7 +14,9 @@ FLAGS = flags.FLAGS
 
 @entry_point
 def main() -> None:
-  run_page_bench(options.from_flags(BrowserBenchConfig, FLAGS))
+  config = options.from_flags(BrowserBenchConfig, FLAGS)
+  storage.configure(config.storage_timeout_s)
+  run_page_bench(config)
 
 
 if __name__ == "__main__":

@@ -27,14 +27,18 @@ class UserError(Exception):
 STRANDED_WAIT_S = 5.0
 
 
-def fail(message: str) -> NoReturn:
-  """Prints `message` as one wrapped paragraph on stderr and exits with EXIT_USER_ERROR."""
-  paragraph = " ".join(shown(message).split())  # a file name or text may hold escapes
+def paragraph(message: str) -> str:
+  """`message` as the one wrapped `error:` paragraph every error is shown as."""
+  text = " ".join(shown(message).split())  # a file name or text may hold escapes
   # "error: " as the indent, not a word: a first word longer than the line (a long path) then
   # stays beside it instead of leaving "error:" alone on the first line.
-  text = textwrap.fill(paragraph, width=100, initial_indent="error: ", break_long_words=False,
+  return textwrap.fill(text, width=100, initial_indent="error: ", break_long_words=False,
                        break_on_hyphens=False)
-  print(text, file=sys.stderr, flush=True)
+
+
+def fail(message: str) -> NoReturn:
+  """Prints `message` as one wrapped paragraph on stderr and exits with EXIT_USER_ERROR."""
+  print(paragraph(message), file=sys.stderr, flush=True)
   sys.exit(EXIT_USER_ERROR)
 
 

@@ -11,6 +11,7 @@ from absl import flags
 
 from jaxchar import host, options
 from jaxchar.cli import entry_point, run
+from jaxchar.core import storage
 from jaxchar.exporting import files
 from jaxchar.exporting.config import ExportConfig
 from jaxchar.core.restore import checkpoint_header, restore
@@ -27,6 +28,7 @@ def config_from_flags() -> ExportConfig:
 @entry_point
 def main() -> None:
   config = config_from_flags()
+  storage.configure(config.storage_timeout_s)
   host.keep_freed_memory()
   restored = restore(config.workdir, config.step)
   written = files.export(restored, Path(config.out), config.format, config.float16)

@@ -7,7 +7,7 @@ from absl import flags
 
 from jaxchar import host, options
 from jaxchar.cli import entry_point, run
-from jaxchar.core import compilation_cache
+from jaxchar.core import compilation_cache, storage
 from jaxchar.sampling.config import SampleConfig
 from jaxchar.sampling.sampler import run_sampling
 
@@ -25,6 +25,7 @@ def main() -> None:
   # One device, unlike the trainer: sampling is one sequential jitted loop, which more CPU
   # devices would not share.
   config = config_from_flags()
+  storage.configure(config.storage_timeout_s)
   compilation_cache.use(config.compilation_cache)
   host.keep_freed_memory()
   print(run_sampling(config))

@@ -9,7 +9,7 @@ from absl import flags
 
 from jaxchar import host, options
 from jaxchar.cli import entry_point, run
-from jaxchar.core import compilation_cache
+from jaxchar.core import compilation_cache, storage
 from jaxchar.scoring.config import ScoreConfig
 from jaxchar.scoring.report import run_scoring
 
@@ -25,6 +25,7 @@ def config_from_flags() -> ScoreConfig:
 @entry_point
 def main() -> None:
   config = config_from_flags()
+  storage.configure(config.storage_timeout_s)
   compilation_cache.use(config.compilation_cache)
   # No host.keep_freed_memory(): scoring's per-call temporaries are small, and a heap that
   # keeps every freed page grew RSS about 1 MB per piece scored (BENCHMARKS.md).

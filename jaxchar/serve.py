@@ -9,7 +9,7 @@ from absl import flags
 
 from jaxchar import host, options
 from jaxchar.cli import entry_point, run
-from jaxchar.core import compilation_cache
+from jaxchar.core import compilation_cache, storage
 from jaxchar.errors import UserError
 from jaxchar.serving.config import ServeConfig
 
@@ -30,6 +30,7 @@ def _server():
 @entry_point
 def main() -> None:
   config = options.from_flags(ServeConfig, FLAGS).validate()
+  storage.configure(config.storage_timeout_s)
   server = _server()
   server.check_port(config.host, config.port)
   host.keep_freed_memory()

@@ -5,7 +5,7 @@ from absl import flags
 
 from jaxchar import host, options
 from jaxchar.cli import entry_point, run
-from jaxchar.core import compilation_cache
+from jaxchar.core import compilation_cache, storage
 from jaxchar.core.spec import SHAPE
 from jaxchar.errors import UserError
 from jaxchar.training import distributed, init_from
@@ -51,6 +51,7 @@ def base_from_flags(config: Config) -> tuple[Config, init_from.Base | None]:
 @entry_point
 def main() -> None:
   config, launch = config_from_flags(), launch_from_flags()
+  storage.configure(launch.storage_timeout_s)
   _set_up_host(config, launch)
   config, base = base_from_flags(config)  # reads a checkpoint: after the devices are set up
   try:

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 
 from absl import flags as absl_flags
 
@@ -49,11 +48,13 @@ def tiny_config(data: Path, **overrides) -> Config:
 def final_checkpoint(workdir: Path) -> tuple[dict, dict]:
   """(state as numpy, meta) of the newest checkpoint."""
   step = checkpoint.checkpoint_steps(workdir)[-1]
-  ckpts = checkpoint.Checkpoints(workdir, keep=3)
-  state = ckpts.manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.PyTreeRestore())).state
-  ckpts.close()
-  return state, checkpoint.read_meta(workdir, step)
+  return (checkpoint.read_raw(checkpoint.step_folder(workdir, step)),
+          checkpoint.read_meta(workdir, step))
+
+
+def read_metas(workdir: Path, steps: list[int]) -> dict[int, dict]:
+  """The JSON metadata of several checkpoints."""
+  return {step: checkpoint.read_meta(workdir, step) for step in steps}
 
 
 def assert_same_run(a: Path, b: Path) -> None:
@@ -185,15 +186,17 @@ def start_server(workdir: Path, log: Path, *flags: str, **popen) -> tuple[subpro
 
 def damage_checkpoint(folder: Path, kind: str) -> None:
   """Damages one saved checkpoint folder as a crash, a full disk or a bad copy would."""
-  state = folder / "state"
+  items = [folder / item for item in ("params", "optimizer", "state") if (folder / item).is_dir()]
+  data_files = [p for item in items for p in item.rglob("*") if p.is_file() and p.parent.name == "d"]
   if kind == "truncated data files":
-    for p in [p for p in state.rglob("*") if p.is_file() and p.parent.name == "d"]:
+    for p in data_files:
       p.write_bytes(p.read_bytes()[:p.stat().st_size // 3])
   elif kind == "deleted state data":
-    for p in [p for p in state.rglob("*") if p.is_file() and p.parent.name == "d"]:
+    for p in data_files:
       p.unlink()
   else:  # garbage metadata
-    (state / "_METADATA").write_bytes(b"\x00garbage{{not json")
+    for item in items:
+      (item / "_METADATA").write_bytes(b"\x00garbage{{not json")
     (folder / "meta" / "metadata").write_text("{garbage", encoding="utf-8")
 
 

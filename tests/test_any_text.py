@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from absl import flags
 
-from helpers import REPO, tiny_config
+from helpers import REPO, read_metas, tiny_config
 from jaxchar.core import checkpoint
 from jaxchar import train
 from jaxchar.sampling import sampler as sampler_lib
@@ -46,7 +46,7 @@ def test_any_text_recipes_run_end_to_end_and_say_what_they_chose(flagfile, how_l
   if flagfile == "any_text.flags":  # the budget or patience ends it, never an epoch count
     assert "time budget: 10m (--time_budget) reached" in out or "early stopping" in out, out
   steps = checkpoint.checkpoint_steps(tmp_path / "run")
-  metas = checkpoint.read_metas(tmp_path / "run", steps)
+  metas = read_metas(tmp_path / "run", steps)
   best = min((m["val_loss"], s) for s, m in metas.items())[1]
   assert sampler_lib.load_sampler(tmp_path / "run").step == best  # the best is kept and sampled
   assert "Moe" not in out and "moe" not in out.split("samples after epoch")[0]

@@ -4,6 +4,7 @@ import errno
 import shutil
 import signal
 import time
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -13,9 +14,11 @@ import pytest
 from helpers import (StopAfterPolls, assert_same_run, damage_checkpoint, final_checkpoint,
                      run_main, start_module, tiny_config)
 from jaxchar import train
-from jaxchar.core import checkpoint
+from jaxchar.core import checkpoint, storage
+from jaxchar.core import restore as restore_lib
 from jaxchar.errors import UserError
-from jaxchar.training import loop
+from jaxchar.sampling.sampler import load_sampler
+from jaxchar.training import loop, validation
 
 
 def test_resume_mid_epoch_on_4_devices_is_bit_exact(tiny_file, tmp_path, monkeypatch, capsys):
@@ -82,7 +85,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tiny_file, tmp_pat
   train.train_and_evaluate(config, tmp_path / "run")
   steps = checkpoint.checkpoint_steps(tmp_path / "run")
   assert len(steps) == 2
-  data_files = [p for p in (tmp_path / "run" / "checkpoints" / str(steps[-1]) / "state").rglob("*")
+  data_files = [p for p in (tmp_path / "run" / "checkpoints" / str(steps[-1]) / "params").rglob("*")
                 if p.is_file() and p.parent.name == "d" and p.stat().st_size > 1000]
   assert data_files
   for p in data_files:
@@ -129,17 +132,17 @@ def test_sigterm_saves_and_the_resumed_run_matches_an_uninterrupted_one(tiny_fil
   assert_same_run(tmp_path / "full", interrupted)
 
 
-def test_a_snapshot_is_private_and_refuses_a_checkpoint_being_deleted(tmp_path):
+def test_a_pinned_checkpoint_is_private_and_one_being_deleted_is_refused(tmp_path):
   step_dir = tmp_path / "run" / "checkpoints" / "7"
-  (step_dir / "state").mkdir(parents=True)
-  (step_dir / "state" / "data").write_text("weights")
+  for item in ("params", "optimizer"):
+    (step_dir / item).mkdir(parents=True)
+  (step_dir / "params" / "data").write_text("weights")
   with pytest.raises(FileNotFoundError, match="has no meta"):  # meta already deleted
-    checkpoint.snapshot(tmp_path / "run", 7, tmp_path / "private")
+    restore_lib._pin(storage.location(tmp_path / "run"), 7, tmp_path / "private")
   (step_dir / "meta").mkdir()
-  copy = checkpoint.snapshot(tmp_path / "run", 7, tmp_path / "private2")
+  pinned = restore_lib._pin(storage.location(tmp_path / "run"), 7, tmp_path / "private2")
   shutil.rmtree(step_dir)  # the trainer's --keep
-
-  assert (copy / "state" / "data").read_text() == "weights"
+  assert (Path(pinned) / "params" / "data").read_text() == "weights"
 
 
 def _trained_twice(tiny_file, tmp_path) -> tuple[object, list[int]]:
@@ -206,3 +209,21 @@ def test_when_every_checkpoint_is_damaged_the_run_stops_instead_of_starting_afre
   assert code == 0 and checkpoint.checkpoint_steps(workdir)
   (replaced,) = (workdir / "replaced").iterdir()
   assert (replaced / checkpoint.CORRUPT).is_dir()  # --restart moved the damaged ones aside too
+
+
+def test_a_resumed_run_keeps_its_best_checkpoint_when_later_epochs_are_worse(tiny_file, tmp_path,
+                                                                             monkeypatch):
+  """Stopped in epoch 2 and resumed, a run whose epochs 2 and 3 validate worse than epoch 1
+  keeps epoch 1's checkpoint beside the latest (--keep=1), and the sampler uses it: the loss
+  that decides is read back from the checkpoints, not remembered by the process that saved."""
+  losses = iter([1.0, 2.0, 3.0])
+  monkeypatch.setattr(validation, "evaluate", lambda *args, **kwargs: next(losses))
+  config = tiny_config(tiny_file, epochs=3, keep=1)
+  with monkeypatch.context() as patch:
+    patch.setattr(loop, "StopRequests", lambda: StopAfterPolls(60))  # epoch 1 has 45 steps
+    with pytest.raises(SystemExit):
+      train.train_and_evaluate(config, tmp_path / "run")
+  assert checkpoint.checkpoint_steps(tmp_path / "run") == [45, 60]
+  train.train_and_evaluate(config, tmp_path / "run")
+  assert checkpoint.checkpoint_steps(tmp_path / "run") == [45, 135]
+  assert load_sampler(tmp_path / "run").step == 45

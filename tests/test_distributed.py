@@ -7,10 +7,9 @@ import time
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
-from helpers import free_port, start_module, tiny_config, write_tiny_text
+from helpers import final_checkpoint, free_port, start_module, tiny_config, write_tiny_text
 from jaxchar.core import checkpoint
 from jaxchar import train
 
@@ -21,12 +20,7 @@ PARAM_ATOL = 1e-5
 
 
 def final_params(workdir) -> list[np.ndarray]:
-  step = checkpoint.checkpoint_steps(workdir)[-1]
-  ckpts = checkpoint.Checkpoints(workdir, keep=3)
-  state = ckpts.manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.PyTreeRestore())).state
-  ckpts.close()
-  return jax.tree_util.tree_leaves(state["params"])
+  return jax.tree_util.tree_leaves(final_checkpoint(workdir)[0]["params"])
 
 
 def tiny_args(tiny_file, workdir) -> list[str]:

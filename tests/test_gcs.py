@@ -7,13 +7,17 @@ import signal
 import subprocess
 import time
 import urllib.request
+from pathlib import Path
 
+import jax
 import pytest
 
 from helpers import (GcsEmulator, StopAfterPolls, TINY_TEXT, assert_same_run, final_checkpoint,
-                     free_port, run_cases, start_module, start_python, start_server, tiny_config)
+                     free_port, run_cases, run_python, start_module, start_python, start_server,
+                     tiny_config, write_tiny_text)
 from jaxchar import train
-from jaxchar.core import checkpoint, idcache, lock, object_lock, textstream
+from jaxchar.core import checkpoint, idcache, storage, textstream
+from jaxchar.core.storage import bucket_lock
 from jaxchar.core.restore import restore
 from jaxchar.errors import UserError
 from jaxchar.exporting import files
@@ -104,7 +108,7 @@ def test_a_text_in_a_bucket_is_encoded_once_and_again_when_an_object_changes(gcs
   bucket = gcs.bucket("text-cache")
   data = upload_texts(gcs, bucket)
   sources = textstream.list_sources(data)
-  assert [s.path for s in sources] == [f"{bucket}/texts/a.txt", f"{bucket}/texts/b.txt"]
+  assert [str(s.path) for s in sources] == [f"{bucket}/texts/a.txt", f"{bucket}/texts/b.txt"]
   first = idcache.open_or_encode(data, sources, True, tmp_path, show_progress=False)
   again = idcache.open_or_encode(data, textstream.list_sources(data), True, tmp_path,
                                  show_progress=False)
@@ -114,20 +118,20 @@ def test_a_text_in_a_bucket_is_encoded_once_and_again_when_an_object_changes(gcs
                                    show_progress=False)
   assert not changed.reused and "w" in changed.present and changed.sha256 != first.sha256
   glob = textstream.list_sources(f"{bucket}/texts/b*")
-  assert [s.path for s in glob] == [f"{bucket}/texts/b.txt"]
+  assert [str(s.path) for s in glob] == [f"{bucket}/texts/b.txt"]
 
 
 def test_a_second_trainer_is_refused_and_a_stale_lock_is_taken_over(gcs, tmp_path,
                                                                      monkeypatch):
-  workdir = gcs.bucket("locked") + "/run"
-  monkeypatch.setattr(object_lock, "HEARTBEAT_S", 0.05)
-  holder = lock.for_workdir(workdir).acquire()
+  workdir = storage.location(gcs.bucket("locked") + "/run")
+  monkeypatch.setattr(bucket_lock, "HEARTBEAT_S", 0.05)
+  holder = workdir.lock(storage.holder_description("a test")).acquire()
   try:
-    assert "pid" in lock.holder(workdir)
+    assert "pid" in workdir.lock_holder()
     with pytest.raises(UserError, match="is in use by another training run"):
       train.train_and_evaluate(tiny_config(tmp_path / "none.txt"), workdir)
-    monkeypatch.setattr(object_lock, "STALE_AFTER_S", 0.0)  # as if it had been silent long
-    successor = lock.for_workdir(workdir).acquire()
+    monkeypatch.setattr(bucket_lock, "STALE_AFTER_S", 0.0)  # as if it had been silent long
+    successor = workdir.lock(storage.holder_description("another test")).acquire()
     assert successor.took_over and "pid" in successor.took_over
     deadline = time.monotonic() + 20
     while not holder.lost and time.monotonic() < deadline:
@@ -135,7 +139,7 @@ def test_a_second_trainer_is_refused_and_a_stale_lock_is_taken_over(gcs, tmp_pat
     with pytest.raises(UserError, match="another trainer took over its lock"):
       holder.check()  # the first run saves no more
     successor.release()
-    assert lock.holder(workdir) is None
+    assert workdir.lock_holder() is None
   finally:
     holder.release()
 
@@ -235,7 +239,7 @@ def test_bucket_errors_are_one_paragraph_and_write_nothing(gcs, bucket_run, tmp_
       [f"--data={bucket}/nothing/", f"--workdir={tmp_path / 'run'}",
        f"--cache_dir={tmp_path}"],
       [f"--data={bucket}/texts", f"--workdir={bucket}/other", f"--cache_dir={bucket}/cache"]])
-  expected = ["the bucket does not exist", "no object in the bucket has that name",
+  expected = ["the bucket does not exist", "no such file",
               "--cache_dir=gs://"]
   for result, words in zip(train_cases, expected, strict=True):
     message = " ".join(result.stderr.split())
@@ -277,3 +281,99 @@ def test_a_bucket_that_stops_answering_stops_the_run_and_it_resumes_after(tmp_pa
     assert "corrupt_checkpoints" not in " ".join(restarted.names(f"{bucket}/run"))
   finally:
     restarted.stop()
+
+
+def _next_checkpoint_written(emulator: GcsEmulator, workdir: str, trainer) -> None:
+  """Waits for the trainer's next complete checkpoint in the bucket."""
+  before = _complete_steps(emulator, workdir)
+  deadline = time.monotonic() + 120
+  while _complete_steps(emulator, workdir) == before:
+    assert trainer.poll() is None and time.monotonic() < deadline, trainer.stdout.read()
+    time.sleep(0.05)
+
+
+def _complete_steps(emulator: GcsEmulator, workdir: str) -> list[int]:
+  """The steps of the checkpoints in `workdir` that hold their commit marker (read through the
+  emulator's own API: this process does not use it as its storage)."""
+  prefix = workdir[len("gs://"):].split("/", 1)[1] + "/checkpoints/"
+  return sorted(int(n[len(prefix):].split("/")[0]) for n in emulator.names(workdir)
+                if n.startswith(prefix) and n.endswith("/commit_success.txt")
+                and n[len(prefix):].count("/") == 1)
+
+
+def test_a_bucket_that_stops_answering_ends_the_run_within_its_bound_and_sigterm_within_30s(
+    tmp_path):
+  """The emulator paused (SIGSTOP: connections open, nothing answers) mid-run: the trainer ends
+  with one paragraph within --storage_timeout_s; paused again and SIGTERM sent (a bound far
+  longer than a preemption notice), it ends within 30 s; resumed (SIGCONT), the same command
+  resumes from the latest complete checkpoint."""
+  emulator = GcsEmulator()
+  bucket = emulator.bucket("paused")
+  emulator.put(f"{bucket}/texts/long.txt", (TINY_TEXT * 16).encode())  # epochs of seconds
+  args = [f"--data={bucket}/texts", f"--workdir={bucket}/run",
+          f"--cache_dir={tmp_path / 'cache'}", "--maxlen=8", "--stride=2", "--hidden=16",
+          "--batch_size=16", "--epochs=50", "--sample_len=0"]
+  env = {**emulator.env, "PYTHONUNBUFFERED": "1"}
+  try:
+    for stop, bound in (("pause", 8), ("pause and SIGTERM", 600)):
+      trainer = start_module("jaxchar.train", *args, f"--storage_timeout_s={bound}", env=env,
+                             start_new_session=True)
+      _next_checkpoint_written(emulator, f"{bucket}/run", trainer)
+      os.kill(emulator.process.pid, signal.SIGSTOP)
+      paused = time.monotonic()
+      if stop == "pause and SIGTERM":
+        os.killpg(trainer.pid, signal.SIGTERM)
+      out = finish(trainer, timeout=120)
+      took = time.monotonic() - paused
+      os.kill(emulator.process.pid, signal.SIGCONT)
+      message = " ".join(out.split())
+      assert "Traceback" not in out and "damaged" not in message, out
+      if stop == "pause":
+        assert trainer.returncode == 2, out
+        assert "error: Cloud Storage stopped answering: no reply for" in message, out
+        assert "(--storage_timeout_s=8)" in message and took < 8 + 15, (took, out)
+      else:
+        assert trainer.returncode == 128 + signal.SIGTERM, out
+        assert "error: SIGTERM: Cloud Storage gave no answer for" in message, out
+        assert took < 30, (took, out)
+    steps = _complete_steps(emulator, f"{bucket}/run")
+    result = run_cases("jaxchar.train", [[*args, "--epochs=1"]], env=emulator.env)[0]
+    assert f"resuming from the checkpoint at step {steps[-1]}" in result.stdout, result.stderr
+    assert "corrupt_checkpoints" not in " ".join(emulator.names(f"{bucket}/run"))
+  finally:
+    os.kill(emulator.process.pid, signal.SIGCONT)
+    emulator.stop()
+
+
+def _bytes_served(emulator: GcsEmulator) -> int:
+  """What the emulator has written to its sockets so far (it logs nothing at its log level)."""
+  io = Path(f"/proc/{emulator.process.pid}/io").read_text()
+  return int(next(line.split()[1] for line in io.splitlines() if line.startswith("wchar:")))
+
+
+def test_a_reader_downloads_only_the_chosen_checkpoints_parameters(gcs, tmp_path):
+  """Of a run with 5 checkpoints kept, the sampler reads the candidates' metadata and one
+  checkpoint's parameters (no optimizer state): under 1.1x those parameters' bytes in all."""
+  workdir = f"{gcs.bucket('five-kept')}/run"
+  config = tiny_config(write_tiny_text(tmp_path), hidden=512, epochs=1, steps_per_epoch=5,
+                       save_every_steps=1, keep=5)
+  train.train_and_evaluate(config, workdir, cache_dir=tmp_path / "cache")
+  assert checkpoint.checkpoint_steps(workdir) == [1, 2, 3, 4, 5]
+  before = _bytes_served(gcs)
+  sampler = sampler_lib.load_sampler(workdir)
+  served = _bytes_served(gcs) - before
+  params_bytes = sum(leaf.nbytes for leaf in jax.tree_util.tree_leaves(sampler.params))
+  assert params_bytes > 4_000_000 and served < 1.1 * params_bytes, (served, params_bytes)
+
+
+def test_gcsfs_standard_file_system_unless_the_user_asks_for_the_extended_one():
+  """jaxchar and orbax get gcsfs's standard file system (no bucket-layout lookups) unless
+  GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT is set, which jaxchar then leaves as it is."""
+  probe = ("import os, jaxchar.core.storage, gcsfs, gcsfs.core, fsspec\n"
+           "print(os.environ['GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT'], "
+           "gcsfs.GCSFileSystem is gcsfs.core.GCSFileSystem "
+           "is fsspec.get_filesystem_class('gs'))")
+  default = run_python("-c", probe, drop=("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT",))
+  assert default.stdout.split() == ["false", "True"], default.stderr
+  asked = run_python("-c", probe, env={"GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "true"})
+  assert asked.stdout.split()[0] == "true", asked.stderr

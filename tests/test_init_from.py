@@ -177,6 +177,6 @@ def test_every_step_of_a_run_can_be_a_base(tiny_run):
   first = checkpoint.checkpoint_steps(tiny_run)[0]
   base = init_from.load_base(f"{tiny_run}:{first}")
   assert base.step == first
-  restored = checkpoint.restore_params(tiny_run, first, base.params)
+  restored = checkpoint.restore_params(checkpoint.step_folder(tiny_run, first), base.params)
   for x, y in zip(jax.tree_util.tree_leaves(base.params), jax.tree_util.tree_leaves(restored)):
     np.testing.assert_array_equal(x, y)

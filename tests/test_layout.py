@@ -5,6 +5,7 @@ reported only when it stopped a run early)."""
 
 import ast
 import json
+import re
 
 import pytest
 
@@ -176,3 +177,15 @@ def test_printed_prime_is_the_one_the_model_used(tiny_file, tmp_path):
                                                unknown="skip", length=5))
   sample = text.split("sample 1\n", 1)[1]
   assert sample.startswith("moe: ") and "MOE" not in text and "#:" not in text
+
+
+def test_storage_is_one_seam():
+  """Only jaxchar/core/storage/ knows a bucket from a disk: nothing else branches on gs:// or
+  reaches a storage client, and nothing anywhere uses a client's private attributes."""
+  storage_package = REPO / "jaxchar" / "core" / "storage"
+  for path in sorted((REPO / "jaxchar").rglob("*.py")):
+    text = path.read_text(encoding="utf-8")
+    assert not re.search(r"\bfs\._\w", text), path
+    if storage_package not in path.parents:
+      assert "is_remote" not in text and "startswith(\"gs://\")" not in text, path
+      assert not _imports(path) & {"gcsfs", "fsspec", "google.cloud.storage"}, path

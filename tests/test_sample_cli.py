@@ -201,11 +201,14 @@ def test_start_up_benchmark_marks_each_part_in_order(tiny_run):
 
 
 def test_beside_a_trainer_that_has_not_saved_yet_it_says_so_not_train_first(tmp_path):
-  from jaxchar.core.lock import WorkdirLock
+  from jaxchar.core import storage
   workdir = tmp_path / "live"
-  with WorkdirLock(workdir):  # a trainer holding the folder, before its first save
+  lock = storage.location(workdir).lock("pid 1 on a host, started now: a trainer").acquire()
+  try:  # a trainer holding the folder, before its first save
     with pytest.raises(UserError) as raised:
       sampler_lib.load_sampler(workdir)
+  finally:
+    lock.release()
   message = " ".join(str(raised.value).split())
   assert "has no finished checkpoint yet: a trainer is running there (pid" in message
   assert "train first" not in message

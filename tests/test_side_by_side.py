@@ -13,9 +13,10 @@ from pathlib import Path
 import orbax.checkpoint as ocp
 import pytest
 
-from helpers import damage_checkpoint, run_cases, run_module, start_module, tiny_config
+from helpers import (damage_checkpoint, read_metas, run_cases, run_module, start_module,
+                     tiny_config)
 from jaxchar.core import checkpoint
-from jaxchar.core import lock
+from jaxchar.core.storage.local import LOCK_FILE
 from jaxchar.core import restore as restore_lib
 from jaxchar.training import metrics
 from jaxchar import train
@@ -91,7 +92,7 @@ def test_sampler_skips_a_damaged_checkpoint_and_changes_nothing(checkpointed_run
   workdir = tmp_path / "run"
   shutil.copytree(checkpointed_run, workdir)
   steps = checkpoint.checkpoint_steps(workdir)
-  best = restore_lib.candidate_steps(checkpoint.read_metas(workdir, steps))[0]
+  best = restore_lib.candidate_steps(read_metas(workdir, steps))[0]
   assert best == steps[-1] == 90  # validation improved in epoch 2: the newest is the best
   damage_checkpoint(workdir / "checkpoints" / str(best), kind)
   before = snapshot(workdir)
@@ -149,8 +150,8 @@ def test_a_second_trainer_on_a_busy_workdir_is_refused(tiny_file, tmp_path):
   workdir = tmp_path / "run"
   args = [f"--data={tiny_file}", *TINY, "--epochs=1000", f"--workdir={workdir}"]
   first = start_module("jaxchar.train", *args)
-  wait_for(lambda: (workdir / lock.LOCK_FILE).exists()
-           and "pid" in (workdir / lock.LOCK_FILE).read_text(), what="the first trainer's lock")
+  wait_for(lambda: (workdir / LOCK_FILE).exists()
+           and "pid" in (workdir / LOCK_FILE).read_text(), what="the first trainer's lock")
   started = time.monotonic()
   second = run_module("jaxchar.train", *args, timeout=120)
   refused_in = time.monotonic() - started
@@ -179,7 +180,7 @@ def test_kill_9_leaves_no_lock_that_blocks_the_rerun(tiny_file, tmp_path):
   wait_for(lambda: checkpoint.checkpoint_steps(workdir), what="a checkpoint")
   first.send_signal(signal.SIGKILL)
   first.communicate(timeout=60)
-  assert "pid" in (workdir / lock.LOCK_FILE).read_text()  # the dead run's lock file stays
+  assert "pid" in (workdir / LOCK_FILE).read_text()  # the dead run's lock file stays
   rerun = run_module("jaxchar.train", *args[:-2], "--epochs=1", *args[-2:], timeout=300)
   assert rerun.returncode == 0, rerun.stdout + rerun.stderr
   assert "in use" not in rerun.stderr

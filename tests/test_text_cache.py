@@ -187,9 +187,9 @@ def test_a_folder_of_files_in_path_order_joined_by_a_blank_line(tmp_path):
   (folder / "c.md").write_text("Carl: hi.\nLenny: yo.\n" * 10, encoding="utf-8")
   (folder / ".hidden").write_text("never read", encoding="utf-8")
   sources = textstream.list_sources(str(folder))
-  assert [s.path.relative_to(folder.resolve()).as_posix() for s in sources] == [
+  assert [Path(s.path).relative_to(folder.resolve()).as_posix() for s in sources] == [
       "a.txt", "b/2.txt", "c.md"]
-  joined = textstream.join_texts([s.path.read_text(encoding="utf-8") for s in sources])
+  joined = textstream.join_texts([s.path.read_text() for s in sources])
   assert joined.startswith("Moe: hey.\n\nBarney: BEER.\n\nCarl: hi.\n")
   assert_same_corpus(corpus_of(folder, tmp_path / "c"), whole_text_corpus(joined))
   glob_sources = textstream.list_sources(str(folder / "**" / "*.txt"))

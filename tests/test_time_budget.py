@@ -7,7 +7,7 @@ from flax import jax_utils
 import numpy as np
 import pytest
 
-from helpers import tiny_config
+from helpers import read_metas, tiny_config
 from jaxchar import train
 from jaxchar.core import checkpoint
 from jaxchar.core.model import CharLSTM
@@ -61,7 +61,7 @@ def test_a_clocked_step_at_factor_one_is_the_plain_step_and_half_halves_the_upda
 
 def _best_step_and_metas(workdir):
   found = checkpoint.checkpoint_steps(workdir)
-  metas = checkpoint.read_metas(workdir, found)
+  metas = read_metas(workdir, found)
   return min((m["val_loss"], s) for s, m in metas.items())[1], metas
 
 
@@ -97,7 +97,7 @@ def test_a_resumed_budgeted_run_stops_at_the_budget_overall(tiny_file, tmp_path,
   train.train_and_evaluate(longer, tmp_path / "run")
   assert "time budget: 35s (--time_budget) reached" in capsys.readouterr().out
   later = checkpoint.checkpoint_steps(tmp_path / "run")
-  metas = checkpoint.read_metas(tmp_path / "run", later)
+  metas = read_metas(tmp_path / "run", later)
   assert max(later) > max(first)
   assert 20.0 < metas[max(later)]["elapsed_s"] <= 35.0
   # Validation keeps the window count the budget chose at the start of the run.

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 from absl import flags
 
-from jaxchar.core import checkpoint, corpus, storage
+from jaxchar.core import checkpoint, corpus
+from jaxchar.core.storage.local import LocalPath
 from jaxchar import train
 from jaxchar.training.config import DEFAULT_DATA
 
@@ -90,7 +91,7 @@ def test_every_bad_input_is_one_clear_error(tmp_path, tiny_file, capsys):
 def test_unreadable_data_is_reported(tiny_file, tmp_path, capsys, monkeypatch):
   def deny(*args, **kwargs):
     raise PermissionError(13, "Permission denied")
-  monkeypatch.setattr(storage, "open", deny, raising=False)  # the text is streamed from it
+  monkeypatch.setattr(LocalPath, "open_binary", deny)  # the text is streamed from it
   assert run_main([f"--data={tiny_file}", f"--workdir={tmp_path / 'w'}"]) == 2
   assert "cannot be read (Permission denied)" in " ".join(capsys.readouterr().err.split())
 

@@ -8,10 +8,11 @@ import statistics
 import tempfile
 from pathlib import Path
 
+from jaxchar.choices import CheckpointChoice
 from jaxchar.errors import UserError
 from jaxchar.exporting import files
 from jaxchar.options import option
-from jaxchar.core.restore import CheckpointChoice, restore
+from jaxchar.core.restore import restore
 
 
 @dataclasses.dataclass(frozen=True)

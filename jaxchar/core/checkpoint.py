@@ -1,18 +1,20 @@
 """Orbax checkpoints: one host copy of the train state plus a JSON item with what sampling needs.
 
-Layout: <workdir>/checkpoints/<step>/{state,meta}. The last `keep` checkpoints and the best by
-validation loss are kept. Only a checkpoint that is provably damaged (files missing, truncated
-or unreadable) is moved to <workdir>/corrupt_checkpoints/ (never deleted), and the next older
-one is used; any other failure to restore (an I/O error, memory, a parameter tree that does not
-match) stops with an error and touches nothing.
+Layout: <workdir>/checkpoints/<step>/{params,optimizer,meta}: the parameters apart from the
+optimizer's state and step, so that a reader downloads only what it uses (formats 1 to 3 hold
+both in one "state" item, which is still read). The last `keep` checkpoints and the best by
+validation loss are kept; the losses that decide it are read back from the checkpoints' own
+metadata, so a resumed run keeps its best too. Only a checkpoint that is provably damaged
+(files missing, truncated or unreadable) is moved to <workdir>/corrupt_checkpoints/ (never
+deleted), and the next older one is used; any other failure to restore (an I/O error, memory, a
+parameter tree that does not match) stops with an error and touches nothing. A checkpoint
+counts once orbax has finished it (renamed from its temporary folder on a disk, marked by
+commit_success.txt in a bucket); an unfinished one is never read, and the trainer removes it.
 """
 
 import datetime
 import errno
-import os
-import shutil
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -22,30 +24,56 @@ from orbax.checkpoint import checkpoint_managers as policies
 
 import jaxchar
 from jaxchar.core import storage
-from jaxchar.core.storage import writing
 from jaxchar.errors import UserError
 
-# 3: the model's shape only in "spec", the rest of the training config in "config". 2: "spec",
-# and the whole config (the shape again). 1: flat shape keys beside "config".
-FORMAT_VERSION = 3
-READABLE_FORMATS = (1, 2, 3)
+# 4: the parameters and the optimizer's state in items of their own. 3: the model's shape only in
+# "spec", the rest of the training config in "config". 2: "spec", and the whole config (the shape
+# again). 1: flat shape keys beside "config".
+FORMAT_VERSION = 4
+READABLE_FORMATS = (1, 2, 3, 4)
+PARAMS, OPTIMIZER, STATE = "params", "optimizer", "state"  # STATE: both, formats 1 to 3
 CORRUPT = "corrupt_checkpoints"
-# On object storage orbax writes a checkpoint in place and adds this file once it is complete
-# (locally it renames a temporary folder instead).
-COMMITTED_MARKER = "commit_success.txt"
 
 
-def _checkpoint_dir(workdir: Any) -> Any:
-  return storage.absolute(workdir) / "checkpoints"
+def folder(workdir: Any) -> storage.Location:
+  """<workdir>/checkpoints."""
+  return storage.location(workdir).absolute() / "checkpoints"
 
 
-def _manager(workdir: Path, keep: int) -> ocp.CheckpointManager:
-  best = policies.BestN(get_metric_fn=lambda m: m["val_loss"], reverse=True, n=1,
-                        keep_checkpoints_without_metrics=False)
-  options = ocp.CheckpointManagerOptions(
-      preservation_policy=policies.AnyPreservationPolicy([policies.LatestN(keep), best]))
-  return ocp.CheckpointManager(_checkpoint_dir(workdir), options=options,
-                               item_names=("state", "meta"))
+def step_folder(workdir: Any, step: int) -> storage.Location:
+  return folder(workdir) / str(step)
+
+
+class LatestAndBest:
+  """orbax's preservation policy: the latest `keep` checkpoints and the best by validation loss
+  (`losses`: step -> loss, from the checkpoints' metadata and this run's saves)."""
+
+  def __init__(self, keep: int, losses: dict[int, float]):
+    self.keep, self.losses = keep, losses
+
+  def should_preserve(self, checkpoints: Sequence[Any], *,
+                      context: policies.PreservationContext) -> Sequence[bool]:
+    steps = [c.step for c in checkpoints]
+    kept = set(sorted(steps)[-self.keep:])
+    scored = [(self.losses[s], s) for s in steps if s in self.losses]
+    if scored:
+      kept.add(min(scored)[1])
+    return [s in kept for s in steps]
+
+
+def saved_losses(workdir: Any) -> dict[int, float]:
+  """step -> validation loss of the finished checkpoints in `workdir` that have one."""
+  losses = {}
+  for step in checkpoint_steps(workdir):
+    try:
+      loss = read_meta(workdir, step).get("val_loss")
+    except UserError:
+      raise
+    except Exception:  # noqa: BLE001 - damaged: restoring decides what to do with it
+      continue
+    if loss is not None:
+      losses[step] = loss
+  return losses
 
 
 class Checkpoints:
@@ -53,29 +81,46 @@ class Checkpoints:
 
   def __init__(self, workdir: Any, keep: int):
     self.workdir = storage.location(workdir)
-    self.keep = keep
-    self.manager = _manager(self.workdir, keep)
+    self.folder = folder(self.workdir)
+    self.policy = LatestAndBest(keep, saved_losses(self.workdir))
+    self.manager = self._manager()
     self.guard: Callable[[], None] = lambda: None  # raises UserError when saving must stop
+    self._saving: Any = None  # the storage wait of the save in the background
+
+  def _manager(self) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(preservation_policy=self.policy,
+                                           cleanup_tmp_directories=True)
+    with self.folder.waiting("opening the checkpoints in"):
+      return ocp.CheckpointManager(self.folder.orbax, options=options)
 
   def save(self, step: int, state: dict, meta: dict, val_loss: float | None = None) -> None:
-    """Starts an asynchronous save of host (numpy) `state` and JSON `meta` at `step`.
+    """Starts an asynchronous save of host (numpy) `state` ({"params", "opt_state", "step"})
+    and JSON `meta` at `step`.
 
     A failed write (this one, or the previous one still in the background) raises UserError."""
     meta = {**meta, "format_version": FORMAT_VERSION, "jaxchar_version": jaxchar.__version__}
     self.guard()
-    metrics = {"val_loss": val_loss} if val_loss is not None else None
-    with writing("a checkpoint", _checkpoint_dir(self.workdir)):
-      self.manager.save(step, args=ocp.args.Composite(
-          state=ocp.args.PyTreeSave(state), meta=ocp.args.JsonSave(meta)), metrics=metrics)
+    if val_loss is not None:
+      self.policy.losses[step] = val_loss
+    self.wait()
+    with self.folder.writing("a checkpoint"), self.folder.waiting(
+        f"saving the checkpoint at step {step} to"):
+      self.manager.save(step, args=ocp.args.Composite(**{
+          PARAMS: ocp.args.PyTreeSave(state["params"]),
+          OPTIMIZER: ocp.args.PyTreeSave(_optimizer_part(state)),
+          "meta": ocp.args.JsonSave(meta)}))
+    self._saving = self.folder.begin_waiting(f"saving the checkpoint at step {step} to")
 
   def wait(self) -> None:
     """Waits for the save in progress; raises UserError if its write failed."""
-    with writing("a checkpoint", _checkpoint_dir(self.workdir)):
+    with self.folder.writing("a checkpoint"), self.folder.waiting("saving a checkpoint to"):
       self.manager.wait_until_finished()
+    self.folder.end_waiting(self._saving)
 
   def close(self) -> None:
-    with writing("a checkpoint", _checkpoint_dir(self.workdir)):
+    with self.folder.writing("a checkpoint"), self.folder.waiting("saving a checkpoint to"):
       self.manager.close()
+    self.folder.end_waiting(self._saving)
 
   def restore_latest(self, template: dict,
                      check: Callable[[dict], None]) -> tuple[dict, dict] | None:
@@ -86,8 +131,8 @@ class Checkpoints:
     raises UserError with its cause and changes nothing. When every checkpoint was damaged, or
     only set-aside ones remain, it raises too: a run never starts afresh over them unless
     --restart moves them aside."""
-    while self.manager.all_steps():
-      step = self.manager.latest_step()
+    while steps := checkpoint_steps(self.workdir):
+      step = steps[-1]
       try:
         meta = read_meta(self.workdir, step)
       except UserError:
@@ -97,12 +142,18 @@ class Checkpoints:
         continue
       check(meta)
       try:
-        restored = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.PyTreeRestore(item=template)))
-        return restored.state, meta
+        with self.folder.waiting(f"restoring the checkpoint at step {step} from"):
+          if meta["format_version"] >= 4:
+            restored = self.manager.restore(step, args=ocp.args.Composite(**{
+                PARAMS: ocp.args.PyTreeRestore(item=template["params"]),
+                OPTIMIZER: ocp.args.PyTreeRestore(item=_optimizer_part(template))}))
+            return {"params": restored[PARAMS], **restored[OPTIMIZER]}, meta
+          restored = self.manager.restore(step, args=ocp.args.Composite(**{
+              STATE: ocp.args.PyTreeRestore(item=template)}))
+        return restored[STATE], meta
       except Exception as e:  # noqa: BLE001 - classified: damage, mismatch or a stop
         self._damaged_or_raise(step, e, probe=True)
-    set_aside = storage.names_in(self.workdir / CORRUPT)
+    set_aside = (self.workdir / CORRUPT).names()
     if set_aside:
       raise UserError(
           f"{self.workdir} holds no checkpoint that restores: {len(set_aside)} damaged one(s) "
@@ -118,7 +169,7 @@ class Checkpoints:
     works, its files are sound and the tree does not match (a stop, not damage)."""
     if probe and is_damage(error):
       try:
-        read_raw(self.workdir, step)
+        read_raw(step_folder(self.workdir, step))
       except Exception as raw_error:  # noqa: BLE001 - classified below
         error = raw_error
       else:
@@ -138,15 +189,15 @@ class Checkpoints:
       print(f"warning: the checkpoint at step {step} is damaged ({describe_error(error)}); "
             f"moved it to {moved} and falling back to the previous one.", flush=True)
 
-  def _set_aside(self, step: int) -> Any:
+  def _set_aside(self, step: int) -> storage.Location:
     self.manager.close()
     dest = self.workdir / CORRUPT / f"{step}-{_now()}"
     if jax.process_index() == 0:
-      with writing("a damaged checkpoint set aside", dest):
-        storage.move(_checkpoint_dir(self.workdir) / str(step), dest)
+      with dest.writing("a damaged checkpoint set aside"):
+        step_folder(self.workdir, step).move_to(dest)
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices(f"jaxchar: set aside checkpoint {step}")
-    self.manager = _manager(self.workdir, self.keep)
+    self.manager = self._manager()
     return dest
 
 
@@ -175,23 +226,38 @@ def describe_error(error: BaseException) -> str:
   return f"{type(error).__name__}: {' '.join(str(error).split())[:200]}"
 
 
-def read_raw(workdir: Any, step: int) -> Any:
-  """One checkpoint's state as saved, without a template (numpy arrays): proof that its files
-  are sound."""
-  return ocp.Checkpointer(ocp.PyTreeCheckpointHandler()).restore(
-      _checkpoint_dir(workdir) / str(step) / "state")
+def _optimizer_part(state: dict) -> dict:
+  return {"opt_state": state["opt_state"], "step": state["step"]}
 
 
-def set_aside_run(workdir: Any) -> Any:
+def state_items(checkpoint: storage.Location) -> tuple[str, ...]:
+  """The items a checkpoint holds its state in: (params, optimizer), or (state,) before
+  format 4."""
+  return (PARAMS, OPTIMIZER) if (checkpoint / PARAMS).is_dir() else (STATE,)
+
+
+def read_raw(checkpoint: storage.Location) -> dict:
+  """One checkpoint's state as saved ({"params", "opt_state", "step"}), without a template
+  (numpy arrays): proof that its files are sound."""
+  reader = ocp.Checkpointer(ocp.PyTreeCheckpointHandler())
+  with checkpoint.waiting("reading"):
+    items = state_items(checkpoint)
+    if items == (STATE,):
+      return reader.restore((checkpoint / STATE).orbax)
+    return {"params": reader.restore((checkpoint / PARAMS).orbax),
+            **reader.restore((checkpoint / OPTIMIZER).orbax)}
+
+
+def set_aside_run(workdir: Any) -> storage.Location | None:
   """Moves a run's outputs to <workdir>/replaced/<time>/ (for --restart); None if none."""
   workdir = storage.location(workdir)
-  with writing("the previous run's outputs set aside", workdir):
-    present = [name for name in RUN_OUTPUTS if name in storage.names_in(workdir)]
+  with workdir.writing("the previous run's outputs set aside"):
+    present = [name for name in RUN_OUTPUTS if name in workdir.names()]
     if not present:
       return None
     dest = workdir / "replaced" / _now()
     for name in present:
-      storage.move(workdir / name, dest / name)
+      (workdir / name).move_to(dest / name)
   return dest
 
 
@@ -199,47 +265,16 @@ def _now() -> str:
   return datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
 
 
-def _link_or_copy(source: str, target: str) -> None:
-  try:
-    os.link(source, target)
-  except OSError:  # another file system, or links not allowed: a copy
-    shutil.copy2(source, target)
-
-
-def snapshot(workdir: Any, step: int, into: Path) -> Path:
-  """A private copy of one checkpoint's folder inside `into`, made of hard links (copies
-  across file systems; downloaded from a bucket): its files outlive a running trainer
-  deleting the checkpoint, so a reader cannot lose the race however often it saves. Raises
-  OSError if the checkpoint vanished (or was being deleted) while it was being linked."""
-  target = Path(into) / str(step)
-  try:
-    if storage.is_remote(workdir):
-      try:
-        storage.download(_checkpoint_dir(workdir) / str(step), target)
-      except FileNotFoundError:
-        raise  # deleted since listed
-      except Exception as e:  # noqa: BLE001 - the network or the bucket: not the checkpoint
-        raise storage.bucket_error(workdir, "read a checkpoint from", e) from None
-    else:
-      shutil.copytree(_checkpoint_dir(workdir) / str(step), target, copy_function=_link_or_copy)
-  except shutil.Error as e:  # some files vanished midway: the checkpoint is gone
-    raise FileNotFoundError(f"the checkpoint at step {step} changed while it was read "
-                            f"({str(e)[:200]})") from None
-  missing = [item for item in ("state", "meta") if not (target / item).is_dir()]
-  if missing:  # the trainer's deletion had begun before the listing
-    raise FileNotFoundError(f"the checkpoint at step {step} has no {' or '.join(missing)}")
-  return target
-
-
-def read_meta(workdir: Any, step: int, folder: Path | None = None) -> dict:
-  """The JSON metadata of one checkpoint (read from `folder`, its snapshot, if given), checked
-  for a compatible format.
+def read_meta(workdir: Any, step: int, checkpoint: storage.Location | None = None) -> dict:
+  """The JSON metadata of one checkpoint (read from `checkpoint`, its pinned copy, if given),
+  checked for a compatible format.
 
   Read from its own folder, not through a CheckpointManager, which would list (and read) every
   checkpoint and fail when a running trainer deletes another one meanwhile."""
-  folder = _checkpoint_dir(workdir) / str(step) if folder is None else Path(folder)
-  meta = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(
-      folder / "meta", args=ocp.args.JsonRestore())
+  checkpoint = checkpoint or step_folder(workdir, step)
+  with checkpoint.waiting("reading"):
+    meta = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(
+        (checkpoint / "meta").orbax, args=ocp.args.JsonRestore())
   if meta.get("format_version") not in READABLE_FORMATS:
     raise UserError(
         f"the checkpoint at step {step} in {workdir} was written by jaxchar "
@@ -249,52 +284,43 @@ def read_meta(workdir: Any, step: int, folder: Path | None = None) -> dict:
   return meta
 
 
-def read_metas(workdir: Any, steps: list[int]) -> dict[int, dict]:
-  """The JSON metadata of several checkpoints."""
-  return {step: read_meta(workdir, step) for step in steps}
-
-
 def checkpoint_steps(workdir: Any) -> list[int]:
   """Steps of the finished checkpoints in `workdir`, oldest first.
 
-  Listed directly rather than through orbax, which reads each one's metadata and fails when a
-  running trainer deletes one meanwhile. Orbax writes <step>.orbax-checkpoint-tmp-* and renames
-  it to <step> once complete, so a folder named by a number alone is finished."""
-  folder = _checkpoint_dir(workdir)
-  if storage.is_remote(workdir):  # a numbered folder is complete once it holds the marker
-    with storage.requests_to(workdir, "list the checkpoints in"):
-      return sorted(int(name) for name in storage.names_in(folder)
-                    if name.isdigit() and storage.exists(folder / name / COMMITTED_MARKER))
-  try:
-    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit() and p.is_dir())
-  except FileNotFoundError:
-    return []
-
-
-def has_step(workdir: Any, step: int) -> bool:
-  """Whether the checkpoint at `step` still exists (a live run's --keep deletes old ones)."""
-  if storage.is_remote(workdir):
-    return storage.exists(_checkpoint_dir(workdir) / str(step) / COMMITTED_MARKER)
-  return (_checkpoint_dir(workdir) / str(step)).is_dir()
+  Listed by orbax's rule for a finished step folder (no temporary name on a disk, its marker
+  in a bucket), without reading them: a CheckpointManager reads each one's metadata and fails
+  when a running trainer deletes one meanwhile."""
+  checkpoints = folder(workdir)
+  with checkpoints.reading("list the checkpoints in"), checkpoints.waiting("listing"):
+    return sorted(ocp.path.step.checkpoint_steps(checkpoints.orbax))
 
 
 def unfinished_checkpoints(workdir: Any) -> list[str]:
-  """Checkpoints still being written (or left half-written): orbax's temporary folders, or
-  on a bucket the numbered folders without their marker."""
-  folder = _checkpoint_dir(workdir)
-  if storage.is_remote(workdir):
-    finished = set(map(str, checkpoint_steps(workdir)))
-    return sorted(name for name in storage.names_in(folder) if name.isdigit()
-                  and name not in finished)
-  return sorted(p.name for p in folder.glob("*.orbax-checkpoint-tmp*")) if folder.is_dir() else []
+  """Checkpoints still being written (or left half-written by a stopped writer)."""
+  checkpoints = folder(workdir)
+  with checkpoints.reading("list the checkpoints in"), checkpoints.waiting("listing"):
+    if not checkpoints.is_dir():
+      return []
+    return sorted(ocp.path.step.tmp_checkpoints(checkpoints.orbax))
 
 
-def restore_params(workdir: Any, step: int, params_template: Any,
-                   folder: Path | None = None) -> Any:
-  """Only the parameters of one checkpoint (read from `folder`, its snapshot, if given; no
-  optimizer state), as host numpy arrays."""
-  folder = _checkpoint_dir(workdir) / str(step) if folder is None else Path(folder)
-  restored = ocp.Checkpointer(ocp.PyTreeCheckpointHandler()).restore(
-      folder / "state",
-      args=ocp.args.PyTreeRestore(item={"params": params_template}, partial_restore=True))
+def restore_params(checkpoint: storage.Location, params_template: Any) -> Any:
+  """Only the parameters of one checkpoint, as host numpy arrays: their item alone (before
+  format 4, the parameters' part of the state)."""
+  reader = ocp.Checkpointer(ocp.PyTreeCheckpointHandler())
+  with checkpoint.waiting("reading the parameters of"):
+    if state_items(checkpoint) == (PARAMS, OPTIMIZER):
+      return reader.restore((checkpoint / PARAMS).orbax,
+                            args=ocp.args.PyTreeRestore(item=params_template))
+    restored = reader.restore(
+        (checkpoint / STATE).orbax,
+        args=ocp.args.PyTreeRestore(item={"params": params_template}, partial_restore=True))
   return restored["params"]
+
+
+def is_finished(workdir: Any, step: int) -> bool:
+  """Whether the checkpoint at `step` (still) exists, finished (a live run's --keep deletes
+  old ones)."""
+  checkpoint = step_folder(workdir, step)
+  with checkpoint.reading("read"), checkpoint.waiting("reading"):
+    return checkpoint.exists() and ocp.path.step.is_path_finalized(checkpoint.orbax)

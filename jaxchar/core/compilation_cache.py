@@ -1,24 +1,11 @@
 """JAX's persistent compilation cache: the option of every command that compiles at start."""
 
-import dataclasses
-
 import jax
 
-from jaxchar.options import option
 
 # The server's programs take 0.2-0.6 s each to compile here, under JAX's default threshold (1 s):
 # with it, the cache kept none of them.
 MIN_COMPILE_S = 0.1
-
-
-@dataclasses.dataclass(frozen=True)
-class CompilationCacheChoice:
-  """Where compiled programs are kept from one run to the next."""
-
-  compilation_cache: str = option("", "Folder for JAX's persistent compilation cache: a rerun "
-                                  "loads what an earlier one compiled instead of compiling it "
-                                  "again; empty = off. launch/*.flags turn it on for training "
-                                  "(ckpt/jax_cache).")
 
 
 def use(folder: str) -> None:

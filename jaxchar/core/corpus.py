@@ -3,12 +3,12 @@
 import hashlib
 import os
 import shutil
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+from jaxchar.core import atomic
 from jaxchar.errors import UserError
 
 MOES_FILENAME = "moes_tavern_lines.txt"
@@ -38,8 +38,7 @@ def fetch_moes(dest: Path, say: Callable[[str], None] = print) -> Path:
   dest = Path(dest)
   dest.parent.mkdir(parents=True, exist_ok=True)
   mirror = os.environ.get(MIRROR_ENV)
-  with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
-    partial = Path(tmp) / dest.name
+  with atomic.replaced(dest) as partial:  # data/ never holds a half-written or unchecked corpus
     if mirror:
       source = Path(mirror) / MOES_FILENAME
       if not source.is_file():
@@ -61,7 +60,6 @@ def fetch_moes(dest: Path, say: Callable[[str], None] = print) -> Path:
             f"{MIRROR_ENV} to a folder holding {MOES_FILENAME}, or pass --data=your.txt.") from None
     _check_sha(partial, source_name, f"Point {MIRROR_ENV} at a folder holding the right "
                f"{MOES_FILENAME}, or unset it to download the public copy.")
-    os.replace(partial, dest)  # atomic: data/ never holds a half-written or unchecked corpus
   return dest
 
 

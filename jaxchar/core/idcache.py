@@ -20,14 +20,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from jaxchar.core import textstream
+from jaxchar.core import atomic, textstream
+from jaxchar.core.storage.local import sampled_digest
 from jaxchar.core.textstream import SourceFile
 from jaxchar.errors import UserError
 
 FORMAT = 1
-# Blocks read to fingerprint a file (all of a smaller one): 128 KB at most, so opening the cache
-# of a folder of many files stays quick; sizes and modification times are checked first.
-_SAMPLES, _SAMPLE_BYTES = 32, 1 << 12
 _UNSEEN = np.uint32(0xFFFFFFFF)
 PLAIN_EVERY_SECONDS = 30.0
 
@@ -37,25 +35,11 @@ def raw_dtype(count: int) -> type:
   return np.uint8 if count <= 1 << 8 else np.uint16 if count <= 1 << 16 else np.uint32
 
 
-def sampled_digest(path: Path, size: int) -> str:
-  """A hash of the file's size and of _SAMPLES evenly spread blocks (all of a small file)."""
-  digest = hashlib.blake2b(str(size).encode(), digest_size=16)
-  with open(path, "rb") as f:
-    if size <= _SAMPLES * _SAMPLE_BYTES:
-      digest.update(f.read())
-    else:
-      for offset in np.linspace(0, size - _SAMPLE_BYTES, _SAMPLES).astype(np.int64).tolist():
-        f.seek(offset)
-        digest.update(f.read(_SAMPLE_BYTES))
-  return digest.hexdigest()
-
-
 def _fingerprint(sources: list[SourceFile]) -> list[dict]:
-  """What identifies the files' contents: a bucket object's name, size and generation (read
-  nothing more); a local file's size, modification time and sampled blocks."""
-  return [{"path": s.path, "size": s.size, "generation": s.generation} if s.remote else
-          {"path": str(s.path), "size": s.size, "mtime_ns": s.mtime_ns,
-           "sample": sampled_digest(s.path, s.size)} for s in sources]
+  """What identifies the files' contents (Location.fingerprint: a bucket object's name, size and
+  generation, reading nothing more; a local file's size, modification time and sampled
+  blocks)."""
+  return [s.path.fingerprint() for s in sources]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,13 +123,11 @@ class _IdWriter:
 
   def _widen(self, dtype: type) -> None:
     self.file.close()
-    wider = self.path.with_name(self.path.name + ".wider")
-    with open(wider, "wb") as out:
+    with atomic.replaced(self.path) as wider, open(wider, "wb") as out:
       old = np.memmap(self.path, self.dtype, mode="r") if self.count else np.zeros(0, self.dtype)
       for i in range(0, len(old), 1 << 24):
         out.write(np.asarray(old[i:i + (1 << 24)]).astype(dtype).tobytes())
       del old
-    os.replace(wider, self.path)
     self.dtype, self.file = dtype, open(self.path, "ab")
 
   def finish(self) -> None:
@@ -239,20 +221,14 @@ def open_or_encode(spec: str, sources: list[SourceFile], lowercase: bool, cache_
                       f"{need / 1e6:,.0f} MB free).")
     if free < need:
       raise _no_room(cache_dir, need, OSError(errno.ENOSPC, f"{free / 1e6:,.0f} MB free"))
-    partial = ids_path.with_name(f".{ids_path.name}.{os.getpid()}.partial")
     try:
-      header = _encode(sources, lowercase, partial, f"encoding {spec}", show_progress)
-      header["sources"] = _fingerprint(sources)
-      header["ids_sample"] = sampled_digest(partial, partial.stat().st_size)
-      os.replace(partial, ids_path)  # the header goes last: no header, no cache
-      partial_header = header_path.with_name(f".{header_path.name}.{os.getpid()}.partial")
-      partial_header.write_text(json.dumps(header), encoding="utf-8")
-      os.replace(partial_header, header_path)
+      with atomic.replaced(ids_path) as partial:
+        header = _encode(sources, lowercase, partial, f"encoding {spec}", show_progress)
+        header["sources"] = _fingerprint(sources)
+        header["ids_sample"] = sampled_digest(partial, partial.stat().st_size)
+      atomic.write_bytes(header_path, json.dumps(header).encode())  # last: no header, no cache
     except OSError as e:
       raise _no_room(cache_dir, need, e) from None
-    finally:
-      for leftover in cache_dir.glob(f".*.{os.getpid()}.partial*"):
-        leftover.unlink(missing_ok=True)
     cached = np.memmap(ids_path, np.dtype(header["dtype"]), mode="r"), header
     reused = False
   else:

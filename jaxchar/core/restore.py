@@ -1,5 +1,5 @@
 """A trained model restored for reading (sampling, scoring, exporting, serving, --init_from): the
-checkpoint choice (best, latest, older ones when one fails), read from a private snapshot, and
+checkpoint choice (best, latest, older ones when one fails), read from a pinned copy, and
 its description. Never changes the run's folder."""
 
 import dataclasses
@@ -11,26 +11,14 @@ from typing import Any
 
 import jax
 
-from jaxchar.core import checkpoint, lock, storage
+from jaxchar.core import checkpoint, storage
 from jaxchar.core.data import Vocab
 from jaxchar.core.model import CharLSTM
 from jaxchar.core.spec import ModelSpec
 from jaxchar.core.terminal import shown
 from jaxchar.errors import UserError
-from jaxchar.options import option
 
 LISTING_ROUNDS = 5  # times a live run's checkpoints are listed before giving up
-
-
-@dataclasses.dataclass(frozen=True)
-class CheckpointChoice:
-  """Which trained model to restore: the options of every reader (sample, score, export, serve)."""
-
-  workdir: str = option("ckpt/moe", "The training run's folder (the trainer's --workdir).")
-  step: int | None = option(None, "The checkpoint to use, by the training step it was saved "
-                            "at (as the trainer prints: 'checkpoint at step N'). Default: the "
-                            "one with the best (lowest) validation loss; the latest if none "
-                            "has one.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,18 +65,31 @@ def _warn(message: str) -> None:
   print(shown(f"warning: {message}"), file=sys.stderr, flush=True)
 
 
-def _read(workdir: Any, step: int, meta: dict, folder: Path | None = None) -> Restored:
+def _pin(workdir: storage.Location, step: int, private: Path) -> storage.Location:
+  """The checkpoint at `step` as Location.pinned keeps it in `private` (hard links on a disk, the
+  objects themselves in a bucket): what a live run's --keep deletes meanwhile stays readable.
+  OSError if it vanished (or was being deleted) first."""
+  pinned = checkpoint.step_folder(workdir, step).pinned(private)
+  missing = [item for item in (*checkpoint.state_items(pinned), "meta")
+             if not (pinned / item).is_dir()]
+  if missing:  # the trainer's deletion had begun before the listing
+    raise FileNotFoundError(f"the checkpoint at step {step} has no {' or '.join(missing)}")
+  return pinned
+
+
+def _read(pinned: storage.Location, step: int, meta: dict) -> Restored:
+  """The parameters (only their bytes are read) of a pinned checkpoint."""
   spec = ModelSpec.from_meta(meta)
-  params = checkpoint.restore_params(workdir, step, spec.params_template(), folder)
+  params = checkpoint.restore_params(pinned, spec.params_template())
   return Restored(spec, jax.device_put(params), step, meta)
 
 
-def _finished_steps(workdir: Any, flag: str) -> list[int]:
-  if not storage.is_dir(workdir):
+def _finished_steps(workdir: storage.Location, flag: str) -> list[int]:
+  if not workdir.is_dir():
     raise UserError(f"{flag}={workdir} does not exist; point it at a training run's folder "
                     "(the trainer's --workdir, default ckpt/moe).")
   steps = checkpoint.checkpoint_steps(workdir)
-  if not steps and (trainer := lock.holder(workdir)):
+  if not steps and (trainer := workdir.lock_holder()):
     raise UserError(f"{flag}={workdir} has no finished checkpoint yet: a trainer is running "
                     f"there ({trainer}) and saves its first at the end of epoch 1 (or every "
                     "--save_every_steps). Wait for that save and retry.")
@@ -102,43 +103,44 @@ def _finished_steps(workdir: Any, flag: str) -> list[int]:
   return steps
 
 
-def restore(workdir: str | Path, step: int | None = None, flag: str = "--workdir") -> Restored:
+def restore(workdir: Any, step: int | None = None, flag: str = "--workdir") -> Restored:
   """Restores parameters (not optimizer state) and metadata onto the default device.
 
   Without `step`: the best checkpoint, else the latest, else older ones, skipping with a
-  warning any that fail to restore. Each is read from a private snapshot of hard links
-  (checkpoint.snapshot), so a live run deleting it (--keep) cannot spoil the read; one that
-  vanishes before its snapshot is as if never there. Errors name `workdir` as `flag` (the
-  trainer's --init_from reads a run this way too).
+  warning any that fail to restore. Each is pinned (Location.pinned: hard links on a disk), so
+  a live run deleting it (--keep) cannot spoil the read; one that vanishes first is as if never
+  there. Only the candidates' metadata (small JSON) is read to choose, then the chosen one's
+  parameters: nothing else is downloaded from a bucket.
+  Errors name `workdir` as `flag` (the trainer's --init_from reads a run this way too).
   """
   workdir = storage.location(workdir)
-  with storage.requests_to(workdir, "read"):
+  with workdir.reading("read"):
     return _restore(workdir, step, flag)
 
 
-def _restore(workdir: Any, step: int | None, flag: str) -> Restored:
+def _restore(workdir: storage.Location, step: int | None, flag: str) -> Restored:
   steps = _finished_steps(workdir, flag)
   with tempfile.TemporaryDirectory(prefix="jaxchar-read-") as private:
     if step is not None:
       return _restore_step(workdir, step, steps, Path(private), flag)
     failures, tried = [], set()
     for _ in range(LISTING_ROUNDS):  # a live run may have saved new ones while we read
-      metas, folders = {}, {}
+      metas, pinned = {}, {}
       for candidate in sorted(set(steps) - tried):
         tried.add(candidate)
         try:
-          folders[candidate] = checkpoint.snapshot(workdir, candidate, Path(private))
+          pinned[candidate] = _pin(workdir, candidate, Path(private))
         except OSError:
           continue  # deleted since listed (a live run's --keep): as if never there
         try:
-          metas[candidate] = checkpoint.read_meta(workdir, candidate, folders[candidate])
+          metas[candidate] = checkpoint.read_meta(workdir, candidate, pinned[candidate])
         except UserError:
           raise
         except Exception as e:  # noqa: BLE001 - reported, and the next checkpoint is tried
           _skip(workdir, candidate, e, failures, "its metadata cannot be read")
       for candidate in candidate_steps(metas):
         try:
-          return _read(workdir, candidate, metas[candidate], folders[candidate])
+          return _read(pinned[candidate], candidate, metas[candidate])
         except Exception as e:  # noqa: BLE001 - reported, and the next checkpoint is tried
           _skip(workdir, candidate, e, failures, "it cannot be restored")
       steps = checkpoint.checkpoint_steps(workdir)
@@ -153,10 +155,11 @@ def _restore(workdir: Any, step: int | None, flag: str) -> Restored:
                   "newest good one.")
 
 
-def _skip(workdir: Any, step: int, error: Exception, failures: list[str], what: str) -> None:
+def _skip(workdir: storage.Location, step: int, error: Exception, failures: list[str],
+          what: str) -> None:
   """Records and warns of a checkpoint that failed to read, unless it was being deleted as it
-  was linked (then it is as if never there)."""
-  if not checkpoint.has_step(workdir, step):
+  was read (then it is as if never there)."""
+  if not checkpoint.is_finished(workdir, step):
     return
   cause = checkpoint.describe_error(error)
   failures.append(f"step {step}: {cause}")
@@ -164,16 +167,16 @@ def _skip(workdir: Any, step: int, error: Exception, failures: list[str], what: 
         "next one.")
 
 
-def _restore_step(workdir: Any, step: int, steps: list[int], private: Path,
+def _restore_step(workdir: storage.Location, step: int, steps: list[int], private: Path,
                   flag: str) -> Restored:
-  """The checkpoint at `step`, read from a snapshot in `private`."""
+  """The checkpoint at `step`, read from a copy pinned in `private`."""
   asked = f"--step={step}" if flag == "--workdir" else f"{flag}={workdir}:{step}"
   if step not in steps:
     raise UserError(f"{asked} has no checkpoint in {workdir}; the steps saved are "
                     f"{', '.join(map(str, steps))}.")
   try:
-    folder = checkpoint.snapshot(workdir, step, private)
-    return _read(workdir, step, checkpoint.read_meta(workdir, step, folder), folder)
+    pinned = _pin(workdir, step, private)
+    return _read(pinned, step, checkpoint.read_meta(workdir, step, pinned))
   except UserError:
     raise
   except Exception as e:  # orbax raises many types for missing or damaged files

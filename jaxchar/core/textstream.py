@@ -4,10 +4,8 @@ piece by piece, it is exactly the text `join_texts` gives from the whole files."
 
 import codecs
 import dataclasses
-import glob
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from jaxchar.core import storage
 from jaxchar.errors import UserError
@@ -21,77 +19,49 @@ _SIGMA_CONTEXT = 64  # characters of context either side when no break is in a p
 
 @dataclasses.dataclass(frozen=True)
 class SourceFile:
-  """One file of the text, as it was when listed: what tells whether it changed (a gs://
-  object's generation, which every rewrite changes, or a local file's modification time)."""
+  """One file of the text, as it was when listed: its size, and what tells whether it changed
+  (a local file's modification time, a bucket object's generation)."""
 
-  path: Any  # a pathlib.Path, or a gs:// URL (str)
+  path: storage.Location
   size: int
-  mtime_ns: int = 0
-  generation: str = ""
+  version: str
 
   @classmethod
-  def of(cls, path: Any) -> "SourceFile":
-    if storage.is_remote(path):
-      info = storage.object_info(path)
-      return cls(str(path), info["size"], generation=info["generation"])
-    stat = path.stat()
-    return cls(path, stat.st_size, stat.st_mtime_ns)
-
-  @property
-  def remote(self) -> bool:
-    return storage.is_remote(self.path)
+  def of(cls, path: storage.Location) -> "SourceFile":
+    with path.reading("read"):
+      found = path.info()
+    return cls(path, found.size, found.version)
 
   def changed(self) -> bool:
     try:
       return SourceFile.of(self.path) != self
-    except OSError:
+    except (OSError, UserError):
       return True
-
-
-def _list_objects(spec: str) -> list[SourceFile]:
-  """The objects a gs:// --data names: an object, a glob pattern, or a prefix (every object
-  under it whose relative name has no hidden part, in order of those names)."""
-  fs = storage.filesystem()
-  with storage.requests_to(spec, "read"):
-    if any(c in spec for c in "*?["):
-      names = sorted(n for n in fs.glob(storage.key(spec)) if fs.isfile(n))
-    elif fs.isfile(storage.key(spec)):
-      names = [storage.key(spec)]
-    else:
-      prefix = storage.key(spec) + "/"
-      names = sorted(n for n in fs.find(prefix) if not any(
-          part.startswith(".") for part in n[len(prefix):].split("/")))
-    if not names:
-      raise UserError(f"--data={spec}: no object in the bucket has that name, matches that "
-                      "pattern or lies under that prefix. List it with `gcloud storage ls "
-                      f"{spec}`, and pass an object, a prefix (a folder) or a quoted pattern.")
-    return [SourceFile.of(storage.GCS_PREFIX + name) for name in names]
 
 
 def list_sources(spec: str) -> list[SourceFile]:
   """The files --data names: a file; a folder (every non-hidden file under it, recursively,
-  in order of their paths relative to it); or a glob pattern (matches sorted by path)."""
-  if storage.is_remote(spec):
-    return _list_objects(spec)
-  path = Path(spec)
-  if any(c in spec for c in "*?[") and not path.exists():
-    matches = sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file())
-    if not matches:
-      raise UserError(f"--data={spec}: the pattern matches no file. Check it (quote it so the "
-                      "shell leaves it to jaxchar), or pass a file or a folder.")
-    return [SourceFile.of(p.resolve()) for p in matches]
-  if not path.exists():
-    raise UserError(f"--data={spec}: no such file. Pass the path of a UTF-8 text file, a folder "
-                    "of them, or a glob pattern such as 'texts/*.txt'.")
-  if path.is_dir():
-    files = sorted((p for p in path.rglob("*") if p.is_file() and not any(
-        part.startswith(".") for part in p.relative_to(path).parts)),
-                   key=lambda p: p.relative_to(path).as_posix())
-    if not files:
-      raise UserError(f"--data={spec} is a folder with no files in it; put UTF-8 text files "
-                      "in it, or pass the path of one.")
-    return [SourceFile.of(p.resolve()) for p in files]
-  return [SourceFile.of(path.resolve())]
+  in order of their paths relative to it); or a glob pattern (matches sorted by path). In a
+  bucket, a prefix is its folder."""
+  path = storage.location(spec)
+  with path.reading("read"):
+    if any(c in spec for c in "*?[") and not path.exists():
+      files = path.glob()
+      if not files:
+        raise UserError(f"--data={spec}: the pattern matches no file. Check it (quote it so the "
+                        "shell leaves it to jaxchar), or pass a file or a folder.")
+    elif path.is_dir():
+      files = path.files_under()
+      if not files:
+        raise UserError(f"--data={spec} is a folder with no files in it; put UTF-8 text files "
+                        "in it, or pass the path of one.")
+    elif path.exists():
+      files = [path.absolute()]
+    else:
+      raise UserError(f"--data={spec}: no such file. Pass the path of a UTF-8 text file, a "
+                      "folder of them (in a bucket: a prefix), or a glob pattern such as "
+                      "'texts/*.txt'.")
+    return [SourceFile.of(f) for f in files]
 
 
 def join_texts(texts: list[str]) -> str:
@@ -116,7 +86,7 @@ def _decoded(source: SourceFile, chunk_bytes: int) -> Iterator[str]:
   offset = lines = 0
   held = ""
   try:
-    with storage.open_binary(source.path) as f:
+    with source.path.reading("read"), source.path.open_binary() as f:
       while True:
         chunk = f.read(chunk_bytes)
         final = not chunk
@@ -134,13 +104,7 @@ def _decoded(source: SourceFile, chunk_bytes: int) -> Iterator[str]:
           yield text.replace("\r\n", "\n").replace("\r", "\n") if "\r" in text else text
         if final:
           break
-  except UserError:
-    raise
-  except Exception as e:
-    if source.remote:
-      raise storage.bucket_error(source.path, "read", e) from None
-    if not isinstance(e, OSError):
-      raise
+  except OSError as e:
     raise UserError(f"--data={source.path} cannot be read ({e.strerror}); check its "
                     "permissions.") from None
   if offset != source.size or source.changed():
@@ -184,7 +148,7 @@ def file_pieces(path: str | Path, chunk_bytes: int | None = None) -> Iterator[st
   """One file's text (newlines normalised) in pieces, each but the last ending at a space or
   newline when it holds one: lowering a piece then lowers as the whole text would."""
   carry = ""
-  for piece in _decoded(SourceFile.of(Path(path)), chunk_bytes or CHUNK_BYTES):
+  for piece in _decoded(SourceFile.of(storage.location(path)), chunk_bytes or CHUNK_BYTES):
     text = carry + piece
     cut = max(text.rfind(b) for b in _CONTEXT_BREAKS) + 1 or len(text)
     carry = text[cut:]

@@ -5,9 +5,9 @@ import dataclasses
 import os
 from pathlib import Path
 
+from jaxchar.choices import CheckpointChoice
 from jaxchar.errors import UserError
 from jaxchar.options import check_choices, option
-from jaxchar.core.restore import CheckpointChoice
 
 FORMATS = ("html", "json")
 

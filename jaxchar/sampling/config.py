@@ -5,9 +5,8 @@ import dataclasses
 import re
 from pathlib import Path
 
+from jaxchar.choices import CheckpointChoice, CompilationCacheChoice
 from jaxchar.errors import UserError
-from jaxchar.core.compilation_cache import CompilationCacheChoice
-from jaxchar.core.restore import CheckpointChoice
 from jaxchar.options import option
 from jaxchar.sampling.controls import SAMPLE_MODES, UNKNOWN_POLICIES, Controls, check_controls
 

@@ -4,10 +4,9 @@ checkpoint."""
 import dataclasses
 from pathlib import Path
 
+from jaxchar.choices import CheckpointChoice, CompilationCacheChoice
 from jaxchar.errors import UserError
 from jaxchar.options import option
-from jaxchar.core.compilation_cache import CompilationCacheChoice
-from jaxchar.core.restore import CheckpointChoice
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,10 +3,9 @@
 import dataclasses
 import re
 
+from jaxchar.choices import CheckpointChoice, CompilationCacheChoice
 from jaxchar.errors import UserError
 from jaxchar.options import option
-from jaxchar.core.compilation_cache import CompilationCacheChoice
-from jaxchar.core.restore import CheckpointChoice
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,7 +4,8 @@ checkpoint) and Launch (where and how this process runs: not saved)."""
 import dataclasses
 import math
 
-from jaxchar.core.compilation_cache import CompilationCacheChoice
+from jaxchar.choices import CompilationCacheChoice, StorageChoice
+from jaxchar.core import storage
 from jaxchar.core.model import LSTM_IMPLS
 from jaxchar.errors import UserError
 from jaxchar.options import check_choices, option
@@ -191,7 +192,7 @@ def parse_init_from(spec: str) -> tuple[str, int | None]:
 
 
 @dataclasses.dataclass(frozen=True)
-class Launch(CompilationCacheChoice):
+class Launch(CompilationCacheChoice, StorageChoice):
   """Where a training process keeps its run and how it uses its host: not part of the model,
   so not saved with it."""
 
@@ -227,7 +228,7 @@ class Launch(CompilationCacheChoice):
     """Raises UserError for a bad value; returns self."""
     if self.cpu_devices < 0:
       raise UserError(f"--cpu_devices={self.cpu_devices} must be >= 0 (0 = one per core).")
-    if self.cache_dir.startswith("gs://"):
+    if not storage.is_local(self.cache_dir):
       raise UserError(f"--cache_dir={self.cache_dir} must be a local folder: the id cache is "
                       "read at random, window by window. A text in a bucket is streamed into "
                       "it once; leave --cache_dir empty or give a folder on this machine.")

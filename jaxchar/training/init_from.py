@@ -147,8 +147,8 @@ def check_workdir(workdir: Path, base: Base) -> dict | None:
     raise
   except Exception:  # noqa: BLE001 - a damaged latest checkpoint: the resume sets it aside
     return {}
-  if recorded and (str(storage.absolute(recorded["workdir"]))
-                   == str(storage.absolute(base.workdir))):
+  if recorded and (storage.location(recorded["workdir"]).absolute()
+                   == storage.location(base.workdir).absolute()):
     return recorded
   began = f"from {recorded['workdir']}" if recorded else "from scratch"
   raise UserError(

@@ -15,7 +15,6 @@ from flax import jax_utils
 from jax.experimental import multihost_utils
 
 from jaxchar.core import data, storage
-from jaxchar.core import lock as lock_lib
 from jaxchar.errors import UserError
 from jaxchar.core import progress
 from jaxchar.training import budget, distributed, init_from, outcome, plots, steps, validation
@@ -254,7 +253,8 @@ def train_and_evaluate(config: Config, workdir: str | Path,
   typed, workdir = workdir, storage.location(workdir)
   if base is not None:
     init_from.preflight(config, workdir, base, cache_dir)  # errors leave a new workdir uncreated
-  lock = lock_lib.for_workdir(workdir)
+  lock = workdir.lock(storage.holder_description(
+      f"python -m jaxchar.train {' '.join(sys.argv[1:])}"))
   with distributed.primary_holds(lock), StopRequests() as stop:
     try:
       run = start_run(config, workdir, base, cache_dir)

@@ -29,7 +29,7 @@ def final_lines(workdir: str | Path) -> str:
   val = meta.get("val_loss")
   loss = (f", validation loss {val:.4f} nats = {val / math.log(2):.3f} bits/char"
           if val is not None else ", no validation loss (--val_fraction=0): the latest")
-  present = storage.names_in(folder_path)
+  present = folder_path.names()
   records = [name + ("/" if name == "tensorboard" else "") for name in RECORDS if name in present]
   folder = shlex.quote(str(workdir))
   name = folder_path.name or "model"

@@ -4,6 +4,8 @@ import signal
 import sys
 import types
 
+from jaxchar.core import storage
+
 
 class StopRequests:
   """Records SIGTERM/SIGINT instead of dying mid-step; the loop polls `requested` each step."""
@@ -39,6 +41,7 @@ class StopRequests:
             flush=True)
       return
     self.signal_name = name
+    storage.stopping(name)  # a bucket request pending now is not waited on for long
     doing = ("the run's training steps are done; it ends its last epoch, saves its last "
              "checkpoint and exits." if self.finishing else
              "saving a checkpoint at the end of this step, then exiting.")

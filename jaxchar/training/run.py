@@ -96,7 +96,7 @@ class Run:
             raise
     finally:
       if self.log:  # after an error, the records kept are the last checkpoint's (uploaded then)
-        self.log.close(upload=not after_error)
+        self.log.close(publish=not after_error)
 
 
 def global_eval_batch(eval_batch_size: int, num_devices: int) -> int:

@@ -12,17 +12,12 @@ from jaxchar.training import distributed
 from jaxchar.training.config import DEFAULT_DATA, Config
 
 
-LOCAL_CACHE = Path("ckpt/corpus_cache")  # for a run in a bucket: the cache is local
-
-
 def cache_folder(workdir: str | Path, cache_dir: str | Path | None) -> Path:
   """Where the text's id cache goes: `cache_dir`, else corpus_cache/ beside the workdir (for a
   gs:// workdir, ckpt/corpus_cache/ here: a cache is read at random, so it stays local)."""
   if cache_dir:
     return Path(cache_dir)
-  if storage.is_remote(workdir):
-    return LOCAL_CACHE.absolute()
-  return Path(workdir).absolute().parent / "corpus_cache"
+  return storage.location(workdir).local_sibling("corpus_cache")
 
 
 def encoded_text(config: Config, cache_dir: Path) -> tuple[idcache.EncodedText, int]:

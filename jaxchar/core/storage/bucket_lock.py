@@ -2,70 +2,107 @@
 heartbeat.
 
 Object storage has no file locks, and a spot VM that is deleted releases nothing, so the lock
-is an object `<workdir>/train.lock` written with `ifGenerationMatch=0` (one writer wins). Its
-holder rewrites it every HEARTBEAT_S (each rewrite conditional on its own last generation);
-a lock not rewritten for STALE_AFTER_S belongs to a run that is gone (preempted, killed), and
-the next trainer takes it over: it deletes that generation only, then creates its own, so of
-two runs taking over at once one wins. A lock whose holder was a process of this host that has
-ended is stale at once. A holder whose lock was taken over (it was silent for
-longer than STALE_AFTER_S) learns it at its next heartbeat and stops at its next save.
+is an object `<workdir>/train.lock` written with `if_generation_match=0` (one writer wins). Its
+holder rewrites it every HEARTBEAT_S, each rewrite conditional on its own last generation; a
+lock not rewritten for STALE_AFTER_S belongs to a run that is gone (preempted, killed), and the
+next trainer takes it over: it deletes that generation only, then creates its own, so of two
+runs taking over at once one wins. A lock whose holder was a process of this host that has
+ended is stale at once. A holder whose lock was taken over (it was silent for longer than
+STALE_AFTER_S) learns it at its next heartbeat and stops at its next save.
+
+The requests go through google-cloud-storage, whose public API states these preconditions;
+each has a read deadline and a bounded retry, and tells the storage deadline what it heard.
 """
 
 import datetime
-import json
+import functools
 import os
 import re
 import socket
 import threading
 import time
 from typing import Any
-from urllib.parse import quote
 
-from jaxchar.core import storage
+from jaxchar.core.storage import gcs
+from jaxchar.core.storage.deadline import WATCH
 from jaxchar.errors import UserError
 
+LOCK_FILE = "train.lock"
 HEARTBEAT_S = 30.0
 STALE_AFTER_S = 180.0
 RELEASE_WAIT_S = 5.0  # a release the network does not let through leaves a lock to go stale
 
 
-def _upload(path: str, data: bytes, if_generation: str) -> str:
-  """Writes `path` only if its generation is `if_generation` ('0': only if absent); the new
-  generation. FileExistsError when the condition fails."""
-  fs = storage.filesystem()
-  bucket, name = storage.key(path).split("/", 1)
-  # A multipart upload, as gcsfs makes its own (the one form emulators check conditions on).
-  body = (f'--==0==\nContent-Type: application/json; charset=UTF-8\n\n{json.dumps({"name": name})}'
-          "\n--==0==\nContent-Type: text/plain\n\n").encode() + data + b"\n--==0==--"
-  resource = fs.call("POST", f"{fs._location}/upload/storage/v1/b/{quote(bucket)}/o",
-                     uploadType="multipart", ifGenerationMatch=if_generation, data=body,
-                     headers={"Content-Type": 'multipart/related; boundary="==0=="'},
-                     json_out=True)
-  return str(resource["generation"])
+@functools.cache
+def _bucket(name: str) -> Any:
+  from google.cloud import storage as client_lib
+  return client_lib.Client(project=os.environ.get("GOOGLE_CLOUD_PROJECT")).bucket(name)
 
 
-def _delete(path: str, generation: str) -> bool:
-  """Deletes `path` only at `generation`; False if it is gone or was rewritten since."""
-  fs = storage.filesystem()
-  bucket, name = storage.key(path).split("/", 1)
+def _call(request, *args, **kwargs) -> Any:
+  """`request` with a read deadline and retries within the storage bound; tells the storage
+  deadline whether the bucket answered."""
+  from google.api_core import exceptions, retry
+  import requests
+  attempt_s = gcs.attempt_deadline_s()
   try:
-    fs.call("DELETE", "b/{}/o/{}", bucket, name, ifGenerationMatch=generation)
-  except (FileNotFoundError, FileExistsError):
+    result = request(*args, timeout=(attempt_s, attempt_s),
+                     retry=retry.Retry(deadline=2 * attempt_s), **kwargs)
+  except (requests.Timeout, requests.ConnectionError):
+    WATCH.stalled()
+    raise
+  except exceptions.NotFound as e:
+    WATCH.answered()  # an answer, if a refusal
+    raise FileNotFoundError(str(e)) from None
+  except exceptions.GoogleAPICallError:
+    WATCH.answered()
+    raise
+  WATCH.answered()
+  return result
+
+
+def _blob(workdir: Any) -> Any:
+  bucket, _, prefix = gcs.key(workdir).partition("/")
+  return _bucket(bucket).blob(f"{prefix}/{LOCK_FILE}" if prefix else LOCK_FILE)
+
+
+def _create(workdir: Any, data: bytes, if_generation: int) -> int:
+  """Writes the lock only if its generation is `if_generation` (0: only if absent); the new
+  generation. FileExistsError when the condition fails."""
+  from google.api_core import exceptions
+  blob = _blob(workdir)
+  try:
+    _call(blob.upload_from_string, data, content_type="text/plain",
+          if_generation_match=if_generation)
+  except exceptions.PreconditionFailed:
+    raise FileExistsError(str(workdir)) from None
+  return int(blob.generation)
+
+
+def _delete(workdir: Any, generation: int) -> bool:
+  """Deletes the lock only at `generation`; False if it is gone or was rewritten since."""
+  from google.api_core import exceptions
+  try:
+    _call(_blob(workdir).delete, if_generation_match=generation)
+  except (exceptions.PreconditionFailed, FileNotFoundError):
     return False
   return True
 
 
-def _read(path: str) -> tuple[str, str, float] | None:
+def _read(workdir: Any) -> tuple[str, int, float] | None:
   """(holder's description, generation, seconds since it was last written), None if absent."""
-  fs = storage.filesystem()
-  try:
-    info = storage.object_info(path)
-    text = fs.cat_file(storage.key(path)).decode("utf-8", "replace").strip()
-  except FileNotFoundError:
+  from google.api_core import exceptions
+  bucket, name = _blob(workdir).bucket, _blob(workdir).name
+  blob = _call(bucket.get_blob, name)
+  if blob is None:
     return None
-  updated = datetime.datetime.fromisoformat(str(info["updated"]).replace("Z", "+00:00"))
-  age = (datetime.datetime.now(datetime.timezone.utc) - updated).total_seconds()
-  return text or "another process", info["generation"], max(age, 0.0)
+  try:
+    text = _call(blob.download_as_bytes, if_generation_match=blob.generation)
+  except (exceptions.PreconditionFailed, FileNotFoundError):
+    return None  # rewritten or released meanwhile
+  age = (datetime.datetime.now(datetime.timezone.utc) - blob.updated).total_seconds()
+  return (text.decode("utf-8", "replace").strip() or "another process", int(blob.generation),
+          max(age, 0.0))
 
 
 def _holder_gone(text: str) -> bool:
@@ -86,8 +123,8 @@ def _holder_gone(text: str) -> bool:
 def holder(workdir: Any) -> str | None:
   """Who holds the lock of a gs:// workdir (with when it was last heard of); None if no one
   does, or its holder has been silent past STALE_AFTER_S."""
-  with storage.requests_to(workdir, "read the lock of"):
-    found = _read(f"{workdir}/train.lock")
+  with workdir.reading("read the lock of"), workdir.waiting("reading the lock of"):
+    found = _read(workdir)
   if found is None or found[2] > STALE_AFTER_S or _holder_gone(found[0]):
     return None
   return f"{found[0]}; last heartbeat {found[2]:.0f} s ago"
@@ -97,20 +134,19 @@ class ObjectLock:
   """Exclusive lock on <gs://workdir>/train.lock; raises UserError naming the holder."""
 
   def __init__(self, workdir: Any, description: str):
-    self.workdir = str(workdir).rstrip("/")
-    self.path = f"{self.workdir}/train.lock"
+    self.workdir = workdir
     self.description = description
-    self.generation: str | None = None
+    self.generation: int | None = None
     self.took_over: str | None = None  # the stale holder this run replaced, to say so
     self.lost: str | None = None
     self._stop = threading.Event()
     self._thread: threading.Thread | None = None
 
   def acquire(self) -> "ObjectLock":
-    with storage.requests_to(self.workdir, "lock"):
+    with self.workdir.reading("lock"), self.workdir.waiting("taking the lock of"):
       while self.generation is None:
         try:
-          self.generation = _upload(self.path, self._payload(), "0")
+          self.generation = _create(self.workdir, self._payload(), 0)
         except FileExistsError:
           self._take_over_if_stale()
     self._thread = threading.Thread(target=self._beat, name="jaxchar-lock", daemon=True)
@@ -122,10 +158,13 @@ class ObjectLock:
     return f"{self.description}; heartbeat {now}\n".encode()
 
   def _take_over_if_stale(self) -> None:
-    found = _read(self.path)
+    found = _read(self.workdir)
     if found is None:
       return  # released meanwhile: try again
     text, generation, age = found
+    if text.startswith(self.description + ";"):  # ours: a retried create whose first got in
+      self.generation = generation
+      return
     if age <= STALE_AFTER_S and not _holder_gone(text):
       raise UserError(
           f"{self.workdir} is in use by another training run ({text}; last heartbeat "
@@ -134,13 +173,13 @@ class ObjectLock:
           "on its host: it saves a checkpoint), or give this run another --workdir. A run "
           f"whose machine is gone (a preempted VM) is taken over once its lock is "
           f"{STALE_AFTER_S:.0f} s old.")
-    if _delete(self.path, generation):
+    if _delete(self.workdir, generation):
       self.took_over = f"{text}; silent for {age:.0f} s"
 
   def _beat(self) -> None:
     while not self._stop.wait(HEARTBEAT_S):
       try:
-        self.generation = _upload(self.path, self._payload(), self.generation)
+        self.generation = _create(self.workdir, self._payload(), self.generation)
       except FileExistsError:
         self.lost = "another trainer took over its lock"
         return
@@ -157,8 +196,8 @@ class ObjectLock:
 
   def release(self) -> None:
     self._stop.set()
-    deadline = time.monotonic() + RELEASE_WAIT_S  # gcsfs retries for about 30 s when the
-    if self._thread is not None:                  # bucket is unreachable: not waited for
+    deadline = time.monotonic() + RELEASE_WAIT_S  # an unreachable bucket is not waited for
+    if self._thread is not None:
       self._thread.join(RELEASE_WAIT_S)
       self._thread = None
     if self.generation is not None and not self.lost:
@@ -168,18 +207,12 @@ class ObjectLock:
       deleter.join(max(deadline - time.monotonic(), 0))
     self.generation = None
 
-  def _delete_quietly(self, generation: str) -> None:
+  def _delete_quietly(self, generation: int) -> None:
     try:
-      _delete(self.path, generation)
+      _delete(self.workdir, generation)
     except Exception:  # noqa: BLE001 - unreachable now: the lock goes stale instead
       pass
 
   def discard(self) -> None:
     """Releases the lock (an object store has no folders to remove)."""
-    self.release()
-
-  def __enter__(self) -> "ObjectLock":
-    return self.acquire()
-
-  def __exit__(self, *exc) -> None:
     self.release()
