@@ -89,7 +89,10 @@ def process_env(devices: int | None = 1, drop: tuple[str, ...] = (), **variables
   as inherited), without the variables in `drop`, with `variables` added."""
   env = {k: v for k, v in os.environ.items() if k not in drop}
   if devices is not None:
-    env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    kept = [f for f in env.get("XLA_FLAGS", "").split()  # e.g. --xla_cpu_max_isa
+            if not f.startswith("--xla_force_host_platform_device_count")]
+    env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=" ".join(
+        [*kept, f"--xla_force_host_platform_device_count={devices}"]))
   return {**env, **variables}
 
 

@@ -3,6 +3,8 @@ figures the code that wrote them gave (tests/data/README.md)."""
 
 import shutil
 
+import pytest
+
 from helpers import FORMAT1_RUN, final_checkpoint, tiny_config, write_tiny_text
 from jaxchar import train
 from jaxchar.core import checkpoint, restore
@@ -35,9 +37,11 @@ def test_format1_checkpoint_resumes_and_saves_the_current_format(tmp_path, capsy
   out = capsys.readouterr().out
   assert "resuming from the checkpoint at step 90 (the end of epoch 2)" in out
   state, meta = final_checkpoint(tmp_path / "old")
-  # The old code gave 1.4079433071997858: since the window order became a seeded bijection
-  # (no permutation array, for texts of any size), epoch 3 sees its windows in another order.
-  assert meta["epoch"] == 3 and meta["val_loss"] == 1.331714605516003
+  # The old code gave 1.40794: since the window order became a seeded bijection (no permutation
+  # array, for texts of any size), epoch 3 sees its windows in another order. The tolerance
+  # covers float rounding, which differs with the CPU's instruction set (1.3317146 with AVX-512,
+  # 1.3317156 without).
+  assert meta["epoch"] == 3 and meta["val_loss"] == pytest.approx(1.33171, abs=2e-5)
   assert meta["epoch_losses"] and meta["val_loss"] < 1.6582  # it trained on from epoch 2's state
   assert meta["format_version"] == checkpoint.FORMAT_VERSION and ModelSpec.from_meta(meta) == restore.restore(
       FORMAT1_RUN).spec

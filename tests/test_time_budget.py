@@ -54,7 +54,9 @@ def test_a_clocked_step_at_factor_one_is_the_plain_step_and_half_halves_the_upda
                                clocked(p_state, batch, np.float32(0.5)))
   for x, y, h, start in zip(*(jax.tree_util.tree_leaves(s.params)
                               for s in (a, b, half, p_state))):
-    np.testing.assert_array_equal(x, y)
+    # Equal to float rounding: XLA may compile the two programs' update arithmetic differently
+    # (seen with jax 0.12: 3e-8 apart).
+    np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(h - start, 0.5 * (x - start), rtol=1e-4, atol=1e-7)
   assert int(b.step[0]) == int(a.step[0]) == 1  # the step count the schedules read still moves
 
