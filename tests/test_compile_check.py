@@ -129,7 +129,8 @@ def test_an_oversized_run_does_not_fit_and_the_largest_batch_that_fits_does(reso
           batch, compile_once(config, vocab, chars, devices, batch))))
   too_big = programs.train_step(config, 65, 305_270, topology.devices, config.batch_size)
   assert too_big.out_of_memory and too_big.peak_bytes > hbm  # XLA refused it
-  largest = largest_fitting_batch(config, 65, 305_270, topology)
+  largest = largest_fitting_batch(config, 65, 305_270, topology, too_big.peak_bytes)
+  assert len(compiled) <= 8  # sizes read off a line: bisecting the range compiled 11
   assert largest and largest % 8 == 0 and largest < config.batch_size
   fits = programs.train_step(config, 65, 305_270, topology.devices, largest)
   assert fits.out_of_memory is None and fits.peak_bytes <= hbm

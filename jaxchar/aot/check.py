@@ -72,24 +72,41 @@ def corpus_shape(config: Config, check: CheckConfig) -> tuple[int, int, bool]:
   return vocab, check.corpus_chars or len(text), False
 
 
-def largest_fitting_batch(config: Config, vocab: int, corpus_chars: int,
-                          topology: Topology) -> int | None:
-  """The largest global batch (a multiple of the device count) whose train step fits."""
+def largest_fitting_batch(config: Config, vocab: int, corpus_chars: int, topology: Topology,
+                          too_big_peak: int) -> int | None:
+  """The largest global batch (a multiple of the device count) whose train step fits, to within
+  12.5%, each answer a compile: a step's peak memory grows about linearly with its batch, so
+  each guess is read off the line through the nearest sizes that fit and do not, and the size
+  12.5% beyond it on the other side is compiled too (near the limit XLA's memory is not
+  monotonic in the batch, so the answer is a size that fits with one within 12.5% above it
+  that does not). `too_big_peak`: the peak of --batch_size's step, compiled already."""
   n, hbm = len(topology.devices), topology.chip.hbm_bytes
-
-  def fits(batch: int) -> bool:
-    compiled = programs.train_step(config, vocab, corpus_chars, topology.devices, batch)
-    return compiled.peak_bytes <= hbm
-
   high = config.batch_size // n  # per device; known not to fit
-  low = high // 2
-  while low and not fits(low * n):
-    high, low = low, low // 2
-  if not low:
+  peaks: dict[int, int] = {high: too_big_peak}
+  refused: set[int] = set()  # XLA keeps some HBM for itself: a peak under it may not fit
+
+  def fits(per_device: int) -> bool:
+    if per_device not in peaks:
+      compiled = programs.train_step(config, vocab, corpus_chars, topology.devices,
+                                     per_device * n)
+      peaks[per_device] = compiled.peak_bytes
+      if compiled.out_of_memory:
+        refused.add(per_device)
+    return peaks[per_device] <= hbm and per_device not in refused
+
+  low = 1
+  if not fits(low):
     return None
-  while high - low > max(1, low // 8):  # within 12.5%: each probe is a compile
-    middle = (low + high) // 2
-    low, high = (middle, high) if fits(middle * n) else (low, middle)
+  while high - low > max(1, low // 8):
+    slope = (peaks[high] - peaks[low]) / (high - low)
+    guess = low + int((hbm - peaks[low]) / slope) if slope > 0 else (low + high) // 2
+    guess = min(max(guess, low + 1), high - 1)
+    if fits(guess):
+      low, edge = guess, guess + max(1, guess // 8)  # the tolerance's edge above it
+    else:
+      high, edge = guess, guess - max(1, guess // 9)  # and below it
+    if low < edge < high:
+      low, high = (edge, high) if fits(edge) else (low, edge)
   return low * n
 
 
@@ -108,7 +125,7 @@ def run_check(config: Config, check: CheckConfig, topology: Topology) -> Report:
     compiled += programs.server_generation(config, vocab, device, mode)
   largest = None
   if compiled[0].peak_bytes > topology.chip.hbm_bytes and check.search_batch:
-    largest = largest_fitting_batch(config, vocab, corpus_chars, topology)
+    largest = largest_fitting_batch(config, vocab, corpus_chars, topology, compiled[0].peak_bytes)
   flops_check = (programs.analytic_check(config, vocab, topology.devices)
                  if topology.platform == "tpu" else None)  # XLA's GPU backend gives no costs
   return Report(topology, config, vocab, corpus_chars, assumed, compiled, flops_check, largest)
