@@ -1,7 +1,8 @@
-"""The compatibility subset (`pytest -m compat`), which .ci/run also runs on the newest Python
-with the newest releases: a tiny run trained, interrupted and resumed bit for bit, then sampled,
-scored and exported through the entry points and compile-checked for a TPU, and no warning comes
-from jaxchar's own code (a deprecated call would)."""
+"""The release checks, part of the `lowest` subset (`pytest -m lowest`, which .ci/run's
+lowest-versions job runs; the newest-versions job runs the whole suite): a tiny run trained,
+interrupted and resumed bit for bit, then sampled, scored and exported through the entry points
+and compile-checked for a TPU, and no warning comes from jaxchar's own code (a deprecated call
+would)."""
 
 import importlib.util
 import os
@@ -18,7 +19,7 @@ from helpers import REPO, StopAfterPolls, assert_same_run, run_module, tiny_conf
 from jaxchar import train
 from jaxchar.training import loop
 
-pytestmark = pytest.mark.compat
+pytestmark = pytest.mark.lowest
 JAXCHAR = str(REPO / "jaxchar")
 
 

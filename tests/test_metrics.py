@@ -38,6 +38,7 @@ def scalar_steps(workdir, tag: str) -> list[int]:
   return [e.step for e in events.Scalars(tag)]
 
 
+@pytest.mark.lowest
 def test_a_run_records_metrics_events_samples_and_plot(tiny_file, tmp_path, epoch_plots):
   config = tiny_config(tiny_file, epochs=2, log_every=10, sample_len=20)
   train.train_and_evaluate(config, tmp_path / "run")

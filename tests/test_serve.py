@@ -40,6 +40,7 @@ def test_buckets_keep_compiled_shapes_few():
   assert batch_buckets(64) == [1, 4, 16, 64] and batch_buckets(10) == [1, 4, 10]
 
 
+@pytest.mark.lowest
 def test_generate_round_trip_matches_the_sampler(served):
   client, _, sampler = served
   reply = client.post("/api/generate", json={"prime": "MOE: ", "length": 40, "num_samples": 3,
@@ -200,6 +201,7 @@ def test_rows_with_different_primes_in_one_batch_equal_each_alone(workdir):
       np.testing.assert_array_equal(together[i], sampler.generate_rows([row], 40, mode)[0])
 
 
+@pytest.mark.lowest
 def test_the_page_generates_in_a_real_headless_browser(workdir, browser, tmp_path):
   from selenium.webdriver.common.by import By
   from selenium.webdriver.support.ui import WebDriverWait
