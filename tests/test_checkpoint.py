@@ -134,13 +134,12 @@ def test_sigterm_saves_and_the_resumed_run_matches_an_uninterrupted_one(tiny_fil
 
 def test_a_pinned_checkpoint_is_private_and_one_being_deleted_is_refused(tmp_path):
   step_dir = tmp_path / "run" / "checkpoints" / "7"
-  for item in ("params", "optimizer"):
-    (step_dir / item).mkdir(parents=True)
+  (step_dir / "params").mkdir(parents=True)
   (step_dir / "params" / "data").write_text("weights")
+  workdir = storage.location(tmp_path / "run")
   with pytest.raises(FileNotFoundError, match="has no meta"):  # meta already deleted
-    restore_lib._pin(storage.location(tmp_path / "run"), 7, tmp_path / "private")
-  (step_dir / "meta").mkdir()
-  pinned = restore_lib._pin(storage.location(tmp_path / "run"), 7, tmp_path / "private2")
+    restore_lib._pin(workdir, 7, tmp_path / "private", "meta")
+  pinned = restore_lib._pin(workdir, 7, tmp_path / "private2", "params")
   shutil.rmtree(step_dir)  # the trainer's --keep
   assert (Path(pinned) / "params" / "data").read_text() == "weights"
 

@@ -230,6 +230,11 @@ def _optimizer_part(state: dict) -> dict:
   return {"opt_state": state["opt_state"], "step": state["step"]}
 
 
+def params_item(checkpoint: storage.Location) -> str:
+  """The item holding a checkpoint's parameters: their own, or (before format 4) the state."""
+  return PARAMS if (checkpoint / PARAMS).is_dir() else STATE
+
+
 def state_items(checkpoint: storage.Location) -> tuple[str, ...]:
   """The items a checkpoint holds its state in: (params, optimizer), or (state,) before
   format 4."""

@@ -65,22 +65,24 @@ def _warn(message: str) -> None:
   print(shown(f"warning: {message}"), file=sys.stderr, flush=True)
 
 
-def _pin(workdir: storage.Location, step: int, private: Path) -> storage.Location:
-  """The checkpoint at `step` as Location.pinned keeps it in `private` (hard links on a disk, the
-  objects themselves in a bucket): what a live run's --keep deletes meanwhile stays readable.
-  OSError if it vanished (or was being deleted) first."""
-  pinned = checkpoint.step_folder(workdir, step).pinned(private)
-  missing = [item for item in (*checkpoint.state_items(pinned), "meta")
-             if not (pinned / item).is_dir()]
-  if missing:  # the trainer's deletion had begun before the listing
-    raise FileNotFoundError(f"the checkpoint at step {step} has no {' or '.join(missing)}")
+def _pin(workdir: storage.Location, step: int, private: Path, item: str) -> storage.Location:
+  """The checkpoint at `step`'s `item` ("meta", or "params": what holds its parameters) as
+  Location.pinned keeps it in `private` (hard links on a disk, a download from a bucket), so
+  that a live run's --keep deleting it meanwhile cannot spoil the read. OSError if it vanished
+  first."""
+  source = checkpoint.step_folder(workdir, step)
+  name = checkpoint.params_item(source) if item == "params" else item
+  pinned = source.pinned(private, (name,))
+  if not (pinned / name).is_dir():  # the trainer's deletion had begun before the listing
+    raise FileNotFoundError(f"the checkpoint at step {step} has no {name}")
   return pinned
 
 
-def _read(pinned: storage.Location, step: int, meta: dict) -> Restored:
-  """The parameters (only their bytes are read) of a pinned checkpoint."""
+def _read(workdir: storage.Location, step: int, meta: dict, private: Path) -> Restored:
+  """The parameters of the checkpoint at `step` (only their item is read)."""
   spec = ModelSpec.from_meta(meta)
-  params = checkpoint.restore_params(pinned, spec.params_template())
+  params = checkpoint.restore_params(_pin(workdir, step, private, "params"),
+                                     spec.params_template())
   return Restored(spec, jax.device_put(params), step, meta)
 
 
@@ -107,10 +109,10 @@ def restore(workdir: Any, step: int | None = None, flag: str = "--workdir") -> R
   """Restores parameters (not optimizer state) and metadata onto the default device.
 
   Without `step`: the best checkpoint, else the latest, else older ones, skipping with a
-  warning any that fail to restore. Each is pinned (Location.pinned: hard links on a disk), so
-  a live run deleting it (--keep) cannot spoil the read; one that vanishes first is as if never
-  there. Only the candidates' metadata (small JSON) is read to choose, then the chosen one's
-  parameters: nothing else is downloaded from a bucket.
+  warning any that fail to restore. What is read is pinned first (Location.pinned: hard links
+  on a disk, a download from a bucket), so a live run deleting it (--keep) cannot spoil the
+  read; one that vanishes first is as if never there. Only the candidates' metadata (small
+  JSON) is read to choose, then the chosen one's parameters: nothing else is downloaded.
   Errors name `workdir` as `flag` (the trainer's --init_from reads a run this way too).
   """
   workdir = storage.location(workdir)
@@ -125,22 +127,22 @@ def _restore(workdir: storage.Location, step: int | None, flag: str) -> Restored
       return _restore_step(workdir, step, steps, Path(private), flag)
     failures, tried = [], set()
     for _ in range(LISTING_ROUNDS):  # a live run may have saved new ones while we read
-      metas, pinned = {}, {}
+      metas = {}
       for candidate in sorted(set(steps) - tried):
         tried.add(candidate)
         try:
-          pinned[candidate] = _pin(workdir, candidate, Path(private))
+          pinned = _pin(workdir, candidate, Path(private), "meta")
         except OSError:
           continue  # deleted since listed (a live run's --keep): as if never there
         try:
-          metas[candidate] = checkpoint.read_meta(workdir, candidate, pinned[candidate])
+          metas[candidate] = checkpoint.read_meta(workdir, candidate, pinned)
         except UserError:
           raise
         except Exception as e:  # noqa: BLE001 - reported, and the next checkpoint is tried
           _skip(workdir, candidate, e, failures, "its metadata cannot be read")
       for candidate in candidate_steps(metas):
         try:
-          return _read(pinned[candidate], candidate, metas[candidate])
+          return _read(workdir, candidate, metas[candidate], Path(private))
         except Exception as e:  # noqa: BLE001 - reported, and the next checkpoint is tried
           _skip(workdir, candidate, e, failures, "it cannot be restored")
       steps = checkpoint.checkpoint_steps(workdir)
@@ -175,8 +177,8 @@ def _restore_step(workdir: storage.Location, step: int, steps: list[int], privat
     raise UserError(f"{asked} has no checkpoint in {workdir}; the steps saved are "
                     f"{', '.join(map(str, steps))}.")
   try:
-    pinned = _pin(workdir, step, private)
-    return _read(pinned, step, checkpoint.read_meta(workdir, step, pinned))
+    meta = checkpoint.read_meta(workdir, step, _pin(workdir, step, private, "meta"))
+    return _read(workdir, step, meta, private)
   except UserError:
     raise
   except Exception as e:  # orbax raises many types for missing or damaged files

@@ -128,8 +128,18 @@ class BucketPath(Location):
     from jaxchar.core.storage.bucket_lock import holder
     return holder(self)
 
-  def pinned(self, into: Path) -> "BucketPath":
-    return self
+  def pinned(self, into: Path, names: tuple[str, ...]) -> Location:
+    from jaxchar.core.storage.local import LocalPath
+    target = Path(into) / self.name
+    with self.waiting("reading"):
+      for name in names:
+        try:
+          filesystem().get(f"{self.key}/{name}/", str(target / name) + "/", recursive=True)
+        except Exception as e:  # noqa: BLE001 - gcsfs's downloads raise aiohttp's own 404
+          if not (isinstance(e, FileNotFoundError) or getattr(e, "status", None) == 404):
+            raise
+          shutil.rmtree(target / name, ignore_errors=True)  # absent, or deleted as it was read
+    return LocalPath(target)
 
   def mirror(self) -> "BucketMirror":
     return BucketMirror(self)

@@ -115,10 +115,12 @@ class LocalPath(Location):
       fcntl.flock(file, fcntl.LOCK_UN)
     return None
 
-  def pinned(self, into: Path) -> "LocalPath":
+  def pinned(self, into: Path, names: tuple[str, ...]) -> "LocalPath":
     target = Path(into) / self.path.name
     try:
-      shutil.copytree(self.path, target, copy_function=_link_or_copy)
+      for name in names:
+        if (self.path / name).is_dir():
+          shutil.copytree(self.path / name, target / name, copy_function=_link_or_copy)
     except shutil.Error as e:  # some files vanished midway: the folder is being deleted
       raise FileNotFoundError(f"{self.path} changed while it was read ({str(e)[:200]})") from None
     return LocalPath(target)

@@ -139,10 +139,10 @@ class Location(abc.ABC):
     """Who holds this workdir's lock now; None when no one does. Writes nothing."""
 
   @abc.abstractmethod
-  def pinned(self, into: Path) -> "Location":
-    """This folder as a reader sees it whatever a live trainer deletes meanwhile: hard links in
-    `into` on a disk; on a bucket, itself (objects are never rewritten in place: a deletion
-    surfaces as FileNotFoundError). FileNotFoundError if it vanished first."""
+  def pinned(self, into: Path, names: tuple[str, ...]) -> "Location":
+    """This folder's subfolders `names`, copied into `into` as a reader needs them whatever a
+    live trainer deletes meanwhile: hard links on a disk, a download from a bucket (of those
+    alone). One that is not there (or was deleted as it was read) is left out of the copy."""
 
   @abc.abstractmethod
   def mirror(self) -> Mirror:
