@@ -116,10 +116,10 @@ def test_two_processes_stop_at_one_step_and_scale_their_updates_alike_under_a_ti
   """--time_budget's clock is process 0's, shared: the processes' cosine factors and the step
   they stop at are the same, so their parameters stay identical."""
   port = free_port()
-  args = [*tiny_args(tiny_file, tmp_path / "run"), "--epochs=0", "--time_budget=20s",
+  args = [*tiny_args(tiny_file, tmp_path / "run"), "--epochs=0", "--time_budget=8s",
           "--lr_schedule=cosine", f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2"]
   procs = [start([*args, f"--process_id={i}"], devices=2) for i in range(2)]
   outputs = [finish(p) for p in procs]
   assert [p.returncode for p in procs] == [0, 0], outputs
-  assert "time budget: 20s (--time_budget) reached at" in outputs[0], outputs[0]
+  assert "time budget: 8s (--time_budget) reached at" in outputs[0], outputs[0]
   assert "parameters identical on all 2 processes" in outputs[0], outputs[0]

@@ -320,7 +320,7 @@ def test_a_bucket_that_stops_answering_ends_the_run_within_its_bound_and_sigterm
           "--batch_size=16", "--epochs=50", "--sample_len=0"]
   env = {**emulator.env, "PYTHONUNBUFFERED": "1"}
   try:
-    for stop, bound in (("pause", 8), ("pause and SIGTERM", 600)):
+    for stop, bound in (("pause", 4), ("pause and SIGTERM", 600)):
       trainer = start_module("jaxchar.train", *args, f"--storage_timeout_s={bound}", env=env,
                              start_new_session=True)
       _next_checkpoint_written(emulator, f"{bucket}/run", trainer)
@@ -336,7 +336,7 @@ def test_a_bucket_that_stops_answering_ends_the_run_within_its_bound_and_sigterm
       if stop == "pause":
         assert trainer.returncode == 2, out
         assert "error: Cloud Storage stopped answering: no reply for" in message, out
-        assert "(--storage_timeout_s=8)" in message and took < 8 + 15, (took, out)
+        assert "(--storage_timeout_s=4)" in message and took < 4 + 15, (took, out)
       else:
         assert trainer.returncode == 128 + signal.SIGTERM, out
         assert "error: SIGTERM: Cloud Storage gave no answer for" in message, out
