@@ -34,7 +34,7 @@ from helpers import TINY_TEXT, GcsEmulator, tiny_config, write_tiny_text  # noqa
 from jaxchar import train  # noqa: E402
 from jaxchar.core import corpus  # noqa: E402
 from jaxchar.training import loop, plots  # noqa: E402
-from jaxchar.training import run as run_lib  # noqa: E402
+from jaxchar.training import state as state_lib  # noqa: E402
 
 
 class _PlotsWithoutTheEpochPlot:
@@ -80,7 +80,7 @@ def tiny_file(tmp_path) -> Path:
 
 
 class FakeClock:
-  """A training run's clock (Run.elapsed) that advances `step_s` each time it is read, so a
+  """A training run's clock (RunState.elapsed) that advances `step_s` each time it is read, so a
   --time_budget test does not depend on this machine's speed."""
 
   def __init__(self, step_s: float):
@@ -95,9 +95,9 @@ class FakeClock:
 
 @pytest.fixture
 def fake_clock(monkeypatch) -> FakeClock:
-  """Run.elapsed reads a FakeClock of 0.25 s a reading (set .step_s to change it)."""
+  """RunState.elapsed reads a FakeClock of 0.25 s a reading (set .step_s to change it)."""
   clock = FakeClock(0.25)
-  monkeypatch.setattr(run_lib.Run, "elapsed", lambda run: clock.elapsed(run))
+  monkeypatch.setattr(state_lib.RunState, "elapsed", lambda run: clock.elapsed(run))
   return clock
 
 

@@ -7,7 +7,6 @@ import shutil
 import jax
 import numpy as np
 import pytest
-from flax import jax_utils
 
 from helpers import TINY_TEXT, damage_checkpoint, run_main, tiny_config
 from jaxchar import train
@@ -15,8 +14,8 @@ from jaxchar.core import checkpoint
 from jaxchar.core.model import init_params
 from jaxchar.errors import UserError
 from jaxchar.sampling import sampler as sampler_lib
-from jaxchar.training import init_from, metrics, plots
-from jaxchar.training.run import start_run
+from jaxchar.training import init_from, loop, metrics, plots, steps
+from jaxchar.training.startup import start_run
 
 NEW_TEXT = TINY_TEXT.replace("beer", "bière").replace("hi moe", "hï moe—")
 SMALL = ["--stride=2", "--batch_size=16", "--eval_batch_size=64", "--sample_len=0"]
@@ -39,11 +38,11 @@ def test_new_symbols_get_fresh_rows_and_old_rows_start_as_the_base(tiny_run, new
   base = init_from.load_base(str(tiny_run))
   config = fine_tune_config(base, new_text, epochs=1, seed=5)
   assert (config.hidden, config.maxlen) == (16, 8)  # the base's, not the config's 64 and 4
-  run = start_run(config, tmp_path / "ft", base)
+  run, run_state = start_run(config, tmp_path / "ft", base)
   try:
-    state = jax.device_get(jax_utils.unreplicate(run.p_state))
+    state = steps.first_replica(run_state.train)
   finally:
-    run.close()
+    loop.close(run)
   old = base.vocab.size
   assert run.corpus.vocab.chars[:old] == base.vocab.chars  # the base's ids kept
   assert run.corpus.vocab.chars[old:] == "èï—"

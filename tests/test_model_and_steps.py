@@ -1,5 +1,7 @@
 """Model shape, initialisation, optimizer and the pure train/eval steps."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,7 +20,8 @@ REFERENCE_TX = steps.make_optimizer(0.01)  # RMSprop(lr=0.01)
 def p_steps(num_devices: int):
   """pmapped train/eval steps over the first `num_devices` CPU devices."""
   devices = jax.local_devices()[:num_devices]
-  train = jax.pmap(steps.train_step, axis_name=steps.AXIS, devices=devices)
+  train = jax.pmap(functools.partial(steps.train_step, lr_factor=1.0), axis_name=steps.AXIS,
+                   devices=devices)
   evaluate = jax.pmap(steps.eval_step, axis_name=steps.AXIS, devices=devices)
   return train, evaluate, devices
 

@@ -1,6 +1,8 @@
 """Training options beyond the reference: objective, layers, embedding, dropout, clipping,
 schedules, AdamW and early stopping."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -66,7 +68,8 @@ def test_every_position_step_minimises_the_mean_over_all_positions():
   state = steps.create_train_state(jax.random.PRNGKey(0), model, MAXLEN, tx)
   ids = jax.random.randint(jax.random.PRNGKey(2), (200,), 0, 11)
   batch = data.gather_windows(ids, jnp.arange(0, 160, 10), MAXLEN, every_position=True)
-  p_train = jax.pmap(steps.train_step, axis_name=steps.AXIS, devices=jax.local_devices()[:1])
+  p_train = jax.pmap(functools.partial(steps.train_step, lr_factor=1.0), axis_name=steps.AXIS,
+                     devices=jax.local_devices()[:1])
   _, metrics = p_train(jax_utils.replicate(state, jax.local_devices()[:1]),
                        jax.tree_util.tree_map(lambda x: x[None], batch))
   logits = model.apply({"params": state.params}, batch["inputs"], every_position=True)

@@ -17,7 +17,7 @@ from jaxchar.core import data
 from jaxchar.core.data import Vocab
 from jaxchar.core.spec import ModelSpec
 from jaxchar.errors import UserError
-from jaxchar.training import init_from, run as run_lib
+from jaxchar.training import init_from, loop
 from jaxchar.training.loop import train_and_evaluate
 
 
@@ -96,13 +96,13 @@ def test_a_base_that_knows_few_of_the_new_characters_is_warned_about():
 
 
 def test_a_ctrl_c_as_the_run_ends_is_answered_completely(tmp_path, monkeypatch, capsys):
-  close = run_lib.Run.close
+  close = loop.close
 
-  def interrupted_close(self, after_error=False):
+  def interrupted_close(plan, after_error=False):
     os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the last checkpoint is completed
-    close(self, after_error)
+    close(plan, after_error)
 
-  monkeypatch.setattr(run_lib.Run, "close", interrupted_close)
+  monkeypatch.setattr(loop, "close", interrupted_close)
   train_and_evaluate(tiny_config(write_tiny_text(tmp_path), epochs=1), tmp_path / "run")
   printed = capsys.readouterr()
   assert ("SIGINT received: the run's training steps are done; it ends its last epoch, saves "

@@ -12,7 +12,7 @@ from jaxchar.errors import UserError
 from jaxchar.options import option
 from jaxchar.sampling.controls import SAMPLE_MODES
 from jaxchar.training.config import DEFAULT_DATA, Config
-from jaxchar.training.run import check_batch_fits
+from jaxchar.training.startup import check_batch_fits
 
 ASSUMED_CORPUS_CHARS = 1_000_000
 

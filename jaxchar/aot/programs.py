@@ -19,9 +19,9 @@ from jaxchar.sampling.generate import GENERATORS
 from jaxchar.sampling.sampler import CHUNK
 from jaxchar.serving.batcher import batch_buckets
 from jaxchar.serving.config import ServeConfig
-from jaxchar.training import loop, steps
+from jaxchar.training import steps
 from jaxchar.training.config import Config
-from jaxchar.training.run import global_eval_batch
+from jaxchar.training.startup import global_eval_batch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,9 +116,11 @@ def train_step(config: Config, vocab: int, corpus_chars: int, devices, batch: in
   state = _abstract(abstract_state(config, vocab), n)
   ids = _windows(config, vocab, n, batch)  # the batch's windows: the corpus stays on the host
   starts = jax.ShapeDtypeStruct((n, batch // n), np.int32)
-  p_train, _ = loop.pmapped_steps(config.maxlen, config.objective == "every", devices=devices)
+  lr_factor = jax.ShapeDtypeStruct((), np.float32)
+  p_train, _ = steps.pmapped_steps(config.maxlen, config.objective == "every", devices=devices)
   shape = flop_shape(config, vocab)
-  return _compile(f"train step (global batch {batch})", lambda: p_train.lower(state, ids, starts),
+  return _compile(f"train step (global batch {batch})",
+                  lambda: p_train.lower(state, ids, starts, lr_factor),
                   flops.train_step_flops(shape, batch) / n, _leaves(True, state, ids, starts))
 
 
@@ -130,7 +132,7 @@ def eval_step(config: Config, vocab: int, corpus_chars: int, devices) -> Compile
   ids = _windows(config, vocab, n, batch)
   starts = jax.ShapeDtypeStruct((n, batch // n), np.int32)
   weights = jax.ShapeDtypeStruct((n, batch // n), np.float32)
-  _, p_eval = loop.pmapped_steps(config.maxlen, devices=devices)
+  _, p_eval = steps.pmapped_steps(config.maxlen, devices=devices)
   shape = flop_shape(config, vocab)
   return _compile(f"eval step (global batch {batch})",
                   lambda: p_eval.lower(state, ids, starts, weights),

@@ -81,21 +81,22 @@ def _corpus(sizes: Sizes):
 
 
 def train_cell(sizes: Sizes, corpus, batch: int, impl: str, dtype: str, unroll: int) -> dict:
-  """The trainer's pmapped step (loop.pmapped_steps), windows gathered on the devices."""
+  """The trainer's pmapped step (steps.pmapped_steps), windows gathered on the devices."""
   import jax
   from jaxchar.core import data
-  from jaxchar.training import loop, steps
+  import numpy as np
+  from jaxchar.training import steps
   state = steps.create_train_state(jax.random.PRNGKey(0), _model(sizes, impl, dtype),
                                    sizes.maxlen, steps.make_optimizer(0.01))
   holder = [steps.replicate(state)]
   devices, num_batches = jax.local_device_count(), max(1, corpus.num_train_windows // batch)
-  p_train_step, _ = loop.pmapped_steps(sizes.maxlen)
+  p_train_step, _ = steps.pmapped_steps(sizes.maxlen)
 
   def run(count: int = CHUNK) -> None:
     for i in range(count):
       starts = data.train_batch_starts(corpus, i % num_batches, batch, 0, 1)
       holder[0], metrics = p_train_step(
-          holder[0], *data.device_batch(corpus, starts.reshape(devices, -1)))
+          holder[0], *data.device_batch(corpus, starts.reshape(devices, -1)), np.float32(1))
     metrics["loss"].block_until_ready()
   with scan_unroll(unroll):  # traced (and compiled) inside: later calls reuse it
     start = time.perf_counter()
@@ -114,14 +115,14 @@ def validation_cell(sizes: Sizes, corpus) -> dict:
   float32."""
   import jax
   import numpy as np
-  from jaxchar.training import loop, steps, validation
+  from jaxchar.training import steps, validation
   from jaxchar.training.config import Config
-  from jaxchar.training.run import global_eval_batch
+  from jaxchar.training.startup import global_eval_batch
   starts = np.arange(corpus.num_chars - sizes.maxlen - 1)  # any window validates the same way
   state = steps.create_train_state(jax.random.PRNGKey(0), _model(sizes, "fused", "float32"),
                                    sizes.maxlen, steps.make_optimizer(0.01))
   p_state = steps.replicate(state)
-  _, p_eval_step = loop.pmapped_steps(sizes.maxlen)
+  _, p_eval_step = steps.pmapped_steps(sizes.maxlen)
   batch = global_eval_batch(Config.eval_batch_size, jax.device_count())
   start = time.perf_counter()
   validation.evaluate(p_eval_step, p_state, corpus, starts[:batch], batch)

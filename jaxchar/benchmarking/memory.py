@@ -93,7 +93,7 @@ def probe(path: str, cache_dir: str | None, read_steps: int) -> dict:
   beside a temporary run), sampling RssAnon and RssFile, then reads `read_steps` training
   batches from the cache on a cold page cache: peak RSS (MB), sampled peaks, cache_reads."""
   from jaxchar import host
-  from jaxchar.training import loop, run
+  from jaxchar.training import loop, startup
   from jaxchar.training.config import Config
   host.keep_freed_memory()
   config = Config(data=path, epochs=1, steps_per_epoch=5, val_fraction=0.0002, sample_len=0,
@@ -102,7 +102,7 @@ def probe(path: str, cache_dir: str | None, read_steps: int) -> dict:
   with tempfile.TemporaryDirectory() as tmp:
     with RssPeaks() as peaks:
       loop.train_and_evaluate(config, Path(tmp) / "run", cache_dir=cache_dir)
-    corpus = run.load_corpus(config, Path(tmp) / "run", cache_dir)[0]
+    corpus = startup.open_text(config, Path(tmp) / "run", cache_dir)[0]
     reads = cache_reads(corpus, read_steps, config.batch_size)
   return {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
           "peak_mb": peaks.peaks, "cache_reads": reads}

@@ -99,7 +99,7 @@ def _trainer_setup(vocab: int, impl: str):
   import jax
   import numpy as np
   from jaxchar.core import data
-  from jaxchar.training import loop, steps
+  from jaxchar.training import steps
   from jaxchar.core.spec import ModelSpec
   ids = np.random.default_rng(0).integers(0, vocab, 400_000).astype(data.ids_dtype(vocab))
   model = ModelSpec.sized(vocab, HIDDEN, MAXLEN, lstm_impl=impl).model()
@@ -107,13 +107,14 @@ def _trainer_setup(vocab: int, impl: str):
                        3, "")
   state = steps.create_train_state(jax.random.PRNGKey(0), model,
                                    MAXLEN, steps.make_optimizer(0.01))
-  return steps.replicate(state), corpus, loop.pmapped_steps(MAXLEN)
+  return steps.replicate(state), corpus, steps.pmapped_steps(MAXLEN)
 
 
 def trainer_rate(batch: int, vocab: int, impl: str, budget_s: float) -> dict:
   """The trainer's own pmapped step over all local devices, each batch's windows read from
   the corpus on the host as the loop reads them."""
   import jax
+  import numpy as np
   from jaxchar.core import data
   p_state, corpus, (p_train_step, _) = _trainer_setup(vocab, impl)
   devices = jax.local_device_count()
@@ -123,7 +124,8 @@ def trainer_rate(batch: int, vocab: int, impl: str, budget_s: float) -> dict:
     for _ in range(steps):
       i[0] = (i[0] + 1) % (corpus.num_train_windows // batch)
       starts = data.train_batch_starts(corpus, i[0], batch, 0, 1).reshape(devices, -1)
-      holder[0], metrics = p_train_step(holder[0], *data.device_batch(corpus, starts))
+      holder[0], metrics = p_train_step(holder[0], *data.device_batch(corpus, starts),
+                                        np.float32(1))
     metrics["loss"].block_until_ready()
   compile_start = time.perf_counter()
   run(1)
@@ -138,7 +140,7 @@ def validation_seconds(vocab: int, windows: int) -> float:
   import numpy as np
   from jaxchar.training import validation
   from jaxchar.training.config import Config
-  from jaxchar.training.run import global_eval_batch
+  from jaxchar.training.startup import global_eval_batch
   p_state, corpus, (_, p_eval_step) = _trainer_setup(vocab, "fused")
   starts = np.arange(corpus.num_chars - MAXLEN - 1)
   batch = global_eval_batch(Config.eval_batch_size, jax.device_count())

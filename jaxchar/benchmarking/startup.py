@@ -41,9 +41,9 @@ def marked_restore(*args, **kwargs):
 checkpoint.restore_params = marked_restore
 if entry_name == "jaxchar.train":
   import jax
-  from jaxchar.training import loop, run, steps
-  load_corpus, create_train_state, pmapped_steps = (run.load_corpus, steps.create_train_state,
-                                                    loop.pmapped_steps)
+  from jaxchar.training import startup, steps
+  load_corpus, create_train_state, pmapped_steps = (startup.open_text, steps.create_train_state,
+                                                    steps.pmapped_steps)
 
   def marked_load(*args, **kwargs):
     out = load_corpus(*args, **kwargs)
@@ -73,7 +73,7 @@ if entry_name == "jaxchar.train":
       return out
     return first_steps, p_eval
 
-  run.load_corpus, steps.create_train_state, loop.pmapped_steps = (
+  startup.open_text, steps.create_train_state, steps.pmapped_steps = (
       marked_load, marked_state, marked_steps)
 from jaxchar.cli import run as run_entry
 run_entry(entry.main)

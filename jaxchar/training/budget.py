@@ -1,7 +1,10 @@
-"""--time_budget: a run that trains for a stated wall time and no longer. Its cosine schedule
-follows the clock instead of a step count, and training stops early enough that the run's end
-(validation, samples, the checkpoint) still fits in the budget."""
+"""--time_budget, all of it: a run that trains for a stated wall time and no longer. Its cosine
+learning-rate factor follows the clock instead of a step count; training stops early enough
+that the run's end (validation, samples, the checkpoint) still fits; its validation is sized
+to what the budget affords. The loop reads the clock and keeps the estimates; this module
+decides."""
 
+import dataclasses
 import math
 import re
 
@@ -12,6 +15,10 @@ _DURATION = re.compile(r"(?:(\d+(?:\.\d*)?)h)?(?:(\d+(?:\.\d*)?)m(?:in)?)?(?:(\d
 END_MARGIN = 1.25
 # Before the first epoch end, samples and the checkpoint are guessed at this many seconds.
 FIRST_END_EXTRA_S = 5.0
+# A budgeted run validates on as many windows as cost this share of an epoch's training time
+# (at least MIN_VAL_WINDOWS, at most --val_windows).
+VAL_SHARE = 0.1
+MIN_VAL_WINDOWS = 2_000
 
 
 def parse_duration(text: str) -> float | None:
@@ -38,15 +45,13 @@ def describe(seconds: float) -> str:
   return f"{minutes}m{secs}s" if secs else f"{minutes}m"
 
 
+@dataclasses.dataclass(frozen=True)
 class Budget:
-  """The run's wall-clock budget in seconds of `elapsed_s` (the run's training time over all
-  its sessions, compiling, validation and saving included)."""
+  """The run's wall-clock budget in seconds of its elapsed training time (over all its
+  sessions, compiling, validation and saving included)."""
 
-  def __init__(self, seconds: float, cosine: bool):
-    self.seconds, self.cosine = seconds, cosine
-    self.end_s = FIRST_END_EXTRA_S  # what one epoch end is expected to cost
-    self.window_s = 0.0  # seconds to validate one window, once timed
-    self.clock_s = 0.0  # the elapsed time training last read (the same in every process)
+  seconds: float
+  cosine: bool
 
   def lr_factor(self, elapsed_s: float) -> float:
     """The share of the peak learning rate at `elapsed_s`: cosine decay to 0 at the budget's
@@ -55,17 +60,26 @@ class Budget:
       return 1.0
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, elapsed_s / self.seconds)))
 
-  def expect_end(self, validation_s: float) -> None:
-    """Before the first epoch end: a validation is expected to take `validation_s`."""
-    self.end_s = END_MARGIN * validation_s + FIRST_END_EXTRA_S
-
-  def ended_epoch(self, seconds: float) -> None:
-    """An epoch end (validation, samples, checkpoint) took `seconds`."""
-    self.end_s = END_MARGIN * seconds + 1.0
-
-  def spent(self, elapsed_s: float) -> bool:
-    """Whether training must stop now for the run's end to fit in the budget."""
-    return elapsed_s + self.end_s >= self.seconds
+  def spent(self, elapsed_s: float, end_s: float) -> bool:
+    """Whether training must stop now for the run's end (expected to take `end_s`) to fit."""
+    return elapsed_s + end_s >= self.seconds
 
   def left(self, elapsed_s: float) -> float:
     return max(0.0, self.seconds - elapsed_s)
+
+
+def first_end_s(validation_s: float) -> float:
+  """What the first epoch end is expected to cost, when a validation takes `validation_s`."""
+  return END_MARGIN * validation_s + FIRST_END_EXTRA_S
+
+
+def next_end_s(last_end_s: float) -> float:
+  """What the next epoch end is expected to cost, after one took `last_end_s`."""
+  return END_MARGIN * last_end_s + 1.0
+
+
+def affordable_windows(seconds: float, window_s: float, available: int) -> int:
+  """Validation windows costing VAL_SHARE of `seconds` at `window_s` each (MIN_VAL_WINDOWS at
+  least, `available` at most)."""
+  affordable = int(VAL_SHARE * seconds / max(window_s, 1e-12))
+  return min(available, max(MIN_VAL_WINDOWS, affordable))

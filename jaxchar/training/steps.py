@@ -1,12 +1,16 @@
-"""Optimizer, train state and the pure train and eval steps; the loop wraps the steps in
-`jax.pmap` over the axis named AXIS."""
+"""Optimizer, train state and the pure train and eval steps, and the one place that wraps the
+steps in `jax.pmap` over the axis named AXIS."""
+
+import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import jax_utils
 from flax.training import train_state
 
+from jaxchar.core import data
 from jaxchar.core.model import CharLSTM, init_params
 
 AXIS = "batch"
@@ -68,6 +72,26 @@ def create_train_state(key: jax.Array, model: CharLSTM, maxlen: int,
   return jax.jit(create)(key)
 
 
+def train_state_template(key: jax.Array, model: CharLSTM, maxlen: int,
+                         tx: optax.GradientTransformation) -> dict:
+  """Host arrays shaped as a train state's saved part (what a restore fills in), computed
+  from shapes alone (jax.eval_shape)."""
+  shapes = jax.eval_shape(lambda k: saved_part(create_train_state(k, model, maxlen, tx)), key)
+  return jax.tree_util.tree_map(lambda s: np.empty(s.shape, s.dtype), shapes)
+
+
+def saved_part(state: TrainState) -> dict:
+  """What a checkpoint holds of a train state (the dropout key is a function of the seed)."""
+  return {"params": state.params, "opt_state": state.opt_state, "step": state.step}
+
+
+def restored_train_state(key: jax.Array, model: CharLSTM, tx: optax.GradientTransformation,
+                         saved: dict) -> TrainState:
+  """The train state a checkpoint's saved part (saved_part) describes."""
+  return TrainState(step=saved["step"], apply_fn=model.apply, params=saved["params"], tx=tx,
+                    opt_state=saved["opt_state"], dropout_key=jax.random.fold_in(key, 1))
+
+
 def replicate(tree, devices=None):
   """`tree` copied to every local device (or `devices`), sharded over AXIS as the pmapped steps
   return it: the first step's input then matches every later one's, so it compiles once."""
@@ -79,13 +103,12 @@ def cross_entropy(logits: jnp.ndarray, targets: jnp.ndarray) -> jnp.ndarray:
   return optax.softmax_cross_entropy_with_integer_labels(logits, targets)
 
 
-def train_step(state: TrainState, batch: dict,
-               lr_factor: jax.Array | None = None) -> tuple[TrainState, dict]:
+def train_step(state: TrainState, batch: dict, lr_factor: jax.Array) -> tuple[TrainState, dict]:
   """One optimizer step on this device's share of the batch; gradients averaged over AXIS.
 
   targets [B] train on the character after each window (the reference); targets [B, T] on the
-  character after every position of it. lr_factor scales the optimizer's update (--time_budget's
-  schedule, which follows the clock)."""
+  character after every position of it. lr_factor scales the optimizer's update, through
+  optax (--time_budget's schedule follows the clock; 1 otherwise, which changes nothing)."""
   every_position = batch["targets"].ndim == 2
   dropout_key = jax.random.fold_in(jax.random.fold_in(state.dropout_key, state.step),
                                    jax.lax.axis_index(AXIS))
@@ -97,13 +120,10 @@ def train_step(state: TrainState, batch: dict,
 
   loss, grads = jax.value_and_grad(loss_fn)(state.params)
   grads = jax.lax.pmean(grads, AXIS)
-  if lr_factor is None:
-    state = state.apply_gradients(grads=grads)
-  else:
-    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
-    updates = jax.tree_util.tree_map(lambda u: u * lr_factor.astype(u.dtype), updates)
-    state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                          opt_state=opt_state)
+  updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+  updates, _ = optax.scale(lr_factor).update(updates, optax.EmptyState())
+  state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                        opt_state=opt_state)
   return state, {"loss": jax.lax.pmean(loss, AXIS)}
 
 
@@ -131,3 +151,32 @@ def optimizer_from_config(config, steps_per_epoch: int
       total_steps=steps_per_epoch * config.epochs, steps_per_epoch=steps_per_epoch,
       decay_per_epoch=config.lr_decay)
   return make_optimizer(schedule, config.optimizer, config.clip_norm, config.weight_decay), schedule
+
+
+def _train_on_starts(state, ids, starts, lr_factor, *, maxlen: int, every_position: bool):
+  """`ids`: this device's windows end to end (data.device_batch), `starts`: where each begins."""
+  return train_step(state, data.gather_windows(ids, starts, maxlen, every_position), lr_factor)
+
+
+def _eval_on_starts(state, ids, starts, weights, *, maxlen: int):
+  return eval_step(state, {**data.gather_windows(ids, starts, maxlen), "weights": weights})
+
+
+def pmapped_steps(maxlen: int, every_position: bool = False, devices=None):
+  """The train and eval steps, pmapped over all local devices, or `devices` (the compile
+  check's TPU topology): the one place they are wrapped. The train step's last argument is the
+  learning-rate factor, the same on every device."""
+  p_train_step = jax.pmap(functools.partial(_train_on_starts, maxlen=maxlen,
+                                            every_position=every_position),
+                          axis_name=AXIS, donate_argnums=(0,), devices=devices,
+                          in_axes=(0, 0, 0, None))
+  p_eval_step = jax.pmap(functools.partial(_eval_on_starts, maxlen=maxlen), axis_name=AXIS,
+                         devices=devices)
+  return p_train_step, p_eval_step
+
+
+def first_replica(tree):
+  """Host (numpy) copies of device 0's replica of a pmapped output: each array's own shard,
+  read without an indexing computation (JAX's pmap migration guide: `x[0]` is one)."""
+  return jax.tree_util.tree_map(
+      lambda x: np.asarray(x.addressable_data(0)).reshape(x.shape[1:]), tree)

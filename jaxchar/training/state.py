@@ -1,0 +1,71 @@
+"""What a run is (`Plan`: fixed when it starts) and what changes as it trains (`RunState`: the
+train state, the position in the data, the clock). Only the loop changes a RunState."""
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jaxchar.core import checkpoint, data
+from jaxchar.core.model import CharLSTM
+from jaxchar.training.budget import Budget
+from jaxchar.training.config import Config
+from jaxchar.training.early_stopping import EarlyStopping
+from jaxchar.training.metrics import RunLog
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """A run as it starts: its options, text, model, optimizer's schedule and where it writes."""
+
+  config: Config  # --epochs resolved (chosen from the text, or no limit under a budget)
+  workdir: Path
+  corpus: data.Corpus
+  model: CharLSTM  # the training model (dropout and weight drop on)
+  learning_rate: Any  # a float or an optax schedule, before the budget's factor
+  steps_per_epoch: int
+  eval_batch_size: int
+  run_meta: dict  # what every checkpoint records of the run (resume.run_metadata)
+  checkpoints: checkpoint.Checkpoints
+  log: RunLog | None  # None on processes other than 0
+  budget: Budget | None  # --time_budget
+  unlimited_epochs: bool  # --epochs=0 under a budget: the budget ends the run
+
+  def rate_at(self, step: int, lr_factor: float) -> float:
+    """The learning rate at `step`, with the budget's factor."""
+    rate = self.learning_rate(step) if callable(self.learning_rate) else self.learning_rate
+    return float(rate) * lr_factor
+
+
+@dataclasses.dataclass
+class RunState:
+  """What changes as the run trains, all of it restored from a checkpoint on resume."""
+
+  train: Any  # the TrainState, replicated over the local devices
+  epoch: int  # the epoch being trained (1-based)
+  batch: int  # batches of it done
+  step: int  # optimizer steps in all, counted on the host
+  early: EarlyStopping
+  val_starts: np.ndarray  # the validation windows' starts (a budget may size them down)
+  epoch_losses: list[float] = dataclasses.field(default_factory=list)
+  last_saved: int | None = None  # the step of the latest checkpoint
+  elapsed_before: float = 0.0  # training seconds of the run's earlier sessions
+  started: float = dataclasses.field(default_factory=time.perf_counter)
+  val_windows: int | None = None  # a budgeted run's validation size, once chosen (saved)
+  clock_s: float = 0.0  # the elapsed time the budget last read (the same in every process)
+  window_s: float = 0.0  # seconds to validate one window, once timed (a budgeted run)
+  end_s: float = 0.0  # what the next epoch end (validation, samples, save) is expected to take
+  epoch_end_s: float = 0.0  # what the last epoch end took (the run's ETA)
+
+  def elapsed(self) -> float:
+    """Training seconds over every session of this run."""
+    return self.elapsed_before + time.perf_counter() - self.started
+
+  def position_meta(self, complete: bool) -> dict:
+    """What a checkpoint records of where the run is."""
+    return {"epoch": self.epoch, "batch_in_epoch": self.batch, "epoch_complete": complete,
+            "epoch_losses": [float(x) for x in self.epoch_losses],
+            "elapsed_s": self.elapsed(), **self.early.state(),
+            **({"budget_val_windows": self.val_windows} if self.val_windows else {})}
