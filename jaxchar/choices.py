@@ -5,6 +5,8 @@ import dataclasses
 from jaxchar.core import storage
 from jaxchar.options import option
 
+DEFAULT_WORKDIR = "ckpt/moe"  # the reference run's folder: every command's default
+
 
 @dataclasses.dataclass(frozen=True)
 class StorageChoice:
@@ -21,7 +23,8 @@ class StorageChoice:
 class CheckpointChoice(StorageChoice):
   """Which trained model to restore: the options of every reader (sample, score, export, serve)."""
 
-  workdir: str = option("ckpt/moe", "The training run's folder (the trainer's --workdir).")
+  workdir: str = option(DEFAULT_WORKDIR,
+                        "The training run's folder (the trainer's --workdir).")
   step: int | None = option(None, "The checkpoint to use, by the training step it was saved "
                             "at (as the trainer prints: 'checkpoint at step N'). Default: the "
                             "one with the best (lowest) validation loss; the latest if none "

@@ -14,12 +14,14 @@ import urllib.request
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from absl import flags as absl_flags
 
 from jaxchar import train
-from jaxchar.core import checkpoint
+from jaxchar.core import checkpoint, data
+from jaxchar.core.model import CharLSTM
 from jaxchar.training.config import Config
 from jaxchar.training.preemption import StopRequests
 
@@ -43,6 +45,36 @@ def tiny_config(data: Path, **overrides) -> Config:
   fields = dict(data=str(data), maxlen=8, stride=2, hidden=16, batch_size=16, eval_batch_size=64,
                 epochs=2, sample_len=0, temperatures=(0.5, 1.0))
   return Config(**{**fields, **overrides}).validate()
+
+
+def char_lstm(vocab_size: int, hidden: int, **fields) -> CharLSTM:
+  """A CharLSTM with the training options' defaults for the fields not given (the library
+  builds every model from a ModelSpec, which states them all)."""
+  config = Config()
+  return CharLSTM(vocab_size, hidden, **{
+      "num_layers": config.num_layers, "embed_dim": config.embed_dim, "dropout": config.dropout,
+      "dtype": jnp.dtype(config.dtype), "lstm_impl": config.lstm_impl,
+      "weight_drop": config.weight_drop, **fields})
+
+
+def window_starts(length: int, maxlen: int, stride: int) -> np.ndarray:
+  """Starts s = 0, stride, ... with s + maxlen < length: input [s, s+maxlen), target s+maxlen."""
+  return np.arange(0, max(length - maxlen, 0), stride, dtype=np.int64)
+
+
+def train_starts(corpus: data.Corpus) -> np.ndarray:
+  """Every training window's start (the library numbers them instead of listing them)."""
+  return window_starts(corpus.cut, corpus.maxlen, corpus.stride)
+
+
+def val_starts(corpus: data.Corpus) -> np.ndarray:
+  """Every validation window's start."""
+  return np.arange(corpus.cut, corpus.cut + corpus.num_val_windows, dtype=np.int64)
+
+
+def epoch_order(num_windows: int, seed: int, epoch: int) -> np.ndarray:
+  """The whole shuffled window order of one epoch (data.shuffled of every position)."""
+  return data.shuffled(np.arange(num_windows), num_windows, seed, epoch)
 
 
 def final_checkpoint(workdir: Path) -> tuple[dict, dict]:

@@ -11,9 +11,8 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from helpers import REPO
+from helpers import REPO, char_lstm
 from jaxchar.benchmarking import device_suite
-from jaxchar.core.model import CharLSTM
 
 
 def test_the_cpu_run_measures_every_cell_and_writes_json_and_the_table(tmp_path):
@@ -44,7 +43,7 @@ def test_the_cpu_run_measures_every_cell_and_writes_json_and_the_table(tmp_path)
 
 def test_scan_unroll_reaches_the_lstm_loops_of_both_cells():
   for impl in ("fused", "flax"):
-    model = CharLSTM(5, 4, lstm_impl=impl)
+    model = char_lstm(5, 4, lstm_impl=impl)
     params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 6), jnp.int32))
 
     def loss(p):

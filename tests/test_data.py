@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from helpers import epoch_order, train_starts, val_starts, window_starts
 from jaxchar.core import data, idmap
 from jaxchar.errors import UserError
 
@@ -27,9 +28,9 @@ def test_split_is_at_the_first_paragraph_break_after_the_fraction():
 
 
 def test_windows_stop_before_the_last_target():
-  starts = data.window_starts(10, 4, 3)
+  starts = window_starts(10, 4, 3)
   assert starts.tolist() == [0, 3]  # 3 + 4 < 10 but 6 + 4 == 10 has no target
-  assert data.window_starts(4, 4, 1).tolist() == []
+  assert window_starts(4, 4, 1).tolist() == []
 
 
 def test_vocab_round_trip():
@@ -39,7 +40,7 @@ def test_vocab_round_trip():
   ids = vocab.encode(text)
   assert ids.dtype == np.uint8  # vocabularies of up to 256 symbols: 1 byte per character
   assert data.Vocab.from_text("".join(map(chr, range(300)))).encode("\x05").dtype == np.uint16
-  assert data.Vocab.from_text("".join(map(chr, range(70_000)))).encode("\x05").dtype == np.int32
+  assert data.Vocab.from_text("".join(map(chr, range(70_000)))).encode("\x05").dtype == np.uint32
   assert vocab.decode(ids) == text
   assert vocab.unknown("hey zz#") == ["#"]
 
@@ -52,10 +53,10 @@ def test_lowercase_is_optional():
 
 def test_validation_windows_are_every_start_after_the_cut(tiny_text):
   corpus = data.build_corpus(tiny_text, maxlen=8, stride=3, val_fraction=0.2)
-  assert corpus.val_starts[0] == corpus.cut
-  assert np.all(np.diff(corpus.val_starts) == 1)
-  assert corpus.val_starts[-1] + 8 == len(tiny_text) - 1
-  assert corpus.train_starts[-1] + 8 < corpus.cut
+  assert val_starts(corpus)[0] == corpus.cut
+  assert np.all(np.diff(val_starts(corpus)) == 1)
+  assert val_starts(corpus)[-1] + 8 == len(tiny_text) - 1
+  assert train_starts(corpus)[-1] + 8 < corpus.cut
 
 
 def test_too_short_corpus_is_refused():
@@ -66,16 +67,16 @@ def test_too_short_corpus_is_refused():
 
 
 def test_epoch_order_is_seeded_and_differs_between_epochs():
-  a = data.epoch_order(1000, seed=0, epoch=1)
-  assert np.array_equal(a, data.epoch_order(1000, seed=0, epoch=1))
-  assert not np.array_equal(a, data.epoch_order(1000, seed=0, epoch=2))
-  assert not np.array_equal(a, data.epoch_order(1000, seed=1, epoch=1))
+  a = epoch_order(1000, seed=0, epoch=1)
+  assert np.array_equal(a, epoch_order(1000, seed=0, epoch=1))
+  assert not np.array_equal(a, epoch_order(1000, seed=0, epoch=2))
+  assert not np.array_equal(a, epoch_order(1000, seed=1, epoch=1))
   assert sorted(a.tolist()) == list(range(1000))
 
 
 @pytest.mark.parametrize("num_windows", [1, 2, 3, 5, 64, 1000, 4097])
 def test_the_shuffle_is_a_bijection_computed_for_any_positions(num_windows):
-  order = data.epoch_order(num_windows, seed=3, epoch=2)
+  order = epoch_order(num_windows, seed=3, epoch=2)
   assert sorted(order.tolist()) == list(range(num_windows))
   some = np.array([num_windows - 1, 0, num_windows // 2])
   assert data.shuffled(some, num_windows, 3, 2).tolist() == order[some].tolist()
@@ -90,16 +91,16 @@ def test_the_shuffle_of_billions_of_windows_needs_no_array_of_them():
   assert picked.max() > 2**33  # reaches far past 2**32
 
 
-def _corpus(ids: np.ndarray, maxlen: int, stride: int) -> data.Corpus:
-  return data.Corpus(data.Vocab("".join(map(chr, range(256)))), ids, None, len(ids), maxlen,
-                     stride, "")
+def _corpus(ids: np.ndarray, maxlen: int, stride: int, cut: int | None = None) -> data.Corpus:
+  return data.Corpus(data.Vocab("".join(map(chr, range(256)))), ids, None,
+                     len(ids) if cut is None else cut, maxlen, stride, "")
 
 
 def test_train_batches_are_the_shuffled_windows_in_device_shape():
   ids = (np.arange(400) % 251).astype(np.uint8)
   corpus = _corpus(ids, maxlen=8, stride=3)
-  assert corpus.num_train_windows == len(data.window_starts(400, 8, 3)) == 131
-  order = data.epoch_order(corpus.num_train_windows, 0, 1)
+  assert corpus.num_train_windows == len(window_starts(400, 8, 3)) == 131
+  order = epoch_order(corpus.num_train_windows, 0, 1)
   starts = data.train_batch_starts(corpus, 2, 16, seed=0, epoch=1)
   assert starts.tolist() == (order[32:48] * 3).tolist()
   windows, local = data.device_batch(corpus, starts.reshape(4, 4))
@@ -162,9 +163,11 @@ def test_gather_windows_matches_slicing():
 
 
 def test_evenly_spaced_validation_subset():
-  starts = np.arange(1000, 2000, dtype=np.int32)
-  assert data.evenly_spaced(starts, 5000) is starts  # at or below the limit: all of them
-  subset = data.evenly_spaced(starts, 10)
-  assert len(subset) == 10 and subset[0] == 1000 and subset[-1] == 1999
+  ids = np.zeros(2000, np.uint8)
+  ids[1] = 1  # two symbols
+  corpus = _corpus(ids, maxlen=8, stride=3, cut=1000)
+  assert len(data.validation_starts(corpus, 5000)) == corpus.num_val_windows  # all of them
+  subset = data.validation_starts(corpus, 10)
+  assert len(subset) == 10 and subset[0] == 1000 and subset[-1] == 1000 + 991
   assert (np.diff(subset) > 100).all() and (np.diff(subset) < 120).all()
-  np.testing.assert_array_equal(subset, data.evenly_spaced(starts, 10))  # the same every epoch
+  np.testing.assert_array_equal(subset, data.validation_starts(corpus, 10))  # every epoch

@@ -6,6 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from helpers import char_lstm
+from jaxchar.errors import UserError
+from jaxchar.training.config import Config
 from jaxchar.training import steps
 from jaxchar.core.lstm import lstm_recurrence
 from jaxchar.core.model import CharLSTM, init_params
@@ -14,7 +17,7 @@ MAXLEN = 8
 
 
 def models(**kwargs) -> tuple[CharLSTM, CharLSTM]:
-  return (CharLSTM(lstm_impl="flax", **kwargs), CharLSTM(lstm_impl="fused", **kwargs))
+  return (char_lstm(lstm_impl="flax", **kwargs), char_lstm(lstm_impl="fused", **kwargs))
 
 
 def batch(vocab: int, batch_size: int = 12, every: bool = False, seed: int = 1) -> dict:
@@ -88,8 +91,8 @@ def test_dropout_is_the_same_draw_in_both():
 
 def test_bfloat16_compute_matches_float32_reference_loosely():
   flax_model, _ = models(vocab_size=11, hidden=16)
-  fused16 = CharLSTM(11, 16, dtype=jnp.bfloat16, lstm_impl="fused")
-  flax16 = CharLSTM(11, 16, dtype=jnp.bfloat16, lstm_impl="flax")
+  fused16 = char_lstm(11, 16, dtype=jnp.bfloat16, lstm_impl="fused")
+  flax16 = char_lstm(11, 16, dtype=jnp.bfloat16, lstm_impl="flax")
   params = init_params(flax_model, jax.random.PRNGKey(0), MAXLEN)
   b = batch(11, every=True)
   loss32, grads32 = loss_and_grads(flax_model, params, b)
@@ -146,7 +149,7 @@ def test_weight_drop_is_the_model_with_a_masked_recurrent_kernel_and_training_on
   """--weight_drop: the loss and gradients equal those of the plain model whose recurrent
   kernels are masked and rescaled by 1/(1-p); inference is unchanged."""
   rate, kwargs = 0.5, dict(vocab_size=11, hidden=16, num_layers=2)
-  dropped, plain = CharLSTM(weight_drop=rate, **kwargs), CharLSTM(**kwargs)
+  dropped, plain = char_lstm(weight_drop=rate, **kwargs), char_lstm(**kwargs)
   params = init_params(plain, jax.random.PRNGKey(0), MAXLEN)
   b = batch(11, every=True)
   loss, grads = loss_and_grads(dropped, params, b)
@@ -172,6 +175,5 @@ def test_weight_drop_is_the_model_with_a_masked_recurrent_kernel_and_training_on
                                  plain_grads[layer][f"i{gate}"]["kernel"], rtol=1e-4, atol=1e-7)
   inference = [m.apply({"params": params}, b["inputs"]) for m in (dropped, plain)]
   np.testing.assert_array_equal(*inference)
-  with pytest.raises(ValueError, match="fused"):
-    CharLSTM(lstm_impl="flax", weight_drop=rate, **kwargs).init(
-        jax.random.PRNGKey(0), jnp.zeros((1, MAXLEN), jnp.int32))
+  with pytest.raises(UserError, match="needs --lstm_impl=fused"):
+    Config(weight_drop=rate, lstm_impl="flax").validate()

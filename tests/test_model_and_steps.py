@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from flax import jax_utils
 
+from helpers import char_lstm, epoch_order, train_starts, val_starts
 from jaxchar.core import data
 from jaxchar.training import steps
-from jaxchar.core.model import CharLSTM, count_params, init_params
+from jaxchar.core.model import count_params, init_params
 
 TINY = {"vocab_size": 11, "hidden": 16}
 MAXLEN = 8
@@ -41,14 +42,14 @@ def shard(batch, num_devices):
 
 
 def test_reference_model_has_107713_parameters():
-  params = init_params(CharLSTM(65, 128), jax.random.PRNGKey(0), 60)
+  params = init_params(char_lstm(65, 128), jax.random.PRNGKey(0), 60)
   assert count_params(params) == 107_713
   assert params["lstm"]["ii"]["kernel"].shape == (65, 128)  # OptimizedLSTMCell's layout
   assert params["head"]["kernel"].shape == (128, 65)
 
 
 def test_init_follows_keras():
-  params = init_params(CharLSTM(65, 128), jax.random.PRNGKey(0), 60)
+  params = init_params(char_lstm(65, 128), jax.random.PRNGKey(0), 60)
   assert np.all(params["lstm"]["hf"]["bias"] == 1.0)
   for gate in ("hi", "hg", "ho"):
     assert np.all(params["lstm"][gate]["bias"] == 0.0)
@@ -75,7 +76,7 @@ def test_rmsprop_matches_keras_formula():
 
 
 def test_one_step_changes_every_parameter_and_matches_the_golden_loss():
-  model = CharLSTM(**TINY)
+  model = char_lstm(**TINY)
   state = steps.create_train_state(jax.random.PRNGKey(0), model, MAXLEN, REFERENCE_TX)
   train, _, devices = p_steps(1)
   batch = tiny_batch(jax.random.PRNGKey(1), 32)
@@ -92,7 +93,7 @@ def test_one_step_changes_every_parameter_and_matches_the_golden_loss():
 
 def test_loss_falls_on_a_tiny_corpus(tiny_text):
   corpus = data.build_corpus(tiny_text, maxlen=MAXLEN, stride=1, val_fraction=0.2)
-  model = CharLSTM(corpus.vocab.size, 16)
+  model = char_lstm(corpus.vocab.size, 16)
   state = steps.create_train_state(jax.random.PRNGKey(0), model, MAXLEN, REFERENCE_TX)
   train, evaluate, devices = p_steps(1)
   ids = jnp.asarray(corpus.read(0, corpus.num_chars))
@@ -100,15 +101,15 @@ def test_loss_falls_on_a_tiny_corpus(tiny_text):
   def val_loss(p_state):
     sums = [evaluate(p_state, shard({**data.gather_windows(ids, jnp.asarray(s[0]), MAXLEN),
                                      "weights": jnp.asarray(w[0])}, 1))
-            for s, w in data.eval_batches(corpus.val_starts, 64, 1)]
+            for s, w in data.eval_batches(val_starts(corpus), 64, 1)]
     return sum(float(x["loss_sum"][0]) for x in sums) / sum(float(x["count"][0]) for x in sums)
 
   p_state = replicate(state, devices)
   initial = val_loss(p_state)
   for epoch in range(1, 6):
-    order = data.epoch_order(corpus.num_train_windows, 0, epoch)
+    order = epoch_order(corpus.num_train_windows, 0, epoch)
     for batch in range(len(order) // 32):
-      starts = corpus.train_starts[order[batch * 32:(batch + 1) * 32]]
+      starts = train_starts(corpus)[order[batch * 32:(batch + 1) * 32]]
       p_state, _ = train(p_state, shard(data.gather_windows(ids, jnp.asarray(starts),
                                                             MAXLEN), 1))
   final = val_loss(p_state)
@@ -120,7 +121,7 @@ def test_loss_falls_on_a_tiny_corpus(tiny_text):
 def test_pmapped_step_on_n_devices_equals_one_device(num_devices):
   """Same global batch: e.g. 4 x 8 examples vs 1 x 32. Tolerance 1e-5 relative: float32 summation
   order differs between a pmean of per-device means and one mean; over 3 steps it stays ~1e-7."""
-  model = CharLSTM(**TINY)
+  model = char_lstm(**TINY)
   state = steps.create_train_state(jax.random.PRNGKey(0), model, MAXLEN, REFERENCE_TX)
   results = {}
   for n in (1, num_devices):
@@ -144,7 +145,7 @@ def test_pmapped_step_on_n_devices_equals_one_device(num_devices):
 
 
 def test_short_windows_equal_the_model_run_on_the_prefix():
-  model = CharLSTM(**TINY)
+  model = char_lstm(**TINY)
   params = init_params(model, jax.random.PRNGKey(0), MAXLEN)
   inputs = jax.random.randint(jax.random.PRNGKey(5), (3, MAXLEN), 0, 11)
   padded = model.apply({"params": params}, inputs, jnp.array([3, 8, 5]))
@@ -156,9 +157,9 @@ def test_short_windows_equal_the_model_run_on_the_prefix():
 
 
 def test_bfloat16_computes_in_bf16_but_keeps_float32_parameters():
-  state32 = steps.create_train_state(jax.random.PRNGKey(0), CharLSTM(**TINY), MAXLEN, REFERENCE_TX)
+  state32 = steps.create_train_state(jax.random.PRNGKey(0), char_lstm(**TINY), MAXLEN, REFERENCE_TX)
   state16 = steps.create_train_state(jax.random.PRNGKey(0),
-                                     CharLSTM(**TINY, dtype=jnp.bfloat16), MAXLEN, REFERENCE_TX)
+                                     char_lstm(**TINY, dtype=jnp.bfloat16), MAXLEN, REFERENCE_TX)
   train, _, devices = p_steps(1)
   batch = shard(tiny_batch(jax.random.PRNGKey(1), 32), 1)
   new32, m32 = train(replicate(state32, devices), batch)

@@ -10,7 +10,7 @@ import optax
 import pytest
 from flax import jax_utils
 
-from helpers import FORMAT1_RUN, tiny_config
+from helpers import FORMAT1_RUN, StopAfterPolls, assert_same_run, char_lstm, tiny_config
 from jaxchar.core import checkpoint, data
 from jaxchar.sampling import generate
 from jaxchar.training import loop, resume, steps
@@ -18,11 +18,10 @@ from jaxchar import train
 from jaxchar.sampling import sampler as sampler_lib
 from jaxchar.core.spec import ModelSpec
 from jaxchar.errors import UserError
-from jaxchar.core.model import CharLSTM, count_params, init_params
-from helpers import StopAfterPolls, assert_same_run
+from jaxchar.core.model import count_params, init_params
 
 MAXLEN = 8
-DEEP = CharLSTM(11, 16, num_layers=2, embed_dim=6, dropout=0.3)
+DEEP = char_lstm(11, 16, num_layers=2, embed_dim=6, dropout=0.3)
 
 
 def test_gather_every_position_targets_are_the_inputs_shifted_by_one():
@@ -35,7 +34,7 @@ def test_gather_every_position_targets_are_the_inputs_shifted_by_one():
 
 
 def test_two_layers_with_an_embedding_have_the_expected_parameter_count():
-  params = init_params(CharLSTM(65, 128, num_layers=2, embed_dim=32), jax.random.PRNGKey(0), 60)
+  params = init_params(char_lstm(65, 128, num_layers=2, embed_dim=32), jax.random.PRNGKey(0), 60)
   lstm = lambda inputs: 4 * (inputs * 128 + 128 * 128 + 128)  # noqa: E731
   assert count_params(params) == 65 * 32 + lstm(32) + lstm(128) + 128 * 65 + 65 == 224_481
   assert sorted(params) == ["embed", "head", "lstm", "lstm2"]
@@ -57,13 +56,13 @@ def test_dropout_acts_only_in_training():
                                rngs={"dropout": jax.random.PRNGKey(key)})
   assert not np.allclose(run(0), run(1))
   np.testing.assert_array_equal(run(0), run(0))
-  plain = CharLSTM(11, 16, num_layers=2, embed_dim=6)  # same parameters, no dropout
+  plain = char_lstm(11, 16, num_layers=2, embed_dim=6)  # same parameters, no dropout
   np.testing.assert_array_equal(DEEP.apply({"params": params}, inputs),
                                 plain.apply({"params": params}, inputs))
 
 
 def test_every_position_step_minimises_the_mean_over_all_positions():
-  model = CharLSTM(11, 16)
+  model = char_lstm(11, 16)
   tx = steps.make_optimizer(0.01)
   state = steps.create_train_state(jax.random.PRNGKey(0), model, MAXLEN, tx)
   ids = jax.random.randint(jax.random.PRNGKey(2), (200,), 0, 11)
@@ -143,7 +142,7 @@ def test_resume_mid_epoch_with_every_option_is_bit_exact(tiny_file, tmp_path, mo
 def test_fast_samplers_match_the_model_with_layers_and_embedding(top_k):
   """The staggered window sampler equals rerunning the model; stateful equals the model run
   over the whole growing text (no window limit)."""
-  model = CharLSTM(11, 16, num_layers=2, embed_dim=6)
+  model = char_lstm(11, 16, num_layers=2, embed_dim=6)
   params = init_params(model, jax.random.PRNGKey(3), MAXLEN)
   params = jax.tree_util.tree_map(lambda x: x * 3.0, params)  # sharper, less tie-prone logits
   context = jax.random.randint(jax.random.PRNGKey(4), (2, MAXLEN), 0, 11)

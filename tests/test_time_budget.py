@@ -6,10 +6,9 @@ import jax
 import numpy as np
 import pytest
 
-from helpers import read_metas, tiny_config
+from helpers import char_lstm, read_metas, tiny_config
 from jaxchar import train
 from jaxchar.core import checkpoint
-from jaxchar.core.model import CharLSTM
 from jaxchar.errors import UserError
 from jaxchar.sampling import sampler as sampler_lib
 from jaxchar.training import budget, steps
@@ -43,7 +42,7 @@ def test_the_cosine_follows_the_clock_to_zero_at_the_budget():
 def test_the_learning_rate_factor_scales_the_update_and_zero_stops_it():
   """One path for every run: the factor scales the optimizer's update (1 is the plain step),
   and the optimizer's state advances whatever it is."""
-  model = CharLSTM(vocab_size=11, hidden=16)
+  model = char_lstm(vocab_size=11, hidden=16)
   tx = steps.make_optimizer(0.01)
   state = steps.create_train_state(jax.random.PRNGKey(0), model, 8, tx)
   batch = {"inputs": jax.random.randint(jax.random.PRNGKey(1), (1, 4, 8), 0, 11),

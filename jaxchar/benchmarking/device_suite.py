@@ -66,7 +66,9 @@ def scan_unroll(unroll: int):
 
 def _model(sizes: Sizes, impl: str, dtype: str):
   from jaxchar.core.spec import ModelSpec
-  return ModelSpec.sized(VOCAB, sizes.hidden, dtype=dtype, lstm_impl=impl).model()
+  from jaxchar.training.config import Config
+  return ModelSpec.of(Config(hidden=sizes.hidden, maxlen=sizes.maxlen, dtype=dtype,
+                             lstm_impl=impl), VOCAB).model()
 
 
 def _corpus(sizes: Sizes):

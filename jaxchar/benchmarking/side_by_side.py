@@ -19,8 +19,9 @@ from pathlib import Path
 
 import jaxchar
 from jaxchar.options import option
+from jaxchar.training.config import Config
 
-HIDDEN, MAXLEN, BATCH = 128, 60, 128
+HIDDEN, MAXLEN, BATCH = Config.hidden, Config.maxlen, Config.batch_size  # the reference's
 CHUNK = 10  # steps dispatched before waiting for the last, as the trainer's loop does
 LARGE_VOCAB, VAL_WINDOWS = 6000, 100_000
 READ_STEPS = 20  # training batches the memory probe reads from a cold id cache
@@ -33,7 +34,6 @@ ROLES = {
     "trainer_1dev": "jaxchar's step (fused), 1 device",
     "large_vocab": f"trainer (fused) at {LARGE_VOCAB:,} symbols; validating {VAL_WINDOWS:,} windows",
 }
-
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +56,11 @@ class BenchConfig:
 
 
 
+def _spec(vocab: int, impl: str):
+  """The benchmark's model: the reference's shape over `vocab` symbols, LSTM `impl`."""
+  from jaxchar.core.spec import ModelSpec
+  return ModelSpec.of(Config(lstm_impl=impl), vocab)
+
 
 def timed(fn, budget_s: float) -> float:
   """Seconds per call of fn() (which blocks), after one warm-up call."""
@@ -72,8 +77,7 @@ def baseline_rate(batch: int, vocab: int, budget_s: float) -> dict:
   """The straightforward step: one-hot input, OptimizedLSTMCell in nn.RNN, jit, one device."""
   import jax
   from jaxchar.training import steps
-  from jaxchar.core.spec import ModelSpec
-  model = ModelSpec.sized(vocab, HIDDEN, MAXLEN, lstm_impl="flax").model()
+  model = _spec(vocab, "flax").model()
   state = steps.create_train_state(jax.random.PRNGKey(0), model, MAXLEN, steps.make_optimizer(0.01))
 
   @jax.jit
@@ -100,9 +104,8 @@ def _trainer_setup(vocab: int, impl: str):
   import numpy as np
   from jaxchar.core import data
   from jaxchar.training import steps
-  from jaxchar.core.spec import ModelSpec
   ids = np.random.default_rng(0).integers(0, vocab, 400_000).astype(data.ids_dtype(vocab))
-  model = ModelSpec.sized(vocab, HIDDEN, MAXLEN, lstm_impl=impl).model()
+  model = _spec(vocab, impl).model()
   corpus = data.Corpus(data.Vocab("".join(map(chr, range(vocab)))), ids, None, len(ids), MAXLEN,
                        3, "")
   state = steps.create_train_state(jax.random.PRNGKey(0), model,
@@ -139,7 +142,6 @@ def validation_seconds(vocab: int, windows: int) -> float:
   import jax
   import numpy as np
   from jaxchar.training import validation
-  from jaxchar.training.config import Config
   from jaxchar.training.startup import global_eval_batch
   p_state, corpus, (_, p_eval_step) = _trainer_setup(vocab, "fused")
   starts = np.arange(corpus.num_chars - MAXLEN - 1)
@@ -156,8 +158,7 @@ def sampling_rates(budget_s: float) -> dict:
   import jax.numpy as jnp
   from jaxchar.sampling import generate
   from jaxchar.training import steps
-  from jaxchar.core.spec import ModelSpec
-  model = ModelSpec.sized(65, HIDDEN, MAXLEN).model()
+  model = _spec(65, "fused").model()
   params = steps.create_train_state(jax.random.PRNGKey(0), model, MAXLEN,
                                     steps.make_optimizer(0.01)).params
   out = {}

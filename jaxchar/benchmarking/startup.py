@@ -14,6 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from jaxchar.choices import DEFAULT_WORKDIR
 from jaxchar.options import option
 
 # Runs in the measured process: `python -c PROBE ENTRY ARGS...`. Marks are seconds since the
@@ -84,7 +85,7 @@ run_entry(entry.main)
 class StartupBenchConfig:
   """What `python -m jaxchar.bench_startup` measures."""
 
-  workdir: str = option("ckpt/moe", "A trained run to sample from and serve.")
+  workdir: str = option(DEFAULT_WORKDIR, "A trained run to sample from and serve.")
   flagfile: str = option("launch/moe.flags", "The training run whose first step is timed (in a "
                          "temporary workdir).")
   repeats: int = option(3, "Turns each command takes (median reported).")

@@ -20,9 +20,9 @@ from jaxchar.errors import UserError
 _ENCODE_CHUNK = 1 << 22  # characters per encoding chunk
 
 
-def ids_dtype(vocab_size: int) -> type:
-  """The dtype of a corpus' ids: 1, 2 or 4 bytes per character by the vocabulary's size."""
-  return np.uint8 if vocab_size <= 1 << 8 else np.uint16 if vocab_size <= 1 << 16 else np.int32
+def ids_dtype(count: int) -> type:
+  """The narrowest of uint8, uint16 and uint32 that holds `count` distinct ids."""
+  return np.uint8 if count <= 1 << 8 else np.uint16 if count <= 1 << 16 else np.uint32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,16 +97,6 @@ class Corpus:
   def num_val_windows(self) -> int:
     return max(self.num_chars - self.cut - self.maxlen, 0)
 
-  @property
-  def train_starts(self) -> np.ndarray:
-    """Every training window's start: O(windows), for small texts and tests only."""
-    return window_starts(self.cut, self.maxlen, self.stride)
-
-  @property
-  def val_starts(self) -> np.ndarray:
-    """Every validation window's start: O(windows), for small texts and tests only."""
-    return np.arange(self.cut, self.cut + self.num_val_windows, dtype=np.int64)
-
   def read(self, start: int, stop: int) -> np.ndarray:
     """Vocabulary ids of characters [start, stop) (from the id file, not its map: a run of them
     is a sequential read)."""
@@ -150,11 +140,6 @@ def split_index_of_ids(ids: np.ndarray, newline: int | None, val_fraction: float
     if len(found):
       return start + int(found[0])
   return nominal
-
-
-def window_starts(length: int, maxlen: int, stride: int) -> np.ndarray:
-  """Starts s = 0, stride, ... with s + maxlen < length: input [s, s+maxlen), target s+maxlen."""
-  return np.arange(0, max(length - maxlen, 0), stride, dtype=np.int64)
 
 
 def _checked(corpus: Corpus, val_fraction: float) -> Corpus:
@@ -235,11 +220,6 @@ def shuffled(positions: np.ndarray, num_windows: int, seed: int, epoch: int) -> 
   return out.astype(np.int64)
 
 
-def epoch_order(num_windows: int, seed: int, epoch: int) -> np.ndarray:
-  """The whole shuffled window order of one epoch (O(windows): for small counts and tests)."""
-  return shuffled(np.arange(num_windows), num_windows, seed, epoch)
-
-
 def train_batch_starts(corpus: Corpus, batch: int, batch_size: int, seed: int,
                        epoch: int) -> np.ndarray:
   """The start offsets [batch_size] (int64) of the epoch's `batch`-th training batch."""
@@ -255,14 +235,6 @@ def device_batch(corpus: Corpus, starts: np.ndarray) -> tuple[np.ndarray, np.nda
   devices, per_device, width = windows.shape
   local = np.broadcast_to(np.arange(per_device, dtype=np.int32) * width, (devices, per_device))
   return windows.reshape(devices, per_device * width), np.ascontiguousarray(local)
-
-
-def evenly_spaced(starts: np.ndarray, limit: int) -> np.ndarray:
-  """`starts` when it has at most `limit` entries, else `limit` of them evenly spaced from the
-  first to the last: the same subset every call."""
-  if len(starts) <= limit:
-    return starts
-  return starts[np.linspace(0, len(starts) - 1, limit).round().astype(np.int64)]
 
 
 def validation_starts(corpus: Corpus, limit: int) -> np.ndarray:

@@ -21,6 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from jaxchar.core import atomic, textstream
+from jaxchar.core.data import ids_dtype
 from jaxchar.core.storage.local import sampled_digest
 from jaxchar.core.textstream import SourceFile
 from jaxchar.errors import UserError
@@ -28,11 +29,6 @@ from jaxchar.errors import UserError
 FORMAT = 1
 _UNSEEN = np.uint32(0xFFFFFFFF)
 PLAIN_EVERY_SECONDS = 30.0
-
-
-def raw_dtype(count: int) -> type:
-  """The narrowest of uint8, uint16 and uint32 that holds `count` distinct ids."""
-  return np.uint8 if count <= 1 << 8 else np.uint16 if count <= 1 << 16 else np.uint32
 
 
 def _fingerprint(sources: list[SourceFile]) -> list[dict]:
@@ -116,8 +112,8 @@ class _IdWriter:
     self.file = open(path, "wb")
 
   def write(self, raw: np.ndarray, vocab_size: int) -> None:
-    if raw_dtype(vocab_size) != self.dtype:
-      self._widen(raw_dtype(vocab_size))
+    if ids_dtype(vocab_size) != self.dtype:
+      self._widen(ids_dtype(vocab_size))
     self.file.write(np.ascontiguousarray(raw, self.dtype).data)
     self.count += len(raw)
 

@@ -42,12 +42,12 @@ class CharLSTM(nn.Module):
 
   vocab_size: int
   hidden: int
-  num_layers: int = 1
-  embed_dim: int = 0  # 0 = one-hot inputs, as the reference
-  dropout: float = 0.0  # between layers and before the output layer, in training only
-  dtype: jnp.dtype = jnp.float32  # computation dtype; parameters stay float32
-  lstm_impl: str = LSTM_IMPLS[0]  # fused; or flax: nn.RNN(nn.OptimizedLSTMCell), the reference
-  weight_drop: float = 0.0  # fused only: DropConnect on the recurrent kernels, in training only
+  num_layers: int
+  embed_dim: int  # 0 = one-hot inputs, as the reference
+  dropout: float  # between layers and before the output layer, in training only
+  dtype: jnp.dtype  # computation dtype; parameters stay float32
+  lstm_impl: str  # fused; or flax: nn.RNN(nn.OptimizedLSTMCell), the reference
+  weight_drop: float  # fused only (Config checks it): DropConnect on the recurrent kernels
 
   def setup(self):
     if self.embed_dim:
@@ -58,8 +58,6 @@ class CharLSTM(nn.Module):
                                name=layer_name(i))
                      for i in range(self.num_layers)]
     else:
-      if self.weight_drop:
-        raise ValueError("weight drop needs the fused LSTM implementation")
       cells = [nn.OptimizedLSTMCell(self.hidden, kernel_init=keras_fused_glorot_uniform,
                                     dtype=self.dtype, name=layer_name(i))
                for i in range(self.num_layers)]

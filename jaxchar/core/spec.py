@@ -36,20 +36,14 @@ class ModelSpec:
   embed_dim: int  # 0 = one-hot inputs
   maxlen: int  # the training window: the context sampling and scoring use
   lowercase: bool
-  dtype: str = "float32"  # computation dtype; parameters are float32
-  lstm_impl: str = LSTM_IMPLS[0]
+  dtype: str  # computation dtype; parameters are float32
+  lstm_impl: str
 
   @classmethod
   def of(cls, config: Any, vocab: Vocab | int) -> "ModelSpec":
     """The spec of a training Config's model over `vocab` (or a vocabulary of that size)."""
     chars = vocab.chars if isinstance(vocab, Vocab) else placeholder_chars(vocab)
     return cls(chars, **{name: getattr(config, name) for name in OPTIONS})
-
-  @classmethod
-  def sized(cls, vocab_size: int, hidden: int, maxlen: int = 60, **options) -> "ModelSpec":
-    """A spec from sizes alone (benchmarks): other fields as the reference's."""
-    return cls(placeholder_chars(vocab_size), hidden, options.pop("num_layers", 1),
-               options.pop("embed_dim", 0), maxlen, True, **options)
 
   @classmethod
   def from_meta(cls, meta: dict) -> "ModelSpec":

@@ -4,7 +4,7 @@ checkpoint) and Launch (where and how this process runs: not saved)."""
 import dataclasses
 import math
 
-from jaxchar.choices import CompilationCacheChoice, StorageChoice
+from jaxchar.choices import DEFAULT_WORKDIR, CompilationCacheChoice, StorageChoice
 from jaxchar.core import storage
 from jaxchar.core.model import LSTM_IMPLS
 from jaxchar.errors import UserError
@@ -196,7 +196,7 @@ class Launch(CompilationCacheChoice, StorageChoice):
   """Where a training process keeps its run and how it uses its host: not part of the model,
   so not saved with it."""
 
-  workdir: str = option("ckpt/moe", "Folder for this run: checkpoints/, metrics.jsonl, "
+  workdir: str = option(DEFAULT_WORKDIR, "Folder for this run: checkpoints/, metrics.jsonl, "
                         "tensorboard/, samples.md, loss.png. Rerunning with the same folder "
                         "resumes from its latest checkpoint. A gs://bucket/path keeps the run "
                         "in Cloud Storage (pip install -e '.[gcs]'), where a preempted or "

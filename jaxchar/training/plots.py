@@ -5,6 +5,7 @@ import dataclasses
 import math
 from pathlib import Path
 
+from jaxchar.choices import DEFAULT_WORKDIR
 from jaxchar.errors import UserError, writing
 from jaxchar.options import option
 from jaxchar.training.metrics import METRICS_FILE, read_metrics
@@ -16,7 +17,7 @@ PLOT_FILE = "loss.png"
 class PlotConfig:
   """What `python -m jaxchar.plot` takes."""
 
-  workdir: str = option("ckpt/moe", "The training run's folder (holds metrics.jsonl).")
+  workdir: str = option(DEFAULT_WORKDIR, "The training run's folder (holds metrics.jsonl).")
   compare: tuple[str, ...] = option((), "Instead: run folders whose validation loss to plot "
                                     "against wall time, in one figure written to --out.")
   out: str = option("runs.png", "The --compare figure's file.")
