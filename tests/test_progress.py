@@ -2,13 +2,17 @@
 
 import io
 
+from helpers import tiny_config
 from jaxchar.core import progress
+from jaxchar.training import loop, startup
+
+NO_ETA = lambda steps_done, seconds: None  # noqa: E731 - the run's ETA is the loop's
 
 
 def test_non_terminal_output_is_plain_lines(monkeypatch):
   monkeypatch.setattr(progress, "PLAIN_EVERY_SECONDS", 0.0)
   stream = io.StringIO()
-  with progress.EpochProgress(2, 5, total_steps=20, batch_size=128, stream=stream) as bar:
+  with progress.EpochProgress("epoch 2/5", 20, 128, NO_ETA, stream=stream) as bar:
     for step in (10, 20):
       bar.update(step, 1.5 + step / 100)
   lines = stream.getvalue().splitlines()
@@ -21,7 +25,7 @@ def test_non_terminal_output_is_plain_lines(monkeypatch):
 
 def test_non_terminal_lines_are_rate_limited():
   stream = io.StringIO()
-  bar = progress.EpochProgress(1, 1, total_steps=100, batch_size=8, stream=stream)
+  bar = progress.EpochProgress("epoch 1/1", 100, 8, NO_ETA, stream=stream)
   for step in range(10, 100, 10):
     bar.update(step, 2.0)
   assert stream.getvalue() == ""  # within PLAIN_EVERY_SECONDS, only the last step prints
@@ -31,7 +35,7 @@ def test_non_terminal_lines_are_rate_limited():
 
 def test_terminal_output_is_a_bar():
   stream = io.StringIO()
-  with progress.EpochProgress(1, 3, total_steps=10, batch_size=4, stream=stream,
+  with progress.EpochProgress("epoch 1/3", 10, 4, NO_ETA, stream=stream,
                               interactive=True) as bar:
     bar.update(10, 0.25)
   assert "epoch 1/3" in stream.getvalue() and "\r" in stream.getvalue()
@@ -49,16 +53,20 @@ def test_validation_progress_plain_lines_and_bar(monkeypatch):
   assert "validating 4,096 windows" in stream.getvalue() and "\r" in stream.getvalue()
 
 
-def test_the_eta_covers_the_whole_run_not_only_the_epoch(monkeypatch):
-  bar = progress.EpochProgress(2, 4, total_steps=10, batch_size=8, stream=io.StringIO(),
-                               interactive=False, later_steps=20, epoch_end_s=5.0)
-  # 2 s per step: 5 left in this epoch + 20 in epochs 3 and 4, and 3 epoch ends of 5 s.
-  assert bar.run_eta(5, 10.0) == (5 + 20) * 2.0 + 3 * 5.0
-  assert bar.run_eta(0, 1.0) is None  # no step yet: no rate
+def test_the_eta_covers_the_whole_run_not_only_the_epoch(monkeypatch, tiny_file, tmp_path):
+  plan, state = startup.start_run(tiny_config(tiny_file, epochs=4), tmp_path / "run")
+  try:
+    state.epoch, state.epoch_end_s = 2, 5.0
+    eta = loop.run_eta(plan, state)  # 45 steps an epoch
+    # 2 s per step: 40 left in this epoch + 90 in epochs 3 and 4, and 3 epoch ends of 5 s.
+    assert eta(5, 10.0) == (40 + 90) * 2.0 + 3 * 5.0
+    assert eta(0, 1.0) is None  # no step yet: no rate
+  finally:
+    loop.close(plan)
   monkeypatch.setattr(progress, "PLAIN_EVERY_SECONDS", 0.0)
   stream = io.StringIO()
-  with progress.EpochProgress(1, 59, total_steps=100, batch_size=8, stream=stream,
-                              later_steps=58 * 100) as bar:
+  with progress.EpochProgress("epoch 1/59", 100, 8, lambda done, s: (5900 - done) * s / done,
+                              stream=stream) as bar:
     bar.start -= 60.0  # 10 steps took a minute: 5,890 steps left take 9 h 49 min
     bar.update(10, 2.0)
   assert "eta 9 min (epoch), 9 h 49 min (run)" in stream.getvalue(), stream.getvalue()

@@ -3,6 +3,7 @@ otherwise (logs, CI)."""
 
 import sys
 import time
+from collections.abc import Callable
 from typing import TextIO
 
 from tqdm import tqdm
@@ -55,34 +56,16 @@ def duration(seconds: float) -> str:
 
 
 class EpochProgress(_Progress):
-  """Shows steps done, running loss, windows/s, the epoch's ETA (tqdm's) and the whole run's
-  (`run_eta`) on `stream` (stderr).
+  """Shows steps done, running loss, windows/s, the epoch's ETA (tqdm's) and the whole run's,
+  which `run_eta(steps_done, seconds)` gives (None: not known yet), on `stream` (stderr)."""
 
-  later_steps: the steps of the epochs after this one; epoch_end_s: the seconds each epoch's
-  end (validation, samples, checkpoint) took last time, counted once per epoch left; epochs
-  None: no epoch limit; deadline: the time.perf_counter() at which a time budget ends the run
-  (its ETA is then the earlier of the two)."""
-
-  def __init__(self, epoch: int, epochs: int | None, total_steps: int, batch_size: int,
-               stream: TextIO | None = None, interactive: bool | None = None,
-               first_step: int = 0, enabled: bool = True, later_steps: int = 0,
-               epoch_end_s: float = 0.0, deadline: float | None = None):
-    self.desc = f"epoch {epoch}" + (f"/{epochs}" if epochs is not None else "")
-    self.deadline = deadline
-    self.batch_size = batch_size
+  def __init__(self, desc: str, total_steps: int, batch_size: int,
+               run_eta: Callable[[int, float], float | None], first_step: int = 0,
+               enabled: bool = True, stream: TextIO | None = None,
+               interactive: bool | None = None):
+    self.desc, self.batch_size, self.run_eta = desc, batch_size, run_eta
     self.first_step = first_step  # steps already done before this run (a resumed epoch)
-    self.later_steps = later_steps
-    self.epoch_ends = ((epochs or epoch) - epoch + 1) * epoch_end_s
-    super().__init__(total_steps, self.desc, "step", stream, interactive, enabled, first_step)
-
-  def run_eta(self, steps_done: int, seconds: float) -> float | None:
-    """Seconds left in the whole run, from this epoch's step rate; None before a step."""
-    by_budget = self.deadline - time.perf_counter() if self.deadline is not None else None
-    if steps_done <= self.first_step:
-      return by_budget
-    step_s = seconds / (steps_done - self.first_step)
-    by_steps = (self.total - steps_done + self.later_steps) * step_s + self.epoch_ends
-    return by_steps if by_budget is None else max(0.0, min(by_steps, by_budget))
+    super().__init__(total_steps, desc, "step", stream, interactive, enabled, first_step)
 
   def update(self, steps_done: int, running_loss: float) -> None:
     """`steps_done` counts from the start of the epoch."""

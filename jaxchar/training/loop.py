@@ -95,6 +95,24 @@ class Trained(NamedTuple):
   position: int
 
 
+def run_eta(plan: Plan, state: RunState):
+  """The run's seconds left, as a function of the epoch's steps done and the seconds they
+  took (None before a step): the steps of this epoch and the later ones at this epoch's rate,
+  and an epoch end (as long as the last) per epoch left; a budget's end if that is earlier."""
+  epoch, first, num_steps = state.epoch, state.batch, plan.steps_per_epoch
+  later_steps = (plan.config.epochs - epoch) * num_steps
+  ends = (1 if plan.unlimited_epochs else plan.config.epochs - epoch + 1) * state.epoch_end_s
+  deadline = (time.perf_counter() + plan.budget.left(state.elapsed())) if plan.budget else None
+
+  def eta(steps_done: int, seconds: float) -> float | None:
+    by_budget = deadline - time.perf_counter() if deadline is not None else None
+    if steps_done <= first:
+      return by_budget
+    by_steps = (num_steps - steps_done + later_steps) * seconds / (steps_done - first) + ends
+    return by_steps if by_budget is None else max(0.0, min(by_steps, by_budget))
+  return eta
+
+
 def _should_stop(stop: StopRequests, steps_done: int) -> bool:
   if jax.process_count() == 1:
     return stop.requested
@@ -124,12 +142,9 @@ def train_epoch(plan: Plan, state: RunState, p_train_step, stop: StopRequests) -
 
   epoch_start = time.perf_counter()
   read_clock(plan, state, first, now=True)  # a resumed epoch may start between agreements
-  deadline = (time.perf_counter() + plan.budget.left(state.elapsed())) if plan.budget else None
-  with progress.EpochProgress(epoch, None if plan.unlimited_epochs else config.epochs,
-                              num_batches, config.batch_size, first_step=first,
-                              enabled=distributed.is_primary(),
-                              later_steps=(config.epochs - epoch) * num_batches,
-                              epoch_end_s=state.epoch_end_s, deadline=deadline) as bar:
+  desc = f"epoch {epoch}" + ("" if plan.unlimited_epochs else f"/{config.epochs}")
+  with progress.EpochProgress(desc, num_batches, config.batch_size, run_eta(plan, state),
+                              first_step=first, enabled=distributed.is_primary()) as bar:
     while state.batch < num_batches:
       if _should_stop(stop, state.batch):
         fetch_pending()
