@@ -49,39 +49,43 @@ def model_info(sampler: Sampler, batcher: Batcher, limits: Limits) -> dict:
       "rows_generated": batcher.rows_generated, "in_flight": batcher.in_flight}
 
 
-def create_app(sampler: Sampler, batcher: Batcher, limits: Limits,
-               hosts: set[str] | None = None, allow_origins: Iterable[str] = ()) -> FastAPI:
-  """The app: routes, error handlers, guards and the page, bound to one restored sampler.
-  `hosts`: the Host headers it answers (None: any); `allow_origins`: other sites' pages that
-  may use it ("*": any)."""
-  app = FastAPI(title="jaxchar", docs_url=None, redoc_url=None, openapi_url=None)
-  app.add_middleware(guards.OriginGuard, hosts=hosts, allow_origins=tuple(allow_origins))
-  app.add_middleware(guards.NoTracebacks)
-  page = resources.files("jaxchar.serving").joinpath("page.html").read_text(encoding="utf-8")
+def score_text(sampler: Sampler, prepared: scorer.Prepared, from_start: bool) -> scorer.Score:
+  """A text scored as the server scores it (its one compiled batch shape)."""
+  return scorer.score(sampler, prepared, from_start, SCORE_BATCH)
 
-  def submit(request: GenerationRequest, on_chunk=None) -> Job:
-    rows = [sampler.row(request.prime, request.temperature, request.top_k, request.seed, index,
-                        "skip", request.top_p) for index in range(request.num_samples)]
+
+class Api:
+  """The routes' handlers, bound to one restored sampler and its batcher."""
+
+  def __init__(self, sampler: Sampler, batcher: Batcher, limits: Limits):
+    self.sampler, self.batcher, self.limits = sampler, batcher, limits
+    self.page = resources.files("jaxchar.serving").joinpath("page.html").read_text(
+        encoding="utf-8")
+    self.scoring = threading.Lock()  # one text at a time beside generation: the cores are shared
+
+  def submit(self, request: GenerationRequest, on_chunk=None) -> Job:
+    rows = [self.sampler.row(request.prime, request.temperature, request.top_k, request.seed,
+                             index, "skip", request.top_p) for index in range(request.num_samples)]
     try:
-      return batcher.submit(rows, request.length, request.mode, limits.request_timeout_s,
-                            on_chunk, request.stops)
+      return self.batcher.submit(rows, request.length, request.mode,
+                                 self.limits.request_timeout_s, on_chunk, request.stops)
     except Refused as e:
       raise BadRequest(str(e), status=e.status,
                        headers={"Retry-After": str(RETRY_AFTER_S)}) from None
 
-  def refusal(error: BaseException) -> BadRequest:
-    """What a job's failure tells its client."""
-    if isinstance(error, Refused):
-      headers = {"Retry-After": str(RETRY_AFTER_S)} if error.status == 503 else None
-      return BadRequest(str(error), status=error.status, headers=headers)
-    return BadRequest(f"generation failed ({type(error).__name__}: {error}).", status=500)
+  async def json_body(self, request: Request, limit: int) -> object:
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind != "application/json":
+      raise BadRequest(f"the body must be sent as Content-Type: application/json, not "
+                       f"{kind or 'none'!r} (curl: -H 'Content-Type: application/json').",
+                       status=415)
+    return parse_json(await guards.read_body(request, limit, self.limits.client_timeout_s,
+                                             self.batcher.past_stop_deadline))
 
-  @app.exception_handler(BadRequest)
-  async def bad_request(_, error: BadRequest):
+  async def bad_request(self, _, error: BadRequest):
     return JSONResponse({"error": str(error)}, status_code=error.status, headers=error.headers)
 
-  @app.exception_handler(HTTPException)
-  async def http_error(request: Request, error: HTTPException):
+  async def http_error(self, request: Request, error: HTTPException):
     if error.status_code == 404:
       message = f"no route {request.method} {request.url.path}; the routes are {ROUTES}."
     elif error.status_code == 405:
@@ -90,62 +94,47 @@ def create_app(sampler: Sampler, batcher: Batcher, limits: Limits,
       message = str(error.detail)
     return JSONResponse({"error": message}, status_code=error.status_code)
 
-  @app.get("/", response_class=HTMLResponse)
-  async def index() -> str:
-    return page
+  async def index(self) -> HTMLResponse:
+    return HTMLResponse(self.page)
 
-  @app.get("/healthz")
-  async def healthz() -> JSONResponse:
-    if not batcher.healthy:
+  async def healthz(self) -> JSONResponse:
+    if not self.batcher.healthy:
       return JSONResponse({"ok": False, "error": f"the generation worker failed "
-                                                 f"({batcher.failure})"}, status_code=503)
-    return JSONResponse({"ok": True, "step": sampler.step, "in_flight": batcher.in_flight})
+                                                 f"({self.batcher.failure})"}, status_code=503)
+    return JSONResponse({"ok": True, "step": self.sampler.step,
+                         "in_flight": self.batcher.in_flight})
 
-  @app.get("/api/info")
-  async def info() -> dict:
-    return model_info(sampler, batcher, limits)
+  async def info(self) -> dict:
+    return model_info(self.sampler, self.batcher, self.limits)
 
-  async def json_body(request: Request, limit: int) -> object:
-    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if kind != "application/json":
-      raise BadRequest(f"the body must be sent as Content-Type: application/json, not "
-                       f"{kind or 'none'!r} (curl: -H 'Content-Type: application/json').",
-                       status=415)
-    return parse_json(await guards.read_body(request, limit, limits.client_timeout_s,
-                                             batcher.past_stop_deadline))
+  def _score(self, prepared: scorer.Prepared, from_start: bool) -> scorer.Score:
+    with self.scoring:
+      return score_text(self.sampler, prepared, from_start)
 
-  scoring = threading.Lock()  # one text at a time beside generation: the cores are shared
-
-  def score_text(prepared: scorer.Prepared, from_start: bool) -> scorer.Score:
-    with scoring:
-      return scorer.score(sampler, prepared, from_start, SCORE_BATCH)
-
-  app.state.score_text = score_text  # for the server's warm-up
-
-  @app.post("/api/score")
-  async def score_route(request: Request) -> dict:
-    checked = parse_score(await json_body(request, limits.score_body_bytes), limits)
-    prepared = scorer.prepare(checked.text, sampler.vocab, sampler.lowercase)
+  async def score(self, request: Request) -> dict:
+    limits = self.limits
+    checked = parse_score(await self.json_body(request, limits.score_body_bytes), limits)
+    prepared = scorer.prepare(checked.text, self.sampler.vocab, self.sampler.lowercase)
     try:
-      scorer.check_scorable(prepared, sampler.maxlen, checked.from_start, "the text")
+      scorer.check_scorable(prepared, self.sampler.maxlen, checked.from_start, "the text")
     except UserError as e:
       raise BadRequest(str(e)) from None
     try:
-      result = await asyncio.wait_for(asyncio.to_thread(score_text, prepared, checked.from_start),
-                                      limits.request_timeout_s)
+      result = await asyncio.wait_for(
+          asyncio.to_thread(self._score, prepared, checked.from_start), limits.request_timeout_s)
     except asyncio.TimeoutError:
       raise BadRequest(f"scoring took over {limits.request_timeout_s:g} s "
                        "(--request_timeout_s); send a shorter text.", status=504) from None
     log_probs = [None] * len(prepared.text)
     for position, log_prob in zip(result.positions.tolist(), result.log_probs.tolist()):
       log_probs[position] = round(log_prob, 4)
-    return {"step": sampler.step, **result.figures(), "log_probs": log_probs}
+    return {"step": self.sampler.step, **result.figures(), "log_probs": log_probs}
 
-  @app.post("/api/generate")
-  async def generate_route(request: Request) -> dict:
-    checked = parse(await json_body(request, MAX_BODY_BYTES), sampler, limits)
+  async def generate(self, request: Request) -> dict:
+    sampler = self.sampler
+    checked = parse(await self.json_body(request, MAX_BODY_BYTES), sampler, self.limits)
     start = time.perf_counter()
-    job = submit(checked)
+    job = self.submit(checked)
     waiter = _watched(job)
     gone = asyncio.ensure_future(guards.wait_for_disconnect(request))
     try:
@@ -156,7 +145,7 @@ def create_app(sampler: Sampler, batcher: Batcher, limits: Limits,
     if not waiter.done():
       raise guards.ClientGone()
     if waiter.exception() is not None:
-      raise refusal(waiter.exception())
+      raise _refusal(waiter.exception())
     seconds = time.perf_counter() - start
     ids = waiter.result()
     cut = [cut_at_stop(sampler.vocab.decode(row), checked.stops) for row in ids]
@@ -164,50 +153,74 @@ def create_app(sampler: Sampler, batcher: Batcher, limits: Limits,
             "stopped_by": [stop for _, stop in cut],
             "chars_per_s": ids.shape[0] * ids.shape[1] / seconds}
 
-  @app.get("/api/stream")
-  async def stream(request: Request) -> StreamingResponse:
+  async def stream(self, request: Request) -> StreamingResponse:
     fields = dict(request.query_params)
     if "num_samples" in fields:
       raise BadRequest("the stream generates one sample; use POST /api/generate for several.")
-    checked = parse(fields, sampler, limits)
+    checked = parse(fields, self.sampler, self.limits)
     loop, chunks = asyncio.get_running_loop(), asyncio.Queue()
 
     def on_chunk(ids: np.ndarray) -> None:  # on the batcher's thread
       loop.call_soon_threadsafe(chunks.put_nowait, ids)
 
-    job = submit(checked, on_chunk)  # before the response starts: a refusal is a plain 503
-
-    async def events():
-      waiter = _watched(job)
-      start, text, chunk, stopped_by = time.perf_counter(), "", None, None
-      try:
-        yield _event("prime", {"prime": checked.prime})
-        while len(text) < checked.length:
-          chunk = asyncio.ensure_future(chunks.get())
-          await asyncio.wait({chunk, waiter}, return_when=asyncio.FIRST_COMPLETED)
-          if not chunk.done() and waiter.exception() is not None:
-            error = refusal(waiter.exception())
-            yield _event("failed", {"error": str(error), "status": error.status})
-            return
-          new = sampler.vocab.decode((await chunk)[0])  # once finished, its last chunk is near
-          kept, stopped_by = cut_at_stop(text + new, checked.stops)
-          if kept[len(text):]:
-            yield _event("chunk", {"text": kept[len(text):]})
-          text = kept
-          if stopped_by is not None:
-            break
-        seconds = time.perf_counter() - start
-        yield _event("done", {"text": text, "step": sampler.step, "stopped_by": stopped_by,
-                              "chars_per_s": len(text) / seconds})
-      finally:
-        job.abandon()  # the client left (or the stream ended): the batcher drops it
-        if chunk is not None:
-          chunk.cancel()
-
-    return StreamingResponse(events(), media_type="text/event-stream",
+    job = self.submit(checked, on_chunk)  # before the response starts: a refusal is a plain 503
+    return StreamingResponse(self._events(checked, job, chunks), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache"})
 
+  async def _events(self, checked: GenerationRequest, job: Job, chunks: asyncio.Queue):
+    waiter = _watched(job)
+    start, text, chunk, stopped_by = time.perf_counter(), "", None, None
+    try:
+      yield _event("prime", {"prime": checked.prime})
+      while len(text) < checked.length:
+        chunk = asyncio.ensure_future(chunks.get())
+        await asyncio.wait({chunk, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        if not chunk.done() and waiter.exception() is not None:
+          error = _refusal(waiter.exception())
+          yield _event("failed", {"error": str(error), "status": error.status})
+          return
+        new = self.sampler.vocab.decode((await chunk)[0])  # once finished, its last chunk is near
+        kept, stopped_by = cut_at_stop(text + new, checked.stops)
+        if kept[len(text):]:
+          yield _event("chunk", {"text": kept[len(text):]})
+        text = kept
+        if stopped_by is not None:
+          break
+      seconds = time.perf_counter() - start
+      yield _event("done", {"text": text, "step": self.sampler.step, "stopped_by": stopped_by,
+                            "chars_per_s": len(text) / seconds})
+    finally:
+      job.abandon()  # the client left (or the stream ended): the batcher drops it
+      if chunk is not None:
+        chunk.cancel()
+
+
+def create_app(sampler: Sampler, batcher: Batcher, limits: Limits,
+               hosts: set[str] | None = None, allow_origins: Iterable[str] = ()) -> FastAPI:
+  """The app: the Api's handlers as routes, error handlers, guards and the page. `hosts`: the
+  Host headers it answers (None: any); `allow_origins`: other sites' pages that may use it
+  ("*": any)."""
+  api = Api(sampler, batcher, limits)
+  app = FastAPI(title="jaxchar", docs_url=None, redoc_url=None, openapi_url=None)
+  app.add_middleware(guards.OriginGuard, hosts=hosts, allow_origins=tuple(allow_origins))
+  app.add_middleware(guards.NoTracebacks)
+  app.add_exception_handler(BadRequest, api.bad_request)
+  app.add_exception_handler(HTTPException, api.http_error)
+  app.add_api_route("/", api.index, methods=["GET"], response_class=HTMLResponse)
+  app.add_api_route("/healthz", api.healthz, methods=["GET"])
+  app.add_api_route("/api/info", api.info, methods=["GET"])
+  app.add_api_route("/api/score", api.score, methods=["POST"])
+  app.add_api_route("/api/generate", api.generate, methods=["POST"])
+  app.add_api_route("/api/stream", api.stream, methods=["GET"])
   return app
+
+
+def _refusal(error: BaseException) -> BadRequest:
+  """What a job's failure tells its client."""
+  if isinstance(error, Refused):
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if error.status == 503 else None
+    return BadRequest(str(error), status=error.status, headers=headers)
+  return BadRequest(f"generation failed ({type(error).__name__}: {error}).", status=500)
 
 
 def _watched(job: Job) -> asyncio.Future:

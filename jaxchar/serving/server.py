@@ -118,8 +118,8 @@ def serve(config: ServeConfig) -> None:
     for mode in SAMPLE_MODES:
       batcher.warm_up(mode, progress.add)
     for from_start in (False, True):  # compiles scoring at start-up too
-      application.state.score_text(scorer.prepare(sampler.vocab.chars * sampler.maxlen,
-                                                  sampler.vocab, False), from_start)
+      app_lib.score_text(sampler, scorer.prepare(sampler.vocab.chars * sampler.maxlen,
+                                                 sampler.vocab, False), from_start)
       progress.add(1)
   if config.access_log:
     application = AccessLog(application)
