@@ -17,8 +17,7 @@ from jaxchar.training import budget as budget_lib
 from jaxchar.training import distributed, init_from, metrics, resume, steps, text
 from jaxchar.training.config import AUTO_TRAIN_CHARS, MAX_AUTO_EPOCHS, Config, auto_epochs
 from jaxchar.training.distributed import say
-from jaxchar.training.early_stopping import EarlyStopping
-from jaxchar.training.state import Plan, RunState
+from jaxchar.training.state import EarlyStopping, Plan, RunState
 
 # --epochs=0 with --time_budget: more epochs than any budget reaches.
 UNLIMITED_EPOCHS = 1_000_000
