@@ -18,7 +18,7 @@ def test_format1_checkpoint_restores_to_the_spec_it_describes():
   assert checkpoint.read_meta(FORMAT1_RUN, 90)["format_version"] == 1
   assert restored.step == 90 and restored.spec == ModelSpec(
       "\n !.:abehimnory", hidden=16, num_layers=1, embed_dim=0, maxlen=8, lowercase=True,
-      dtype="float32", lstm_impl="fused")
+      dtype="float32", lstm_impl="fused", carry_state=False)
 
 
 def test_format1_checkpoint_samples_what_the_old_code_sampled():

@@ -81,7 +81,8 @@ def test_copying_the_corpus_from_the_mirror_says_so(tmp_path, monkeypatch):
 def test_a_base_that_knows_few_of_the_new_characters_is_warned_about():
   base = init_from.Base("ckpt/base", Path("ckpt/base"), 10, {}, None,
                         ModelSpec("abc", hidden=16, num_layers=1, embed_dim=0, maxlen=8,
-                                  lowercase=True, dtype="float32", lstm_impl="fused"))
+                                  lowercase=True, dtype="float32", lstm_impl="fused",
+                                  carry_state=False))
 
   def corpus(ids: list[int], chars: str) -> data.Corpus:
     return data.Corpus(Vocab(chars), np.array(ids, np.uint8), None, len(ids), 2, 1, "")

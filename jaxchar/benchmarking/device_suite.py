@@ -127,10 +127,11 @@ def validation_cell(sizes: Sizes, corpus) -> dict:
   _, p_eval_step = steps.pmapped_steps(sizes.maxlen)
   batch = global_eval_batch(Config.eval_batch_size, jax.device_count())
   start = time.perf_counter()
-  validation.evaluate(p_eval_step, p_state, corpus, starts[:batch], batch)
+  windows = validation.ValidationSet
+  validation.evaluate(p_eval_step, p_state, corpus, windows(starts[:batch]), batch)
   compile_s = time.perf_counter() - start
   start = time.perf_counter()
-  validation.evaluate(p_eval_step, p_state, corpus, starts[:sizes.val_windows], batch)
+  validation.evaluate(p_eval_step, p_state, corpus, windows(starts[:sizes.val_windows]), batch)
   return {"windows_per_s": sizes.val_windows / (time.perf_counter() - start),
           "compile_s": compile_s, "eval_batch": batch}
 

@@ -32,6 +32,7 @@ from jaxchar.errors import UserError
 FORMAT_VERSION = 4
 READABLE_FORMATS = (1, 2, 3, 4)
 PARAMS, OPTIMIZER, STATE = "params", "optimizer", "state"  # STATE: both, formats 1 to 3
+STREAM = "stream"  # --carry_state: the streams' LSTM carries, where the run resumes mid-epoch
 CORRUPT = "corrupt_checkpoints"
 
 
@@ -94,8 +95,8 @@ class Checkpoints:
       return ocp.CheckpointManager(self.folder.orbax, options=options)
 
   def save(self, step: int, state: dict, meta: dict, val_loss: float | None = None) -> None:
-    """Starts an asynchronous save of host (numpy) `state` ({"params", "opt_state", "step"})
-    and JSON `meta` at `step`.
+    """Starts an asynchronous save of host (numpy) `state` ({"params", "opt_state", "step"},
+    and "carries" for a --carry_state run) and JSON `meta` at `step`.
 
     A failed write (this one, or the previous one still in the background) raises UserError."""
     meta = {**meta, "format_version": FORMAT_VERSION, "jaxchar_version": jaxchar.__version__}
@@ -108,6 +109,7 @@ class Checkpoints:
       self.manager.save(step, args=ocp.args.Composite(**{
           PARAMS: ocp.args.PyTreeSave(state["params"]),
           OPTIMIZER: ocp.args.PyTreeSave(_optimizer_part(state)),
+          **({STREAM: ocp.args.PyTreeSave(state["carries"])} if "carries" in state else {}),
           "meta": ocp.args.JsonSave(meta)}))
     self._saving = self.folder.begin_waiting(f"saving the checkpoint at step {step} to")
 
@@ -144,10 +146,13 @@ class Checkpoints:
       try:
         with self.folder.waiting(f"restoring the checkpoint at step {step} from"):
           if meta["format_version"] >= 4:
+            streams = {STREAM: ocp.args.PyTreeRestore(item=template["carries"])
+                       } if "carries" in template else {}
             restored = self.manager.restore(step, args=ocp.args.Composite(**{
                 PARAMS: ocp.args.PyTreeRestore(item=template["params"]),
-                OPTIMIZER: ocp.args.PyTreeRestore(item=_optimizer_part(template))}))
-            return {"params": restored[PARAMS], **restored[OPTIMIZER]}, meta
+                OPTIMIZER: ocp.args.PyTreeRestore(item=_optimizer_part(template)), **streams}))
+            carries = {"carries": restored[STREAM]} if streams else {}
+            return {"params": restored[PARAMS], **restored[OPTIMIZER], **carries}, meta
           restored = self.manager.restore(step, args=ocp.args.Composite(**{
               STATE: ocp.args.PyTreeRestore(item=template)}))
         return restored[STATE], meta

@@ -110,13 +110,14 @@ class Corpus:
                 for start in range(0, self.num_chars, chunk))
     return count / max(self.num_chars, 1)
 
-  def windows(self, starts: np.ndarray) -> np.ndarray:
-    """Vocabulary ids [..., maxlen + 1] of the windows at `starts` and their targets: read by
-    `reader` (exactly their bytes, nothing mapped in), else indexed in `raw`."""
+  def windows(self, starts: np.ndarray, width: int | None = None) -> np.ndarray:
+    """Vocabulary ids [..., width] (default maxlen + 1: a window and its target) at `starts`:
+    read by `reader` (exactly their bytes, nothing mapped in), else indexed in `raw`."""
+    width = width or self.maxlen + 1
     if self.reader is not None:
-      raw = self.reader.read(starts, self.maxlen + 1)
+      raw = self.reader.read(starts, width)
     else:
-      raw = self.raw[np.asarray(starts, np.int64)[..., None] + np.arange(self.maxlen + 1)]
+      raw = self.raw[np.asarray(starts, np.int64)[..., None] + np.arange(width)]
     return raw if self.table is None else self.table[raw]
 
 
@@ -227,11 +228,13 @@ def train_batch_starts(corpus: Corpus, batch: int, batch_size: int, seed: int,
   return shuffled(positions, corpus.num_train_windows, seed, epoch) * corpus.stride
 
 
-def device_batch(corpus: Corpus, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def device_batch(corpus: Corpus, starts: np.ndarray,
+                 width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
   """This process's windows at `starts` [devices, per_device] as the steps take them: each
-  device's windows laid end to end [devices, per_device * (maxlen + 1)], and where each one
-  starts in that row [devices, per_device] (int32), for gather_windows."""
-  windows = corpus.windows(starts)
+  device's windows laid end to end [devices, per_device * width] (width: maxlen + 1 unless
+  given), and where each one starts in that row [devices, per_device] (int32), for
+  gather_windows."""
+  windows = corpus.windows(starts, width)
   devices, per_device, width = windows.shape
   local = np.broadcast_to(np.arange(per_device, dtype=np.int32) * width, (devices, per_device))
   return windows.reshape(devices, per_device * width), np.ascontiguousarray(local)
@@ -266,3 +269,55 @@ def gather_windows(ids: jnp.ndarray, starts: jnp.ndarray, maxlen: int,
   positions = starts[:, None] + jnp.arange(maxlen + 1, dtype=starts.dtype)[None, :]
   window = ids[positions].astype(jnp.int32)
   return {"inputs": window[:, :-1], "targets": window[:, 1:] if every_position else window[:, -1]}
+
+
+# --carry_state: the training text as contiguous streams, one a batch row, read window after
+# window; validation reads the validation text as rows of STREAM_WARMUP windows of context then
+# STREAM_CHUNK windows scored (the same characters as window validation scores).
+STREAM_WARMUP, STREAM_CHUNK = 4, 4
+
+
+def stream_steps(corpus: Corpus, rows: int) -> int:
+  """Windows of maxlen each of `rows` streams gives an epoch (whatever its offset)."""
+  return (corpus.cut // rows - corpus.maxlen) // corpus.maxlen
+
+
+def stream_batch_starts(corpus: Corpus, step: int, rows: int, seed: int,
+                        epoch: int) -> np.ndarray:
+  """The starts [rows] of the epoch's `step`-th windows: row r reads its stretch of the
+  training text, [r, r + 1) x cut // rows, from an offset below maxlen that varies with the
+  epoch (so windows' edges fall elsewhere each epoch), window after window."""
+  offset = int(np.random.default_rng([seed, epoch, 2]).integers(0, corpus.maxlen))
+  length = corpus.cut // rows
+  return np.arange(rows, dtype=np.int64) * length + offset + step * corpus.maxlen
+
+
+def stream_rows(corpus: Corpus, limit: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+  """Validation as streams (stream_layout over the validation text): the characters window
+  validation scores (those after a full window), or as many evenly spaced rows as score about
+  `limit` of them."""
+  starts, low, high, width = stream_layout(corpus.num_chars - corpus.cut, corpus.maxlen,
+                                           corpus.maxlen, limit)
+  return starts + corpus.cut, low + corpus.cut, high + corpus.cut, width
+
+
+def stream_layout(length: int, first: int, maxlen: int, limit: int | None = None
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+  """Rows that score the characters [first, length) of a text read as streams: (input starts,
+  first and past-last target scored) per row, and the rows' input width. Each row reads up to
+  STREAM_WARMUP windows before the STREAM_CHUNK windows of targets it scores (at least maxlen
+  characters before each, but where the text starts later), none before 0; together they score
+  each character once (or, with `limit`, as many evenly spaced rows as score about `limit`)."""
+  width = min((STREAM_WARMUP + STREAM_CHUNK) * maxlen,
+              (length - 1) // maxlen * maxlen)  # a short text: less context
+  chunk = min(STREAM_CHUNK * maxlen, width - maxlen + 1)  # each target: maxlen before it at least
+  count = -(-(length - first) // chunk)
+  picked = np.arange(count, dtype=np.int64)
+  if limit is not None and count * chunk > limit:
+    picked = np.unique(np.linspace(0, count - 1, max(1, -(-limit // chunk))).round()
+                       .astype(np.int64))
+  low = first + picked * chunk
+  high = np.minimum(low + chunk, length)
+  starts = np.clip(high - 1 - width, 0, length - 1 - width)
+  return starts, low, high, width
+

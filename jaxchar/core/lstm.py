@@ -132,12 +132,11 @@ lstm_recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
 
 
 def _infer(xs: Array, project: Callable[[Array], Array], bias: Array, w_rec: Array,
-           lengths: Array | None) -> tuple[Carry, Array]:
+           lengths: Array | None, carry: Carry) -> tuple[Carry, Array]:
   """The inference loop over xs [T, B, ...]: each step's input projection `project(x_t)` is
   made inside the loop, so no [T, B, 4H] array exists (validation batches are large). With
   `lengths` [B], a row's carry stops changing after its last real position (left-aligned
-  windows, as nn.RNN's seq_lengths)."""
-  zeros = jnp.zeros((xs.shape[1], w_rec.shape[0]), jnp.float32)
+  windows, as nn.RNN's seq_lengths). `carry`: the (c, h) [B, H] it starts from."""
 
   def step(carry, inputs):
     x, t = inputs
@@ -147,7 +146,7 @@ def _infer(xs: Array, project: Callable[[Array], Array], bias: Array, w_rec: Arr
       c, h = jnp.where(live, c, carry[0]), jnp.where(live, h, carry[1])
     return (c, h), h
 
-  return jax.lax.scan(step, (zeros, zeros), (xs, jnp.arange(xs.shape[0])))
+  return jax.lax.scan(step, carry, (xs, jnp.arange(xs.shape[0])))
 
 
 class FusedLSTM(nn.Module):
@@ -162,24 +161,29 @@ class FusedLSTM(nn.Module):
 
   @nn.compact
   def __call__(self, inputs: Array, lengths: Array | None = None, vocab_size: int | None = None,
-               train: bool = False) -> tuple[Carry, Array]:
+               train: bool = False, initial_carry: Carry | None = None) -> tuple[Carry, Array]:
     """inputs: int ids [B, T] (one-hot inputs over `vocab_size` symbols) or floats [B, T, E].
     Returns the final carry (c, h) and the outputs [B, T, H].
 
     train: the projection of all positions before the loop and the custom VJP (memory
     O(T x B x 4H)), and weight drop (one mask over the recurrent kernel for the whole batch
     and window, as AWD-LSTM's: it needs a "dropout" rng); otherwise the inference loop
-    (`lengths` is for inference only)."""
+    (`lengths` is for inference only). `initial_carry`: the (c, h) [B, H] it starts from
+    (zeros without); no gradient flows into it (truncated backpropagation through time)."""
     one_hot = vocab_size is not None
     w_in, w_rec, bias = self.kernels(vocab_size if one_hot else inputs.shape[-1])
     w_in, w_rec, bias = ([w.astype(self.dtype) for w in w_in], w_rec.astype(self.dtype),
                          bias.astype(self.dtype))
     xs = inputs.T.astype(jnp.uint32) if one_hot else inputs.astype(self.dtype).transpose(1, 0, 2)
+    if initial_carry is None:
+      zeros = jnp.zeros((inputs.shape[0], self.features), jnp.float32)
+      initial_carry = (zeros, zeros)
+    c0, h0 = jax.lax.stop_gradient(initial_carry)
     if not train or lengths is not None:
       table = jnp.concatenate(w_in, -1)
       project = ((lambda ids: table.at[ids].get(mode="promise_in_bounds")) if one_hot
                  else (lambda x: x @ table))
-      carry, hs = _infer(xs, project, bias, w_rec, lengths)
+      carry, hs = _infer(xs, project, bias, w_rec, lengths, (c0, h0))
       return carry, hs.transpose(1, 0, 2)
     if self.weight_drop:  # outside the custom VJP: autodiff carries the mask to w_rec's gradient
       w_rec = nn.Dropout(self.weight_drop, name="weight_drop")(w_rec, deterministic=False)
@@ -189,8 +193,7 @@ class FusedLSTM(nn.Module):
       x_proj = jnp.concatenate([w.at[xs].get(mode="promise_in_bounds") for w in w_in], -1)
     else:
       x_proj = xs @ jnp.concatenate(w_in, -1)
-    zeros = jnp.zeros((inputs.shape[0], self.features), jnp.float32)
-    hs, c = lstm_recurrence(x_proj, bias, w_rec, zeros, zeros)
+    hs, c = lstm_recurrence(x_proj, bias, w_rec, c0, h0)
     return (c, hs[-1]), hs.transpose(1, 0, 2)
 
   def kernels(self, in_features: int) -> tuple[list[Array], Array, Array]:

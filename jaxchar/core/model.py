@@ -80,6 +80,14 @@ class CharLSTM(nn.Module):
     features = outputs if every_position else carries[-1][1]
     return self.head(self.drop(features, deterministic=not train)).astype(jnp.float32)
 
+  def streamed(self, inputs: Array, carries: list[Carry], *,
+               train: bool = False) -> tuple[Array, list[Carry]]:
+    """A window of a stream: ids [B, T] read from every layer's carry (c, h) [B, H] -> logits
+    [B, T, vocab] for the character after every position, and the carries after the window
+    (--carry_state: the next window starts from them)."""
+    carries, outputs = self.run_layers(inputs, None, train, carries)
+    return self.head(self.drop(outputs, deterministic=not train)).astype(jnp.float32), carries
+
   def encode(self, inputs: Array, lengths: Array | None = None) -> tuple[list[Carry], Array]:
     """Every layer's carry after the window, and the logits [B, vocab] that follow it."""
     carries, _ = self.run_layers(inputs, lengths, train=False)
@@ -89,9 +97,10 @@ class CharLSTM(nn.Module):
     """This model one character at a time, with `params` (called unbound, outside apply)."""
     return Stepper.of(params, self.dtype)
 
-  def run_layers(self, inputs: Array, lengths: Array | None,
-                 train: bool) -> tuple[list[Carry], Array]:
-    """Each layer's final carry, and the last layer's outputs [B, T, hidden]."""
+  def run_layers(self, inputs: Array, lengths: Array | None, train: bool,
+                 initial: list[Carry] | None = None) -> tuple[list[Carry], Array]:
+    """Each layer's final carry, and the last layer's outputs [B, T, hidden]; each layer
+    starts from its `initial` carry (zeros without)."""
     fused = self.lstm_impl == "fused"
     if self.embed_dim:
       x = self.embed(inputs)
@@ -103,12 +112,13 @@ class CharLSTM(nn.Module):
     for i, layer in enumerate(self.layers):
       if i:
         x = self.drop(x, deterministic=not train)
+      start = None if initial is None else initial[i]
       if fused:
         one_hot_ids = i == 0 and not self.embed_dim
         carry, x = layer(x, lengths, vocab_size=self.vocab_size if one_hot_ids else None,
-                         train=train)
+                         train=train, initial_carry=start)
       else:
-        carry, x = layer(x, seq_lengths=lengths)
+        carry, x = layer(x, initial_carry=start, seq_lengths=lengths)
       carries.append(carry)
     return carries, x
 

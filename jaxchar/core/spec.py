@@ -18,7 +18,8 @@ from jaxchar.core.model import LSTM_IMPLS, CharLSTM, init_params
 # trained with (the reference's): history, so not tied to today's defaults. The one table: the
 # spec's fields and the training options resume compares.
 PREDATING = {"num_layers": 1, "embed_dim": 0, "dtype": "float32", "lstm_impl": LSTM_IMPLS[0],
-             "optimizer": "rmsprop", "lr_schedule": "constant", "clip_norm": 0.0}
+             "carry_state": False, "optimizer": "rmsprop", "lr_schedule": "constant",
+             "clip_norm": 0.0}
 
 
 def placeholder_chars(size: int) -> str:
@@ -38,6 +39,7 @@ class ModelSpec:
   lowercase: bool
   dtype: str  # computation dtype; parameters are float32
   lstm_impl: str
+  carry_state: bool  # trained on streams with the state carried: read best that way too
 
   @classmethod
   def of(cls, config: Any, vocab: Vocab | int) -> "ModelSpec":
@@ -50,11 +52,11 @@ class ModelSpec:
     """The spec a checkpoint's metadata holds: its "spec" (format 2), or the flat keys and
     training config of format 1."""
     if "spec" in meta:
-      return cls(**meta["spec"])
+      return cls(**{**{k: PREDATING[k] for k in OPTIONS if k in PREDATING}, **meta["spec"]})
     config = {**PREDATING, **meta.get("config", {})}
     flat = {**PREDATING, **meta}
     return cls(meta["vocab"], flat["hidden"], flat["num_layers"], flat["embed_dim"],
-               meta["maxlen"], meta["lowercase"], config["dtype"], config["lstm_impl"])
+               meta["maxlen"], meta["lowercase"], config["dtype"], config["lstm_impl"], False)
 
   def to_dict(self) -> dict:
     return dataclasses.asdict(self)

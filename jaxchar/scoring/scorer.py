@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import jax_utils
 
+from jaxchar.core import data
 from jaxchar.core.data import Vocab
 from jaxchar.core.model import CharLSTM
 from jaxchar.errors import UserError
@@ -108,6 +109,50 @@ def _log_probs_of(model: CharLSTM, maxlen: int, full_windows: bool, params, ids,
   return jnp.take_along_axis(log_probs, ids[targets][:, None].astype(jnp.int32), axis=1)[:, 0]
 
 
+def _streamed(restored: Restored, ids: np.ndarray, first: int, batch_size: int,
+              devices: tuple) -> np.ndarray:
+  """The log-probabilities of ids[first:] for a model trained with its state carried
+  (--carry_state), read as streams as its validation reads them (data.stream_layout)."""
+  maxlen = restored.maxlen
+  starts, low, high, width = data.stream_layout(len(ids), first, maxlen)
+  rows = max(1, batch_size // width) * len(devices)
+  p_params = jax_utils.replicate(restored.params, devices)
+  p_ids = jax_utils.replicate(jnp.asarray(ids), devices)
+  step = _pmapped_streams(devices)
+  parts = []
+  for i in range(0, len(starts), rows):
+    picked = np.resize(starts[i:i + rows], rows).reshape(len(devices), -1)
+    log_probs = np.asarray(step(restored.model, maxlen, width, p_params, p_ids, picked))
+    for row, (start, a, b) in enumerate(zip(starts[i:i + rows], low[i:i + rows],
+                                            high[i:i + rows])):
+      parts.append(log_probs.reshape(-1, width)[row, a - start - 1:b - start - 1])
+  return np.concatenate(parts)
+
+
+def _stream_log_probs(model: CharLSTM, maxlen: int, width: int, params, ids, starts):
+  """log p(ids[s + 1 + j] | ids[s], ..., ids[s + j]) [rows, width] for each row start s, read
+  window after window with the state carried."""
+  positions = starts[:, None] + jnp.arange(width + 1, dtype=starts.dtype)[None, :]
+  window = ids[positions].astype(jnp.int32)
+  by_window = [jnp.swapaxes(x.reshape(len(starts), width // maxlen, maxlen), 0, 1)
+               for x in (window[:, :-1], window[:, 1:])]
+  zeros = jnp.zeros((len(starts), model.hidden), jnp.float32)
+
+  def read(carries, xs):
+    inputs, targets = xs
+    logits, carries = model.apply({"params": params}, inputs, carries, method="streamed")
+    log_probs = jax.nn.log_softmax(logits)
+    return carries, jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
+
+  _, log_probs = jax.lax.scan(read, [(zeros, zeros)] * model.num_layers, by_window)
+  return jnp.swapaxes(log_probs, 0, 1).reshape(len(starts), width)
+
+
+@functools.lru_cache(maxsize=None)
+def _pmapped_streams(devices: tuple):
+  return jax.pmap(_stream_log_probs, static_broadcasted_argnums=(0, 1, 2), devices=devices)
+
+
 @functools.lru_cache(maxsize=None)
 def _pmapped(devices: tuple):
   return jax.pmap(_log_probs_of, static_broadcasted_argnums=(0, 1, 2), devices=devices)
@@ -121,9 +166,12 @@ def score(restored: Restored, prepared: Prepared, from_start: bool = False,
   are several batches. The ids go to the devices padded to at least `capacity` (one program
   for pieces of several lengths)."""
   devices = tuple(devices or jax.local_devices())
+  targets = target_indices(len(prepared.ids), restored.maxlen, from_start)
+  if restored.spec.carry_state:
+    log_probs = _streamed(restored, prepared.ids, int(targets[0]), batch_size, devices)
+    return Score(prepared, prepared.positions[targets], log_probs, from_start, restored.maxlen)
   per_device = -(-batch_size // len(devices))
   batch = per_device * len(devices)
-  targets = target_indices(len(prepared.ids), restored.maxlen, from_start)
   padding = max(restored.maxlen, capacity - len(prepared.ids))
   padded_ids = np.concatenate([prepared.ids, np.zeros(padding, prepared.ids.dtype)])
   p_params = jax_utils.replicate(restored.params, devices)

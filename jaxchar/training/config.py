@@ -87,6 +87,15 @@ class Config:
                           "window (60 targets per window). Validation is the same for both: "
                           "the character after a full window.", choices=OBJECTIVES)
   num_layers: int = option(1, "Stacked LSTM layers.")
+  carry_state: bool = option(False, "Train on contiguous streams, as char-rnn does (truncated "
+                             "backpropagation through time): the training text is cut into "
+                             "one stretch per batch row, each read window after window of "
+                             "--maxlen characters, and the LSTM state a window ends with "
+                             "starts the row's next window, so the context is not cut at "
+                             "--maxlen. Needs --objective=every; --stride does not apply. "
+                             "Validation carries the state too: the same characters as "
+                             "window validation, each read after up to 8 windows of the "
+                             "validation text.")
   embed_dim: int = option(0, "Learned character embedding size; 0 = one-hot inputs (the "
                           "reference).")
   dropout: float = option(0.0, "Dropout rate between LSTM layers and before the output layer, "
@@ -154,6 +163,9 @@ class Config:
     if not 0.0 <= self.weight_drop < 1.0:
       raise UserError(f"--weight_drop={self.weight_drop} must be in [0, 1): the share of "
                       "recurrent weights zeroed in training, e.g. --weight_drop=0.2.")
+    if self.carry_state and self.objective != "every":
+      raise UserError("--carry_state trains on every position of each window (its targets are "
+                      "the next window's inputs); add --objective=every.")
     if self.weight_drop and self.lstm_impl != "fused":
       raise UserError(f"--weight_drop={self.weight_drop} needs --lstm_impl=fused (weight drop "
                       "masks the fused layers' recurrent kernel); drop --lstm_impl=flax or "

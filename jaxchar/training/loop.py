@@ -23,6 +23,7 @@ from jaxchar.training.preemption import StopRequests
 from jaxchar.training.samples import epoch_samples
 from jaxchar.training.startup import start_run
 from jaxchar.training.state import Plan, RunState
+from jaxchar.training.validation import ValidationSet
 
 LOG_EVERY = 10  # steps between progress updates and stop checks (each is a host sync)
 
@@ -62,6 +63,8 @@ def save(plan: Plan, state: RunState, complete: bool, val_loss: float | None = N
   if state.step == state.last_saved:
     return  # this exact point is already the latest checkpoint
   host_state = steps.first_replica(steps.saved_part(state.train))
+  if state.carries is not None:
+    host_state["carries"] = steps.rows_from_devices(state.carries)
   meta = {**plan.run_meta, **state.position_meta(complete), "val_loss": val_loss}
   if plan.log:
     plan.log.flush()  # records up to a checkpoint must survive a crash after it
@@ -127,12 +130,23 @@ def train_epoch(plan: Plan, state: RunState, p_train_step, stop: StopRequests) -
   num_batches, epoch, first = plan.steps_per_epoch, state.epoch, state.batch
 
   def batch_at(index: int) -> tuple[np.ndarray, np.ndarray]:
-    starts = data.train_batch_starts(corpus, index, config.batch_size, config.seed, epoch)
+    pick = data.stream_batch_starts if config.carry_state else data.train_batch_starts
+    starts = pick(corpus, index, config.batch_size, config.seed, epoch)
     return data.device_batch(corpus, distributed.process_slice(
         starts.reshape(num_devices, config.batch_size // num_devices)))
 
+  def step(*inputs) -> dict:
+    if config.carry_state:
+      state.train, state.carries, out = p_train_step(state.train, *inputs[:-1], state.carries,
+                                                     inputs[-1])
+      return out
+    state.train, out = p_train_step(state.train, *inputs)
+    return out
+
   if first == 0:
     state.epoch_losses = []
+    if config.carry_state:  # each stream starts the epoch from zero state
+      state.carries = steps.rows_to_devices(steps.zero_carries(plan.model, config.batch_size))
   pending = []  # device-side losses not yet fetched to state.epoch_losses
 
   def fetch_pending():
@@ -152,8 +166,7 @@ def train_epoch(plan: Plan, state: RunState, p_train_step, stop: StopRequests) -
         return None
       if budget_spent(plan, state, state.batch):
         break
-      state.train, step_metrics = p_train_step(state.train, *batch_at(state.batch),
-                                               np.float32(lr_factor(plan, state)))
+      step_metrics = step(*batch_at(state.batch), np.float32(lr_factor(plan, state)))
       pending.append(step_metrics["loss"])
       state.batch += 1
       state.step += 1
@@ -182,10 +195,10 @@ def size_validation(plan: Plan, state: RunState, train_seconds: float) -> None:
   epoch's `train_seconds` (budget.affordable_windows), kept for the whole run (saved with it)."""
   if state.val_windows or not state.window_s:
     return
-  count = budget_lib.affordable_windows(train_seconds, state.window_s, len(state.val_starts))
+  count = budget_lib.affordable_windows(train_seconds, state.window_s, state.val.count)
   state.val_windows = count
-  if count < len(state.val_starts):
-    state.val_starts = data.validation_starts(plan.corpus, count)
+  if count < state.val.count:
+    state.val = ValidationSet.of(plan.corpus, count, plan.config.carry_state)
     say(f"validating on {count:,} evenly spaced windows from here on: about "
         f"{budget_lib.VAL_SHARE:.0%} of an epoch's training time (--time_budget; "
         "--val_windows caps it)")
@@ -203,16 +216,16 @@ def end_epoch(plan: Plan, state: RunState, trained: Trained, p_eval_step) -> dic
   end_start = time.perf_counter()
   if plan.budget:
     size_validation(plan, state, train_seconds)
-  val_loss = (validation.evaluate(p_eval_step, state.train, plan.corpus, state.val_starts,
+  val_loss = (validation.evaluate(p_eval_step, state.train, plan.corpus, state.val,
                                   plan.eval_batch_size)
-              if len(state.val_starts) else None)
+              if state.val.count else None)
   summary = {"epoch": epoch, "step": state.step, "train_loss": train_loss,
              "val_loss": val_loss, "val_bpc": val_loss / math.log(2) if val_loss else None,
              "windows_per_s": steps_run * config.batch_size / max(train_seconds, 1e-9),
              "seconds": time.perf_counter() - epoch_start, "elapsed_s": state.elapsed()}
   num_val = plan.corpus.num_val_windows
-  sampled = (f", {len(state.val_starts):,} of {num_val:,} windows"
-             if len(state.val_starts) < num_val else "")
+  sampled = (f", {state.val.count:,} of {num_val:,} windows"
+             if state.val.count < num_val else "")
   val_text = (f"val loss {val_loss:.4f} nats ({summary['val_bpc']:.3f} bits/char{sampled})"
               if val_loss is not None else "no validation windows")
   cut = "" if complete else f" | time budget: {position} of {plan.steps_per_epoch} steps"
@@ -238,7 +251,7 @@ def end_epoch(plan: Plan, state: RunState, trained: Trained, p_eval_step) -> dic
 def validate_the_start(plan: Plan, state: RunState, p_eval_step) -> None:
   """A run started from another's parameters (--init_from) first says, and records as
   kind "start", what those score on this text's validation windows: where fine-tuning begins."""
-  val_loss = validation.evaluate(p_eval_step, state.train, plan.corpus, state.val_starts,
+  val_loss = validation.evaluate(p_eval_step, state.train, plan.corpus, state.val,
                                  plan.eval_batch_size)
   began = plan.run_meta["init_from"]
   say(f"before training: val loss {val_loss:.4f} nats ({val_loss / math.log(2):.3f} bits/char) "
@@ -252,10 +265,9 @@ def time_validation(plan: Plan, state: RunState, p_eval_step) -> None:
   """Times one validation batch (after compiling it): what --time_budget keeps in reserve for
   the first epoch's end, and what sizes the validation."""
   state.window_s = validation.seconds_per_window(p_eval_step, state.train, plan.corpus,
-                                                 state.val_starts, plan.eval_batch_size)
-  windows = (len(state.val_starts) if state.val_windows else  # else at most a share of it all
-             budget_lib.affordable_windows(plan.budget.seconds, state.window_s,
-                                           len(state.val_starts)))
+                                                 state.val, plan.eval_batch_size)
+  windows = (state.val.count if state.val_windows else  # else at most a share of it all
+             budget_lib.affordable_windows(plan.budget.seconds, state.window_s, state.val.count))
   state.end_s = budget_lib.first_end_s(state.window_s * windows)
 
 
@@ -263,10 +275,12 @@ def train_epochs(plan: Plan, state: RunState, stop: StopRequests) -> list[dict]:
   """Trains from the state's position to --epochs (or early stopping, or the budget); a
   summary per epoch."""
   config, history = plan.config, []
-  p_train_step, p_eval_step = steps.pmapped_steps(config.maxlen, config.objective == "every")
-  if plan.run_meta.get("init_from") and state.last_saved is None and len(state.val_starts):
+  p_train_step, p_eval_step = (
+      steps.pmapped_stream_steps(plan.model, config.maxlen, state.val.width)
+      if config.carry_state else steps.pmapped_steps(config.maxlen, config.objective == "every"))
+  if plan.run_meta.get("init_from") and state.last_saved is None and state.val.count:
     validate_the_start(plan, state, p_eval_step)  # a fresh start only: a resumed run recorded it
-  if plan.budget and len(state.val_starts):
+  if plan.budget and state.val.count:
     time_validation(plan, state, p_eval_step)
   elif plan.budget:
     state.end_s = budget_lib.FIRST_END_EXTRA_S

@@ -14,7 +14,7 @@ from jaxchar.training.config import Config
 
 # Options that fix the meaning of a checkpoint's parameters, its position in the data or the
 # shape of its optimizer state: a different value cannot resume it.
-FIXED = (*SHAPE, "stride", "batch_size", "val_fraction", "seed", "optimizer")
+FIXED = (*SHAPE, "stride", "batch_size", "val_fraction", "seed", "optimizer", "carry_state")
 # Options that say where this session reads from, not how it trains: not compared.
 NOT_COMPARED = ("data", "restart", "init_from", "init_vocab")
 

@@ -18,6 +18,7 @@ from jaxchar.training import distributed, init_from, metrics, resume, steps, tex
 from jaxchar.training.config import AUTO_TRAIN_CHARS, MAX_AUTO_EPOCHS, Config, auto_epochs
 from jaxchar.training.distributed import say
 from jaxchar.training.state import EarlyStopping, Plan, RunState
+from jaxchar.training.validation import ValidationSet
 
 # --epochs=0 with --time_budget: more epochs than any budget reaches.
 UNLIMITED_EPOCHS = 1_000_000
@@ -32,16 +33,16 @@ def start_run(config: Config, workdir: Path, base: init_from.Base | None = None,
   check_batch_fits(config.batch_size, jax.device_count())  # all processes' devices share it
   prepare_workdir(config, workdir)
   config, budget, auto = plan_length(config, corpus)
-  steps_per_epoch = corpus.num_train_windows // config.batch_size
-  if config.steps_per_epoch:
-    steps_per_epoch = min(steps_per_epoch, config.steps_per_epoch)
+  steps_per_epoch = epoch_steps(config, corpus)
   model = ModelSpec.of(config, corpus.vocab).model(config.dropout, config.weight_drop)
   tx, learning_rate = steps.optimizer_from_config(config, steps_per_epoch)
   key = jax.random.PRNGKey(config.seed)
   template = steps.train_state_template(key, model, config.maxlen, tx)
-  val_starts = data.validation_starts(corpus, config.val_windows)
-  subsampled = (f" (validating on {len(val_starts):,} evenly spaced of them, --val_windows)"
-                if len(val_starts) < corpus.num_val_windows else "")
+  if config.carry_state:
+    template["carries"] = steps.zero_carries(model, config.batch_size)
+  val = ValidationSet.of(corpus, config.val_windows, config.carry_state)
+  subsampled = (f" (validating on {val.count:,} evenly spaced of them, --val_windows)"
+                if val.count < corpus.num_val_windows else "")
   say(f"devices: {jax.device_count()} x {jax.devices()[0].platform} in {jax.process_count()} "
       f"process(es); corpus: {text_note}, vocabulary {corpus.vocab.size}; "
       f"{corpus.num_train_windows:,} training and {corpus.num_val_windows:,} validation "
@@ -51,7 +52,7 @@ def start_run(config: Config, workdir: Path, base: init_from.Base | None = None,
   run_meta = resume.run_metadata(config, corpus)
   checkpoints = checkpoint.Checkpoints(workdir, config.keep)
   state = begin(config, workdir, corpus, checkpoints, run_meta, base, new_symbols,
-                (key, model, tx, template), steps_per_epoch, val_starts)
+                (key, model, tx, template), steps_per_epoch, val)
   log = (metrics.RunLog(workdir, state.last_saved, state.epoch - 1)
          if distributed.is_primary() else None)
   plan = Plan(config=config, workdir=workdir, corpus=corpus, model=model,
@@ -78,6 +79,21 @@ def open_text(config: Config, workdir: Path, cache_dir: str | Path | None = None
           f"in {encoded.seconds:.1f} s: {encoded.path if shown.startswith('..') else shown}, "
           f"{encoded.path.stat().st_size / 1e6:,.1f} MB)")
   return corpus, new_symbols, note
+
+
+def epoch_steps(config: Config, corpus: data.Corpus) -> int:
+  """Steps an epoch takes: every full batch of windows (or of streams' windows), at most
+  --steps_per_epoch."""
+  if config.carry_state:
+    count = data.stream_steps(corpus, config.batch_size)
+    if count < 1:
+      raise UserError(
+          f"the training part of the corpus has {corpus.cut:,} characters: too few for "
+          f"--batch_size={config.batch_size} streams of at least two --maxlen={config.maxlen} "
+          "windows each (--carry_state). Lower --batch_size or --maxlen, or use a longer text.")
+  else:
+    count = corpus.num_train_windows // config.batch_size
+  return min(count, config.steps_per_epoch) if config.steps_per_epoch else count
 
 
 def prepare_workdir(config: Config, workdir: Path) -> None:
@@ -116,7 +132,8 @@ def describe_length(config: Config, corpus: data.Corpus, budget: budget_lib.Budg
 
 def begin(config: Config, workdir: Path, corpus: data.Corpus,
           checkpoints: checkpoint.Checkpoints, run_meta: dict, base: init_from.Base | None,
-          new_symbols: str | None, made: tuple, steps_per_epoch: int, val_starts) -> RunState:
+          new_symbols: str | None, made: tuple, steps_per_epoch: int,
+          val: ValidationSet) -> RunState:
   """Where the run begins: its latest checkpoint, else `base`'s parameters, else a fresh
   initialisation (`made`: the key, model, optimizer and state template)."""
   key, model, tx, template = made
@@ -129,7 +146,9 @@ def begin(config: Config, workdir: Path, corpus: data.Corpus,
   if restored:
     saved, meta = restored
     state = resumed_state(meta, steps.restored_train_state(key, model, tx, saved), corpus,
-                          val_starts, run_meta, EarlyStopping(config.patience))
+                          val, run_meta, EarlyStopping(config.patience))
+    if config.carry_state:
+      state.carries = steps.rows_to_devices([tuple(pair) for pair in saved["carries"]])
     where = (f"the end of epoch {meta['epoch']}" if meta["epoch_complete"] else
              f"epoch {meta['epoch']}, batch {meta['batch_in_epoch']} of {steps_per_epoch}")
     began = run_meta["init_from"]
@@ -147,11 +166,13 @@ def begin(config: Config, workdir: Path, corpus: data.Corpus,
         jax.device_get(train.params), base.params, base.vocab.size))
     train = train.replace(params=params, opt_state=tx.init(params))
     run_meta["init_from"] = init_from.origin(base, new_symbols)
+  carries = (steps.rows_to_devices(steps.zero_carries(model, config.batch_size))
+             if config.carry_state else None)
   return RunState(train=steps.replicate(train), epoch=1, batch=0, step=0,
-                  early=EarlyStopping(config.patience), val_starts=val_starts)
+                  early=EarlyStopping(config.patience), val=val, carries=carries)
 
 
-def resumed_state(meta: dict, train, corpus: data.Corpus, val_starts, run_meta: dict,
+def resumed_state(meta: dict, train, corpus: data.Corpus, val: ValidationSet, run_meta: dict,
                   early: EarlyStopping) -> RunState:
   """The RunState a checkpoint's metadata describes (`run_meta` takes the run's origin)."""
   complete = meta["epoch_complete"]
@@ -159,11 +180,11 @@ def resumed_state(meta: dict, train, corpus: data.Corpus, val_starts, run_meta: 
   run_meta["init_from"] = meta.get("init_from")  # where this run began, not today's base
   sized = meta.get("budget_val_windows")  # a --time_budget run keeps its windows
   if sized:
-    val_starts = data.validation_starts(corpus, min(sized, len(val_starts)))
+    val = ValidationSet.of(corpus, min(sized, val.count), val.low is not None)
   step = int(train.step)
   return RunState(train=steps.replicate(train), epoch=meta["epoch"] + complete,
                   batch=0 if complete else meta["batch_in_epoch"], step=step, early=early,
-                  val_starts=val_starts, epoch_losses=[] if complete else meta["epoch_losses"],
+                  val=val, epoch_losses=[] if complete else meta["epoch_losses"],
                   last_saved=step, elapsed_before=meta["elapsed_s"], val_windows=sized)
 
 

@@ -7,13 +7,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from jaxchar.core import checkpoint, data
 from jaxchar.core.model import CharLSTM
 from jaxchar.training.budget import Budget
 from jaxchar.training.config import Config
 from jaxchar.training.metrics import RunLog
+from jaxchar.training.validation import ValidationSet
 
 
 class EarlyStopping:
@@ -80,7 +79,7 @@ class RunState:
   batch: int  # batches of it done
   step: int  # optimizer steps in all, counted on the host
   early: EarlyStopping
-  val_starts: np.ndarray  # the validation windows' starts (a budget may size them down)
+  val: ValidationSet  # what validation scores (a budget may size it down)
   epoch_losses: list[float] = dataclasses.field(default_factory=list)
   last_saved: int | None = None  # the step of the latest checkpoint
   elapsed_before: float = 0.0  # training seconds of the run's earlier sessions
@@ -90,6 +89,7 @@ class RunState:
   window_s: float = 0.0  # seconds to validate one window, once timed (a budgeted run)
   end_s: float = 0.0  # what the next epoch end (validation, samples, save) is expected to take
   epoch_end_s: float = 0.0  # what the last epoch end took (the run's ETA)
+  carries: Any = None  # --carry_state: each stream's LSTM carries, over the local devices
 
   def elapsed(self) -> float:
     """Training seconds over every session of this run."""

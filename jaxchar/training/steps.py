@@ -11,6 +11,7 @@ from flax import jax_utils
 from flax.training import train_state
 
 from jaxchar.core import data
+from jaxchar.training import distributed
 from jaxchar.core.model import CharLSTM, init_params
 
 AXIS = "batch"
@@ -110,21 +111,44 @@ def train_step(state: TrainState, batch: dict, lr_factor: jax.Array) -> tuple[Tr
   character after every position of it. lr_factor scales the optimizer's update, through
   optax (--time_budget's schedule follows the clock; 1 otherwise, which changes nothing)."""
   every_position = batch["targets"].ndim == 2
-  dropout_key = jax.random.fold_in(jax.random.fold_in(state.dropout_key, state.step),
-                                   jax.lax.axis_index(AXIS))
 
   def loss_fn(params):
     logits = state.apply_fn({"params": params}, batch["inputs"], train=True,
-                            every_position=every_position, rngs={"dropout": dropout_key})
+                            every_position=every_position, rngs={"dropout": _dropout_key(state)})
     return cross_entropy(logits, batch["targets"]).mean()
 
   loss, grads = jax.value_and_grad(loss_fn)(state.params)
+  return _apply(state, grads, lr_factor), {"loss": jax.lax.pmean(loss, AXIS)}
+
+
+def stream_train_step(state: TrainState, batch: dict, carries: list, lr_factor: jax.Array
+                      ) -> tuple[TrainState, list, dict]:
+  """train_step on windows of streams (--carry_state): every layer's carry (c, h) [B, H] a
+  row's last window ended with starts its next one (no gradient flows back into it); the
+  carries after this window come back beside the new state."""
+
+  def loss_fn(params):
+    logits, after = state.apply_fn({"params": params}, batch["inputs"], carries, train=True,
+                                   rngs={"dropout": _dropout_key(state)}, method="streamed")
+    return cross_entropy(logits, batch["targets"]).mean(), after
+
+  (loss, after), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  after = [(c.astype(jnp.float32), h.astype(jnp.float32)) for c, h in after]
+  return _apply(state, grads, lr_factor), after, {"loss": jax.lax.pmean(loss, AXIS)}
+
+
+def _dropout_key(state: TrainState) -> jax.Array:
+  return jax.random.fold_in(jax.random.fold_in(state.dropout_key, state.step),
+                            jax.lax.axis_index(AXIS))
+
+
+def _apply(state: TrainState, grads, lr_factor: jax.Array) -> TrainState:
+  """The optimizer's update for gradients averaged over AXIS, scaled by lr_factor."""
   grads = jax.lax.pmean(grads, AXIS)
   updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
   updates, _ = optax.scale(lr_factor).update(updates, optax.EmptyState())
-  state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                        opt_state=opt_state)
-  return state, {"loss": jax.lax.pmean(loss, AXIS)}
+  return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                       opt_state=opt_state)
 
 
 def eval_step(state: TrainState, batch: dict) -> dict:
@@ -132,6 +156,24 @@ def eval_step(state: TrainState, batch: dict) -> dict:
   logits = state.apply_fn({"params": state.params}, batch["inputs"])
   losses = cross_entropy(logits, batch["targets"]) * batch["weights"]
   return jax.lax.psum({"loss_sum": losses.sum(), "count": batch["weights"].sum()}, AXIS)
+
+
+def stream_eval_step(state: TrainState, batch: dict, *, model: CharLSTM, maxlen: int) -> dict:
+  """eval_step on validation streams: rows of inputs [B, S] read window after window of
+  `maxlen` from zero carries, summing the cross-entropy of the targets `batch["mask"]` marks."""
+  rows, width = batch["inputs"].shape
+  by_window = [jnp.swapaxes(batch[k].reshape(rows, width // maxlen, maxlen), 0, 1)
+               for k in ("inputs", "targets", "mask")]
+  zeros = jnp.zeros((rows, model.hidden), jnp.float32)
+
+  def window(carries, xs):
+    inputs, targets, mask = xs
+    logits, carries = state.apply_fn({"params": state.params}, inputs, carries,
+                                     method="streamed")
+    return carries, ((cross_entropy(logits, targets) * mask).sum(), mask.sum())
+
+  _, (sums, counts) = jax.lax.scan(window, [(zeros, zeros)] * model.num_layers, by_window)
+  return jax.lax.psum({"loss_sum": sums.sum(), "count": counts.sum()}, AXIS)
 
 
 def optimizer_from_config(config, steps_per_epoch: int
@@ -162,6 +204,32 @@ def _eval_on_starts(state, ids, starts, weights, *, maxlen: int):
   return eval_step(state, {**data.gather_windows(ids, starts, maxlen), "weights": weights})
 
 
+def _stream_train_on_starts(state, ids, starts, carries, lr_factor, *, maxlen: int):
+  return stream_train_step(state, data.gather_windows(ids, starts, maxlen, True), carries,
+                           lr_factor)
+
+
+def _stream_eval_on_starts(state, ids, starts, low, high, weights, *, model: CharLSTM,
+                           maxlen: int, width: int):
+  """`low`/`high`: each row's first and past-last target scored, as offsets in its targets."""
+  batch = data.gather_windows(ids, starts, width, True)
+  offsets = jnp.arange(width)[None, :]
+  mask = (offsets >= low[:, None]) & (offsets < high[:, None]) & (weights[:, None] > 0)
+  return stream_eval_step(state, {**batch, "mask": mask.astype(jnp.float32)}, model=model,
+                          maxlen=maxlen)
+
+
+def pmapped_stream_steps(model: CharLSTM, maxlen: int, width: int, devices=None):
+  """The --carry_state train and eval steps, pmapped as pmapped_steps' (`width`: the
+  validation rows' input width)."""
+  p_train_step = jax.pmap(functools.partial(_stream_train_on_starts, maxlen=maxlen),
+                          axis_name=AXIS, donate_argnums=(0, 3), devices=devices,
+                          in_axes=(0, 0, 0, 0, None))
+  p_eval_step = jax.pmap(functools.partial(_stream_eval_on_starts, model=model, maxlen=maxlen,
+                                           width=width), axis_name=AXIS, devices=devices)
+  return p_train_step, p_eval_step
+
+
 def pmapped_steps(maxlen: int, every_position: bool = False, devices=None):
   """The train and eval steps, pmapped over all local devices, or `devices` (the compile
   check's TPU topology): the one place they are wrapped. The train step's last argument is the
@@ -180,3 +248,34 @@ def first_replica(tree):
   read without an indexing computation (JAX's pmap migration guide: `x[0]` is one)."""
   return jax.tree_util.tree_map(
       lambda x: np.asarray(x.addressable_data(0)).reshape(x.shape[1:]), tree)
+
+
+def zero_carries(model: CharLSTM, rows: int) -> list:
+  """Every layer's zero carry (c, h), [rows, hidden] each, on the host: where streams start."""
+  zeros = np.zeros((rows, model.hidden), np.float32)
+  return [(zeros, zeros)] * model.num_layers
+
+
+def rows_to_devices(tree):
+  """Per-row host arrays [global rows, ...] (all processes' rows) as the pmapped steps take
+  them: this process's rows, split over its devices in order."""
+  def put(rows: np.ndarray) -> np.ndarray:
+    by_device = rows.reshape(jax.device_count(), -1, *rows.shape[1:])
+    return distributed.process_slice(by_device)
+  return _spread(jax.tree_util.tree_map(put, tree))
+
+
+_spread = jax.pmap(lambda tree: tree, axis_name=AXIS)  # each device's slice onto it
+
+
+def rows_from_devices(tree):
+  """rows_to_devices undone: every row of every process, on the host (a collective in
+  multi-process runs: all processes call it)."""
+  def get(x) -> np.ndarray:
+    local = np.asarray(x)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      local = np.asarray(multihost_utils.process_allgather(local))
+    return local.reshape(-1, *local.shape[-1:])
+  return jax.tree_util.tree_map(get, tree)
+
