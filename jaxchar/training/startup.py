@@ -43,11 +43,13 @@ def start_run(config: Config, workdir: Path, base: init_from.Base | None = None,
   val = ValidationSet.of(corpus, config.val_windows, config.carry_state)
   subsampled = (f" (validating on {val.count:,} evenly spaced of them, --val_windows)"
                 if val.count < corpus.num_val_windows else "")
+  training = (f"{config.batch_size} training streams of {corpus.cut // config.batch_size:,} "
+              f"characters ({steps_per_epoch:,} windows of {config.maxlen} each an epoch)"
+              if config.carry_state else f"{corpus.num_train_windows:,} training")
   say(f"devices: {jax.device_count()} x {jax.devices()[0].platform} in {jax.process_count()} "
-      f"process(es); corpus: {text_note}, vocabulary {corpus.vocab.size}; "
-      f"{corpus.num_train_windows:,} training and {corpus.num_val_windows:,} validation "
-      f"windows{subsampled}; model: {count_params(template['params']):,} parameters "
-      f"({config.lstm_impl} LSTM)")
+      f"process(es); corpus: {text_note}, vocabulary {corpus.vocab.size}; {training} and "
+      f"{corpus.num_val_windows:,} validation windows{subsampled}; model: "
+      f"{count_params(template['params']):,} parameters ({config.lstm_impl} LSTM)")
   describe_length(config, corpus, budget, auto)
   run_meta = resume.run_metadata(config, corpus)
   checkpoints = checkpoint.Checkpoints(workdir, config.keep)
