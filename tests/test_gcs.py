@@ -205,6 +205,7 @@ def test_fine_tuning_starts_from_a_run_in_a_bucket_and_resumes(bucket_run, tmp_p
   assert "nothing to train" in capsys.readouterr().out
 
 
+@pytest.mark.lowest
 def test_two_processes_without_a_shared_disk_resume_from_one_bucket(gcs, tmp_path):
   """Each process has its own current folder and --cache_dir; the workdir is the bucket's."""
   bucket = gcs.bucket("two-hosts")
@@ -236,6 +237,7 @@ def test_two_processes_without_a_shared_disk_resume_from_one_bucket(gcs, tmp_pat
     assert {p.name for p in (tmp_path / f"host{i}").iterdir()} == {"cache"}
 
 
+@pytest.mark.lowest
 def test_bucket_errors_are_one_paragraph_and_write_nothing(gcs, bucket_run, tmp_path):
   bucket = bucket_run["bucket"]
   train_cases = run_cases("jaxchar.train", [
