@@ -123,6 +123,24 @@ class CharLSTM(nn.Module):
     return carries, x
 
 
+def over_stream_windows(model: CharLSTM, params: dict, inputs: Array, maxlen: int,
+                        reduce, *extras: Array) -> Array:
+  """Rows of ids [R, W] read as streams (--carry_state), window after window of `maxlen` from
+  zero carries: reduce(logits [R, maxlen, vocab], *each extra's window) per window, stacked
+  over windows, [W // maxlen, ...] each (reduced inside the scan: a row's logits are never all held at once)."""
+  rows, width = inputs.shape
+  by_window = [jnp.swapaxes(x.reshape(rows, width // maxlen, maxlen), 0, 1)
+               for x in (inputs, *extras)]
+  zeros = jnp.zeros((rows, model.hidden), jnp.float32)
+
+  def window(carries, xs):
+    logits, carries = model.apply({"params": params}, xs[0], carries, method="streamed")
+    return carries, reduce(logits, *xs[1:])
+
+  _, reduced = jax.lax.scan(window, [(zeros, zeros)] * model.num_layers, by_window)
+  return reduced
+
+
 def init_params(model: CharLSTM, key: Array, maxlen: int) -> dict:
   """Initial parameters, with forget-gate biases set to 1.0 as Keras's unit_forget_bias."""
   params = model.init(key, jnp.zeros((1, maxlen), jnp.int32))["params"]

@@ -14,7 +14,7 @@ from flax import jax_utils
 
 from jaxchar.core import data
 from jaxchar.core.data import Vocab
-from jaxchar.core.model import CharLSTM
+from jaxchar.core.model import CharLSTM, over_stream_windows
 from jaxchar.errors import UserError
 from jaxchar.core.restore import Restored
 from jaxchar.core.progress import ValidationProgress
@@ -134,17 +134,13 @@ def _stream_log_probs(model: CharLSTM, maxlen: int, width: int, params, ids, sta
   window after window with the state carried."""
   positions = starts[:, None] + jnp.arange(width + 1, dtype=starts.dtype)[None, :]
   window = ids[positions].astype(jnp.int32)
-  by_window = [jnp.swapaxes(x.reshape(len(starts), width // maxlen, maxlen), 0, 1)
-               for x in (window[:, :-1], window[:, 1:])]
-  zeros = jnp.zeros((len(starts), model.hidden), jnp.float32)
 
-  def read(carries, xs):
-    inputs, targets = xs
-    logits, carries = model.apply({"params": params}, inputs, carries, method="streamed")
+  def target_log_probs(logits, targets):
     log_probs = jax.nn.log_softmax(logits)
-    return carries, jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
+    return jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
 
-  _, log_probs = jax.lax.scan(read, [(zeros, zeros)] * model.num_layers, by_window)
+  log_probs = over_stream_windows(model, params, window[:, :-1], maxlen, target_log_probs,
+                                  window[:, 1:])
   return jnp.swapaxes(log_probs, 0, 1).reshape(len(starts), width)
 
 

@@ -12,7 +12,7 @@ from flax.training import train_state
 
 from jaxchar.core import data
 from jaxchar.training import distributed
-from jaxchar.core.model import CharLSTM, init_params
+from jaxchar.core.model import CharLSTM, init_params, over_stream_windows
 
 AXIS = "batch"
 
@@ -161,18 +161,11 @@ def eval_step(state: TrainState, batch: dict) -> dict:
 def stream_eval_step(state: TrainState, batch: dict, *, model: CharLSTM, maxlen: int) -> dict:
   """eval_step on validation streams: rows of inputs [B, S] read window after window of
   `maxlen` from zero carries, summing the cross-entropy of the targets `batch["mask"]` marks."""
-  rows, width = batch["inputs"].shape
-  by_window = [jnp.swapaxes(batch[k].reshape(rows, width // maxlen, maxlen), 0, 1)
-               for k in ("inputs", "targets", "mask")]
-  zeros = jnp.zeros((rows, model.hidden), jnp.float32)
+  def window_sums(logits, targets, mask):
+    return (cross_entropy(logits, targets) * mask).sum(), mask.sum()
 
-  def window(carries, xs):
-    inputs, targets, mask = xs
-    logits, carries = state.apply_fn({"params": state.params}, inputs, carries,
-                                     method="streamed")
-    return carries, ((cross_entropy(logits, targets) * mask).sum(), mask.sum())
-
-  _, (sums, counts) = jax.lax.scan(window, [(zeros, zeros)] * model.num_layers, by_window)
+  sums, counts = over_stream_windows(model, state.params, batch["inputs"], maxlen, window_sums,
+                                     batch["targets"], batch["mask"])
   return jax.lax.psum({"loss_sum": sums.sum(), "count": counts.sum()}, AXIS)
 
 
